@@ -1,0 +1,218 @@
+"""Stage 03: language-model activations per word.
+
+For every word of a story (stage 02 transcript) the hidden state of one layer (or of every layer
+with ``layer="all"``), pooled over the word's sub-word tokens (its last token by default, or the
+mean), with a bounded left context.
+
+Context policy (the same for the fast path and the reference): the story's tokens are cut into
+overlapping windows of ``context`` tokens that start every ``stride`` tokens
+(default ``stride = context // 2``). A word is read from the window in whose last ``stride``
+positions its last token falls, so every word sees between ``context - stride`` and ``context``
+tokens of left context (all of them near the start of the story). Each token is computed at most
+``ceil(context / stride)`` times and windows run in batches -- instead of one forward pass per
+word. :func:`naive_activations` computes the same thing one word at a time and is the test
+reference.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from .cache import cached_npz, key_of
+from .data import DataError
+from .models import LoadedModel, ModelError
+from .paths import Paths
+
+FEATURES_VERSION = 1
+
+
+def tokenize_words(words: list[str], tokenizer) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids of the story and, per word, the index one past its last token.
+
+    Words are tokenised one by one with a leading space (except the first), which for GPT-2-style
+    BPE gives the same tokens as tokenising the joined text, and keeps word boundaries exact.
+    """
+    if len(words) == 0:
+        raise DataError("empty transcript: no words to extract activations for")
+    ids, ends = [], []
+    for i, w in enumerate(words):
+        t = tokenizer((" " if i else "") + str(w), add_special_tokens=False)["input_ids"]
+        if not t:
+            raise DataError(f"word {i} ({w!r}) tokenises to nothing")
+        ids.extend(t)
+        ends.append(len(ids))
+    return np.asarray(ids, dtype=np.int64), np.asarray(ends, dtype=np.int64)
+
+
+def plan_windows(n_tokens: int, context: int, stride: int) -> tuple[np.ndarray, np.ndarray]:
+    """Window starts, and for each token the start of the window it is read from."""
+    if stride < 1 or stride > context:
+        raise ValueError(f"stride must be in 1..context ({context}), got {stride}")
+    starts = [0]
+    while starts[-1] + context < n_tokens:
+        starts.append(starts[-1] + stride)
+    starts = np.asarray(starts)
+    owner_start = np.zeros(n_tokens, dtype=np.int64)
+    for s in starts[1:]:  # token j belongs to the last window whose end covers it
+        owner_start[s + context - stride: s + context] = s
+    # tokens beyond the last window's "new" part (short tail) stay with the last window
+    last = starts[-1]
+    owner_start[max(0, last + context - stride if len(starts) > 1 else 0):] = last
+    owner_start[:min(context, n_tokens)] = 0
+    return starts, owner_start
+
+
+def _check(model: LoadedModel, layer, context: int, pooling: str) -> list[int]:
+    if pooling not in ("last", "mean"):
+        raise ValueError(f"pooling must be 'last' or 'mean', got {pooling!r}")
+    if context < 2:
+        raise ValueError(f"context must be >= 2 tokens, got {context}")
+    if context > model.max_positions:
+        raise ModelError(f"context of {context} tokens exceeds {model.name}'s maximum of "
+                         f"{model.max_positions} positions")
+    if layer == "all":
+        return list(range(model.n_layers + 1))
+    layer = int(layer)
+    if not 0 <= layer <= model.n_layers:
+        raise ModelError(f"layer {layer} is out of range for {model.name}, which has "
+                         f"{model.n_layers} layers (0 = embeddings .. {model.n_layers})")
+    return [layer]
+
+
+def _forward(model: LoadedModel, batch: list[np.ndarray], layers: list[int]):
+    """Hidden states (n_layers_kept, batch, T, d) for right-padded sequences (causal: padding
+    after a token cannot change it)."""
+    import torch
+
+    T = max(len(b) for b in batch)
+    ids = np.full((len(batch), T), model.tokenizer.pad_token_id or 0, dtype=np.int64)
+    att = np.zeros((len(batch), T), dtype=np.int64)
+    for i, b in enumerate(batch):
+        ids[i, :len(b)], att[i, :len(b)] = b, 1
+    with torch.inference_mode():
+        out = model.model(input_ids=torch.from_numpy(ids).to(model.device),
+                          attention_mask=torch.from_numpy(att).to(model.device),
+                          output_hidden_states=True, use_cache=False)
+    hs = torch.stack([out.hidden_states[l] for l in layers])
+    return hs.float().cpu().numpy()
+
+
+def _pool(h: np.ndarray, a: int, b: int, pooling: str) -> np.ndarray:
+    """h: (L, T, d); word tokens [a, b) in window coordinates."""
+    return h[:, b - 1] if pooling == "last" else h[:, a:b].mean(1)
+
+
+def windowed_activations(model: LoadedModel, words: list[str], layer=8, context: int = 256,
+                         stride: int | None = None, pooling: str = "last", batch_size: int = 8,
+                         progress: bool = True) -> dict[str, np.ndarray]:
+    """Activations (n_words, d) -- or (n_layers+1, n_words, d) for ``layer="all"``."""
+    layers = _check(model, layer, context, pooling)
+    stride = stride or max(1, context // 2)
+    ids, ends = tokenize_words(words, model.tokenizer)
+    starts_tok = np.concatenate([[0], ends[:-1]])
+    starts, owner = plan_windows(len(ids), context, stride)
+    word_win = owner[ends - 1]
+    if np.any(starts_tok < word_win):
+        bad = int(np.flatnonzero(starts_tok < word_win)[0])
+        raise DataError(f"word {bad} ({words[bad]!r}) has more tokens than fit in a window "
+                        f"stride; raise context or lower stride")
+    d = model.model.config.hidden_size
+    out = np.zeros((len(layers), len(words), d), np.float32)
+    by_window = {s: np.flatnonzero(word_win == s) for s in starts}
+    todo = [s for s in starts if len(by_window[s])]
+    for i in tqdm(range(0, len(todo), batch_size), desc=f"activations {model.tag}",
+                  disable=not progress, leave=False):
+        chunk = todo[i:i + batch_size]
+        hs = _forward(model, [ids[s:s + context] for s in chunk], layers)
+        for j, s in enumerate(chunk):
+            for w in by_window[s]:
+                out[:, w] = _pool(hs[:, j], starts_tok[w] - s, ends[w] - s, pooling)
+    res = {"activations": out if layer == "all" else out[0],
+           "n_tokens": (ends - starts_tok).astype(np.int32),
+           "context_start": word_win.astype(np.int64), "layers": np.asarray(layers)}
+    return res
+
+
+def naive_activations(model: LoadedModel, words: list[str], layer=8, context: int = 256,
+                      stride: int | None = None, pooling: str = "last",
+                      progress: bool = False) -> dict[str, np.ndarray]:
+    """Reference: one forward pass per word over exactly the same context as the windowed path."""
+    layers = _check(model, layer, context, pooling)
+    stride = stride or max(1, context // 2)
+    ids, ends = tokenize_words(words, model.tokenizer)
+    starts_tok = np.concatenate([[0], ends[:-1]])
+    _, owner = plan_windows(len(ids), context, stride)
+    d = model.model.config.hidden_size
+    out = np.zeros((len(layers), len(words), d), np.float32)
+    for w in tqdm(range(len(words)), desc="naive", disable=not progress, leave=False):
+        s = owner[ends[w] - 1]
+        hs = _forward(model, [ids[s:ends[w]]], layers)
+        out[:, w] = _pool(hs[:, 0], starts_tok[w] - s, ends[w] - s, pooling)
+    return {"activations": out if layer == "all" else out[0]}
+
+
+def activations_path(root: Path, tag: str, story: str, layer, context: int, pooling: str) -> Path:
+    return Path(root) / tag / f"{story}_layer-{layer}_ctx-{context}_{pooling}.npz"
+
+
+def story_activations(model: LoadedModel, transcript: pd.DataFrame, story: str, cache_root: Path,
+                      layer=8, context: int = 256, stride: int | None = None,
+                      pooling: str = "last", batch_size: int = 8,
+                      column: str = "text") -> tuple[dict[str, np.ndarray], bool]:
+    """Cached activations for one story. Returns (arrays, cache_hit).
+
+    Keyed by the model's fingerprint, layer, context, stride, pooling and the transcript's words;
+    stored at ``<cache_root>/<model_tag>/<story>_layer-<L>_ctx-<C>_<pooling>.npz`` with a JSON
+    sidecar. A corrupt entry (bytes not matching the sidecar's hash) is recomputed.
+    """
+    words = transcript[column].astype(str).tolist()
+    if not words:
+        raise DataError(f"empty transcript for story {story!r}")
+    stride = stride or max(1, context // 2)
+    key = key_of(FEATURES_VERSION, model.fingerprint, str(layer), context, stride, pooling, words)
+    path = activations_path(cache_root, model.tag, story, layer, context, pooling)
+    return cached_npz(path, key, lambda: windowed_activations(
+        model, words, layer, context, stride, pooling, batch_size),
+        model=model.name, model_tag=model.tag, fingerprint=model.fingerprint, story=story,
+        layer=str(layer), context=context, stride=stride, pooling=pooling, n_words=len(words))
+
+
+# --------------------------------------------------------------------------- stage runner
+INDEX_COLUMNS = ["condition", "story", "seed", "model", "model_tag", "fingerprint", "path",
+                 "leaky", "cache_hit"]
+
+
+def extract_for(model: LoadedModel, stories: list[str], transcripts_dir: Path, cache_root: Path,
+                condition: str, seed: int = 0, leaky: bool = False, **kw) -> list[dict]:
+    """Activations of ``model`` for ``stories``; rows for the activations index."""
+    from .transcripts import read_transcript
+
+    rows = []
+    for story in stories:
+        tr = read_transcript(Path(transcripts_dir) / f"{story}.tsv")
+        _, hit = story_activations(model, tr, story, cache_root, **kw)
+        rows.append(dict(condition=condition, story=story, seed=seed, model=model.name,
+                         model_tag=model.tag, fingerprint=model.fingerprint,
+                         path=Paths.from_env().rel(activations_path(
+                             cache_root, model.tag, story, kw.get("layer", 8),
+                             kw.get("context", 256), kw.get("pooling", "last"))),
+                         leaky=leaky, cache_hit=hit))
+    return rows
+
+
+def read_index(path: Path) -> pd.DataFrame:
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: activations index not found (run stages 03 and 04 first)")
+    df = pd.read_csv(path, keep_default_na=False)
+    for c in ("leaky", "cache_hit"):
+        df[c] = df[c].astype(str).str.lower().isin(["true", "1"])
+    return df
+
+
+def load_activations(path: str | Path) -> np.ndarray:
+    with np.load(path) as z:
+        return z["activations"]

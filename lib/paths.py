@@ -1,0 +1,73 @@
+"""Where things live. Every module asks a :class:`Paths` object, never a string literal."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Project layout.
+
+    ``data`` holds inputs (BIDS trees, committed stimuli, models, derived caches);
+    ``results/<run>`` holds the outputs of one pipeline run.
+    """
+
+    root: Path = ROOT
+
+    @classmethod
+    def from_env(cls) -> "Paths":
+        """``NARRATIVES_ROOT`` moves the whole tree (tests use a temporary one)."""
+        return cls(Path(os.environ.get("NARRATIVES_ROOT", ROOT)).resolve())
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def narratives(self) -> Path:
+        """Real Narratives stimuli and metadata committed with the project (read-only)."""
+        return ROOT / "data" / "narratives"
+
+    @property
+    def metadata(self) -> Path:
+        return self.narratives / "metadata"
+
+    @property
+    def stimuli(self) -> Path:
+        return self.narratives / "stimuli"
+
+    @property
+    def models(self) -> Path:
+        return self.data / "models"
+
+    @property
+    def derived(self) -> Path:
+        return self.data / "derived"
+
+    @property
+    def activations(self) -> Path:
+        return self.derived / "activations"
+
+    @property
+    def results(self) -> Path:
+        return self.root / "results"
+
+    def run_dir(self, run: str) -> Path:
+        return self.results / run
+
+    def rel(self, p: str | os.PathLike) -> str:
+        """A path relative to the project root when it lies inside it (portable in tables)."""
+        p = Path(p)
+        try:
+            return str(p.resolve().relative_to(self.root))
+        except ValueError:
+            return str(p)
+
+    def resolve(self, p: str | os.PathLike) -> Path:
+        """A path from a profile: absolute stays, relative is taken from the project root."""
+        p = Path(p)
+        return p if p.is_absolute() else self.root / p

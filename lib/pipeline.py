@@ -1,0 +1,163 @@
+"""Run the stage notebooks in order with papermill, then the master report.
+
+    python -m lib.pipeline --profile params/mini.yaml [--run NAME] [--set key=value ...]
+                           [--force] [--only 05_brain_score] [--report total.ipynb]
+
+Each stage is executed from its jupytext ``.py`` (converted in memory) into
+``results/<run>/notebooks/<stage>.ipynb`` with the profile's parameters. A stage whose notebook,
+``lib`` code, parameters and upstream stages did not change is not rerun (its key is kept in a
+sidecar next to the executed notebook) unless ``--force``. A failing stage stops the run with a
+non-zero exit naming the stage and the executed notebook that holds the traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from .cache import file_hash, is_fresh, key_of, write_json, write_sidecar
+from .paths import ROOT, Paths
+
+STAGES = ["01_data", "02_transcripts", "03_features", "04_sft", "05_brain_score", "06_compare"]
+REPORT = "total"
+
+
+class StageFailed(RuntimeError):
+    pass
+
+
+def load_profile(path: str | Path, overrides: list[str] | None = None) -> dict:
+    path = Path(path)
+    try:
+        params = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise SystemExit(f"{path}: profile not found") from None
+    for ov in overrides or []:
+        if "=" not in ov:
+            raise SystemExit(f"--set expects key=value, got {ov!r}")
+        k, v = ov.split("=", 1)
+        params[k.strip()] = yaml.safe_load(v)
+    params.setdefault("profile", path.stem)
+    return params
+
+
+def notebook_source(stage: str, root: Path = ROOT):
+    import jupytext
+
+    src = root / "notebooks" / f"{stage}.py"
+    if not src.exists():
+        raise SystemExit(f"{src}: stage notebook not found")
+    return jupytext.read(src), src
+
+
+def lib_hash(root: Path = ROOT) -> str:
+    return key_of([(p.name, file_hash(p)) for p in sorted((root / "lib").glob("*.py"))])
+
+
+def execute(stage: str, params: dict, out_nb: Path, root: Path = ROOT, log_output: bool = False):
+    import nbformat
+    import papermill as pm
+
+    nb, src = notebook_source(stage, root)
+    declared = set(pm.inspect_notebook_from_nb(nb)) if hasattr(pm, "inspect_notebook_from_nb") \
+        else None
+    tmp_in = out_nb.parent / f".{stage}.input.ipynb"
+    out_nb.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, tmp_in)
+    if declared is None:
+        declared = set(pm.inspect_notebook(str(tmp_in)))
+    given = {k: v for k, v in params.items() if k in declared}
+    tmp_out = out_nb.with_name(f".{out_nb.stem}.part.ipynb")
+    try:
+        pm.execute_notebook(str(tmp_in), str(tmp_out), parameters=given, cwd=str(root),
+                            kernel_name="python3", progress_bar=False, log_output=log_output,
+                            report_mode=False)
+    except pm.PapermillExecutionError as e:
+        tmp_out.replace(out_nb)  # keep the executed notebook with its traceback
+        raise StageFailed(f"stage {stage} failed: {e.ename}: {e.evalue}\n"
+                          f"the traceback is in {out_nb}") from None
+    finally:
+        tmp_in.unlink(missing_ok=True)
+    tmp_out.replace(out_nb)
+    return src
+
+
+def run(params: dict, run_name: str | None = None, force: bool = False, only: list[str] | None
+        = None, report: str | None = None, root: Path = ROOT, verbose: bool = True) -> Path:
+    os.environ.pop("MPLBACKEND", None)  # an exported Agg backend would strip inline figures
+    paths = Paths(root)
+    run_name = run_name or params.get("run") or params["profile"]
+    run_dir = paths.run_dir(run_name)
+    params = {**params, "run_dir": str(run_dir.relative_to(root) if run_dir.is_relative_to(root)
+                                       else run_dir)}
+    write_json(run_dir / "params.json", params)
+    upstream, lh = [], lib_hash(root)
+    for stage in STAGES:
+        _, src = notebook_source(stage, root)
+        key = key_of(stage, file_hash(src), lh, params, upstream)
+        upstream.append(key)
+        out_nb = run_dir / "notebooks" / f"{stage}.ipynb"
+        if only and stage not in only and not any(stage.startswith(o) for o in only):
+            continue
+        if not force and is_fresh(out_nb, key):
+            if verbose:
+                print(f"[{stage}] unchanged: reusing {out_nb}", flush=True)
+            continue
+        t0 = time.time()
+        if verbose:
+            print(f"[{stage}] running ...", flush=True)
+        execute(stage, params, out_nb, root)
+        write_sidecar(out_nb, key, seconds=round(time.time() - t0, 1))
+        if verbose:
+            print(f"[{stage}] done in {time.time() - t0:.0f} s -> {out_nb}", flush=True)
+    if report:
+        report_path = Path(report)
+        report_path = report_path if report_path.is_absolute() else root / report_path
+        t0 = time.time()
+        if verbose:
+            print(f"[{REPORT}] running ...", flush=True)
+        execute(REPORT, params, report_path, root)
+        export_html(report_path)
+        if verbose:
+            print(f"[{REPORT}] done in {time.time() - t0:.0f} s -> {report_path} and "
+                  f"{report_path.with_suffix('.html')}", flush=True)
+    return run_dir
+
+
+def export_html(nb_path: Path) -> Path:
+    """HTML next to the notebook, figures embedded as data URIs."""
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    from .cache import write_text
+
+    body, _ = HTMLExporter(embed_images=True).from_notebook_node(nbformat.read(nb_path, 4))
+    return write_text(nb_path.with_suffix(".html"), body)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--profile", default="params/mini.yaml")
+    ap.add_argument("--run", default=None, help="results/<run> (default: the profile's name)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a profile parameter (YAML value)")
+    ap.add_argument("--force", action="store_true", help="rerun stages even if unchanged")
+    ap.add_argument("--only", nargs="*", help="run only these stages (e.g. 05)")
+    ap.add_argument("--report", default=None, help="also execute notebooks/total.py into this path")
+    a = ap.parse_args(argv)
+    params = load_profile(a.profile, a.set)
+    try:
+        run(params, a.run, a.force, a.only, a.report)
+    except StageFailed as e:
+        print(f"ERROR: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""Figures for stage 06 and the report: score distributions and nilearn brain maps.
+
+Every figure function returns a matplotlib Figure (or, for ``view_img``, writes an HTML file), so a
+notebook cell shows it and the report embeds it. Titles say "synthetic BOLD" when the data are.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+
+def _tag(synthetic: bool) -> str:
+    return " [synthetic BOLD]" if synthetic else ""
+
+
+def to_img(vec: np.ndarray, mask_img):
+    import nibabel as nib
+
+    mask = np.asarray(mask_img.get_fdata()) > 0
+    vol = np.zeros(mask.shape, np.float32)
+    vol[mask] = np.nan_to_num(np.asarray(vec, np.float32))
+    return nib.Nifti1Image(vol, mask_img.affine)
+
+
+def paired_scores(tab: pd.DataFrame, target: str, a: str = "raw", b: str = "sft",
+                  synthetic: bool = False):
+    """Per subject lines from condition a to b (the subject is the unit)."""
+    w = tab[tab.target == target].pivot_table(index="subject", columns="condition",
+                                              values="brain_score")
+    fig, ax = plt.subplots(figsize=(4.5, 3.6))
+    conds = [c for c in (a, b) if c in w]
+    for s, r in w[conds].iterrows():
+        ax.plot(range(len(conds)), r.values, "o-", color="0.5", alpha=0.8)
+        ax.annotate(s, (len(conds) - 1, r.values[-1]), fontsize=7, xytext=(4, 0),
+                    textcoords="offset points")
+    ax.plot(range(len(conds)), w[conds].mean().values, "s-", color="C3", lw=2.5, label="mean")
+    ax.set_xticks(range(len(conds)), conds)
+    ax.set_xlim(-0.3, len(conds) - 0.4)
+    ax.set_ylabel("brain score (Pearson r)")
+    ax.set_title(f"{target}{_tag(synthetic)}", fontsize=10)
+    ax.legend(frameon=False, fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def delta_distribution(deltas: dict[str, np.ndarray], significant: np.ndarray | None = None,
+                       label: str = "sft - raw", synthetic: bool = False):
+    """Histogram of voxel Δ brain score, per subject, with the significant voxels highlighted."""
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    allv = np.concatenate([d[np.isfinite(d)] for d in deltas.values()])
+    lim = np.percentile(np.abs(allv), 99.5) if len(allv) else 1
+    bins = np.linspace(-lim, lim, 61)
+    for i, (s, d) in enumerate(deltas.items()):
+        ax.hist(d[np.isfinite(d)], bins=bins, histtype="step", color=f"C{i}", label=s)
+        if significant is not None and significant.any():
+            ax.hist(d[significant & np.isfinite(d)], bins=bins, color=f"C{i}", alpha=0.25)
+    ax.axvline(0, color="k", lw=0.8)
+    ax.set_xlabel(f"Δ brain score per voxel ({label})")
+    ax.set_ylabel("voxels")
+    ax.set_title(f"Distribution of Δ over voxels{_tag(synthetic)}"
+                 + ("; filled = FDR-significant voxels" if significant is not None else ""),
+                 fontsize=9)
+    ax.legend(frameon=False, fontsize=7, ncol=2)
+    fig.tight_layout()
+    return fig
+
+
+def stat_map(img, title: str, vmax: float | None = None, cmap: str = "cold_hot", **kw):
+    from nilearn import plotting
+
+    fig = plt.figure(figsize=(9, 3))
+    plotting.plot_stat_map(img, display_mode="ortho", title=title, vmax=vmax, cmap=cmap,
+                           figure=fig, colorbar=True, **kw)
+    return fig
+
+
+def glass_brain(img, title: str, vmax: float | None = None, **kw):
+    from nilearn import plotting
+
+    fig = plt.figure(figsize=(9, 3))
+    plotting.plot_glass_brain(img, title=title, vmax=vmax, figure=fig, colorbar=True,
+                              plot_abs=False, cmap="cold_hot", **kw)
+    return fig
+
+
+def surface(img, title: str, vmax: float | None = None):
+    """Left and right lateral views on nilearn's bundled fsaverage5."""
+    from nilearn import datasets, plotting, surface as nsurf
+
+    fs = datasets.load_fsaverage("fsaverage5")
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), subplot_kw={"projection": "3d"})
+    vmax = vmax or float(np.nanmax(np.abs(img.get_fdata()))) or 1.0
+    for ax, hemi in zip(axes, ("left", "right")):
+        tex = nsurf.vol_to_surf(img, fs["pial"].parts[hemi])
+        plotting.plot_surf_stat_map(fs["inflated"].parts[hemi], tex, hemi=hemi, view="lateral",
+                                    colorbar=hemi == "right", vmax=vmax, cmap="cold_hot",
+                                    bg_map=None, axes=ax, figure=fig)
+    fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def save_view_img(img, path: str | Path, title: str, vmax: float | None = None) -> Path:
+    """Interactive HTML brain viewer (nilearn ``view_img``) saved next to the report."""
+    from nilearn import plotting
+
+    from .cache import atomic_path
+
+    v = plotting.view_img(img, title=title, vmax=vmax, cmap="cold_hot", symmetric_cmap=True)
+    with atomic_path(path, suffix=".html") as tmp:
+        v.save_as_html(str(tmp))
+    return Path(path)
+
+
+def save(fig, path: str | Path) -> Path:
+    from .cache import atomic_path
+
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    return Path(path)
+
+
+def layer_profile(df: pd.DataFrame, synthetic: bool = False):
+    """Brain score vs layer, mean ± 95% bootstrap CI over subjects, one line per condition."""
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    rng = np.random.default_rng(0)
+    for i, (cond, g) in enumerate(df.groupby("condition")):
+        w = g.pivot_table(index="layer", columns="subject", values="brain_score")
+        m = w.mean(1)
+        boots = np.stack([w.iloc[:, rng.integers(0, w.shape[1], w.shape[1])].mean(1)
+                          for _ in range(2000)])
+        lo, hi = np.percentile(boots, [2.5, 97.5], axis=0)
+        ax.plot(w.index, m, "o-", color=f"C{i}", label=cond)
+        ax.fill_between(w.index, lo, hi, color=f"C{i}", alpha=0.2)
+    ax.set_xlabel("layer")
+    ax.set_ylabel("brain score (r)")
+    ax.set_title(f"Layer profile{_tag(synthetic)}", fontsize=10)
+    ax.legend(frameon=False)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,326 @@
+"""Stage 04: supervised (causal-LM) fine-tuning on Narratives text, without leakage.
+
+The question is whether fine-tuning on *story text* changes brain scores, so the model that scores
+a story must not have been trained on that story:
+
+* ``heldout`` (default): cross-fitting over story folds. Each fold holds out some scored stories;
+  its model trains on every other corpus story. A scored story is always scored with the model of
+  the fold that held it out. Stories whose text overlaps a held-out story (near-duplicates such as
+  pieman / piemanpni, >5% shared word 4-grams) are held out with it.
+* ``leaky``: one model on every story, scored stories included -- the seed's behaviour, labelled
+  ``leaky`` everywhere it appears.
+* ``control``: the same budget on control text (the training stories' words shuffled within
+  sentences, or within 20-word chunks where there is no punctuation), so that "any extra training"
+  can be told apart from "training on narrative language".
+
+Training records train loss per step and validation loss / perplexity on the held-out stories
+before and after, writes checkpoints, resumes from the last one, and saves the model with
+``sft_config.json`` saying how it was made.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from .cache import key_of, write_csv, write_json
+from .data import DataError
+from .models import LoadedModel, load_model
+from .paths import Paths
+
+OVERLAP_THRESHOLD = 0.05
+
+
+@dataclass
+class SFTConfig:
+    base_model: str = "smollm2-135m"
+    steps: int = 40
+    lr: float = 5e-5
+    batch_size: int = 4
+    block_size: int = 128
+    seed: int = 0
+    method: str = "full"           # "full" or "lora"
+    lora_r: int = 8
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    checkpoint_every: int = 100    # a checkpoint costs ~3x the model size of disk writes
+    eval_blocks: int = 16          # validation blocks per held-out story set (first N, fixed)
+    device: str | None = None
+
+    def key(self, train_text_hash: str, kind: str) -> str:
+        d = asdict(self)
+        d.pop("device")
+        d.pop("checkpoint_every")
+        return key_of("sft", 2, d, train_text_hash, kind)
+
+
+# --------------------------------------------------------------------------- folds
+def _grams(text: str, n: int = 4) -> set:
+    w = re.findall(r"[a-z0-9']+", text.lower())
+    return {tuple(w[i:i + n]) for i in range(len(w) - n + 1)}
+
+
+def overlap(a: str, b: str) -> float:
+    """Share of the smaller text's word 4-grams that the other text also has."""
+    ga, gb = _grams(a), _grams(b)
+    return len(ga & gb) / max(1, min(len(ga), len(gb)))
+
+
+def plan_folds(scored: list[str], corpus: dict[str, str], mode: str = "heldout",
+               n_folds: int | None = None) -> list[dict]:
+    """Which stories each SFT model trains on and which scored stories it is used for.
+
+    Returns a list of folds: ``{"fold", "score_stories", "heldout", "train_stories", "leaky"}``.
+    """
+    if mode not in ("heldout", "leaky"):
+        raise ValueError(f"SFT mode must be 'heldout' or 'leaky', got {mode!r}")
+    if mode == "leaky":
+        return [dict(fold="leaky", score_stories=list(scored), heldout=[],
+                     train_stories=sorted(corpus), leaky=True)]
+    n_folds = min(n_folds or len(scored), len(scored))
+    folds = []
+    for k in range(n_folds):
+        held = [s for i, s in enumerate(sorted(scored)) if i % n_folds == k]
+        near = [c for c in corpus if c not in held and
+                any(overlap(corpus[c], corpus[h]) > OVERLAP_THRESHOLD for h in held if h in corpus)]
+        train = sorted(c for c in corpus if c not in held and c not in near)
+        if not train:
+            raise DataError(f"no training story left after holding out {held}")
+        folds.append(dict(fold=f"fold{k}-" + "-".join(held), score_stories=held,
+                          heldout=sorted(held + near), train_stories=train, leaky=False))
+    return folds
+
+
+def check_no_leak(folds: list[dict]) -> None:
+    for f in folds:
+        if f["leaky"]:
+            continue
+        bad = set(f["score_stories"]) & set(f["train_stories"])
+        if bad:
+            raise AssertionError(f"{f['fold']}: trains on the stories it scores: {sorted(bad)}")
+
+
+# --------------------------------------------------------------------------- control text
+def control_text(text: str, seed: int = 0) -> str:
+    """Same words, order shuffled within each sentence (or 20-word chunk when unpunctuated)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for sent in re.split(r"(?<=[.!?])\s+", text.strip()):
+        w = sent.split()
+        chunks = [w[i:i + 20] for i in range(0, len(w), 20)] if len(w) > 40 else [w]
+        for c in chunks:
+            c = list(c)
+            rng.shuffle(c)
+            out.extend(c)
+    return " ".join(out)
+
+
+# --------------------------------------------------------------------------- blocks
+def make_blocks(texts: list[str], tokenizer, block_size: int, source: str = "training text"
+                ) -> np.ndarray:
+    """Concatenate texts (EOS between) and cut into (n_blocks, block_size) token ids."""
+    ids: list[int] = []
+    eos = tokenizer.eos_token_id
+    for t in texts:
+        ids.extend(tokenizer(t, add_special_tokens=False)["input_ids"])
+        if eos is not None:
+            ids.append(eos)
+    n = len(ids) // block_size
+    if n < 1:
+        raise DataError(f"{source}: {len(ids)} tokens is shorter than one block of {block_size}")
+    return np.asarray(ids[:n * block_size], dtype=np.int64).reshape(n, block_size)
+
+
+def eval_loss(model: LoadedModel, blocks: np.ndarray, batch_size: int = 8) -> float:
+    import torch
+
+    if len(blocks) == 0:
+        return float("nan")
+    m = model.model
+    was = m.training
+    m.eval()
+    tot, n = 0.0, 0
+    with torch.inference_mode():
+        for i in range(0, len(blocks), batch_size):
+            x = torch.from_numpy(blocks[i:i + batch_size]).to(model.device)
+            with _autocast(model.device):
+                loss = m(input_ids=x, labels=x).loss
+            tot += float(loss) * len(x)
+            n += len(x)
+    m.train(was)
+    return tot / n
+
+
+def _autocast(device: str):
+    import contextlib
+    import torch
+
+    if device == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+# --------------------------------------------------------------------------- training
+def train(cfg: SFTConfig, train_texts: dict[str, str], out_dir: str | Path,
+          eval_texts: dict[str, str] | None = None, kind: str = "sft", label: str = "",
+          progress: bool = True) -> dict:
+    """Fine-tune ``cfg.base_model`` on ``train_texts``; save to ``out_dir``. Returns metrics.
+
+    Reuses a finished model whose key matches; resumes from ``out_dir/checkpoint`` otherwise.
+    """
+    import torch
+
+    out_dir = Path(out_dir)
+    text_hash = key_of(sorted(train_texts.items()))
+    key = cfg.key(text_hash, kind)
+    done = out_dir / "sft_config.json"
+    if done.exists():
+        try:
+            meta = json.loads(done.read_text())
+            if meta.get("key") == key:
+                return meta["metrics"]
+        except ValueError:
+            pass
+    torch.manual_seed(cfg.seed)
+    lm = load_model(cfg.base_model, device=cfg.device, dtype="float32")
+    tok = lm.tokenizer
+    blocks = make_blocks([train_texts[s] for s in sorted(train_texts)], tok, cfg.block_size,
+                         source=f"training text ({', '.join(sorted(train_texts))})")
+    ev = (make_blocks([eval_texts[s] for s in sorted(eval_texts)], tok, cfg.block_size,
+                      source="validation text")[:cfg.eval_blocks] if eval_texts else
+          np.zeros((0, cfg.block_size), np.int64))
+    model = lm.model
+    if cfg.method == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=2 * cfg.lora_r,
+                                                 target_modules="all-linear",
+                                                 lora_dropout=0.0, task_type="CAUSAL_LM"))
+        lm.model = model
+    elif cfg.method != "full":
+        raise ValueError(f"method must be 'full' or 'lora', got {cfg.method!r}")
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup_steps)) if cfg.warmup_steps else 1.0)
+    rng = np.random.default_rng(cfg.seed)
+    order = np.concatenate([rng.permutation(len(blocks))
+                            for _ in range(math.ceil(cfg.steps * cfg.batch_size / len(blocks)) + 1)])
+    ckpt = out_dir / "checkpoint"
+    step, history = 0, []
+    val_before = eval_loss(lm, ev)
+    if (ckpt / "state.pt").exists():
+        state = torch.load(ckpt / "state.pt", map_location=lm.device, weights_only=False)
+        if state.get("key") == key:
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["opt"])
+            sched.load_state_dict(state["sched"])
+            step, history, val_before = state["step"], state["history"], state["val_before"]
+    model.train()
+    t0 = time.time()
+    bar = tqdm(total=cfg.steps, initial=step, desc=f"SFT {label or kind}", disable=not progress,
+               leave=False)
+    while step < cfg.steps:
+        idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+        x = torch.from_numpy(blocks[idx]).to(lm.device)
+        with _autocast(lm.device):
+            loss = model(input_ids=x, labels=x).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        step += 1
+        history.append({"step": step, "train_loss": float(loss.detach())})
+        bar.update(1)
+        bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
+        if step % cfg.checkpoint_every == 0 and step < cfg.steps:
+            ckpt.mkdir(parents=True, exist_ok=True)
+            tmp = ckpt / "state.pt.part"
+            torch.save({"key": key, "model": model.state_dict(), "opt": opt.state_dict(),
+                        "sched": sched.state_dict(), "step": step, "history": history,
+                        "val_before": val_before}, tmp)
+            tmp.replace(ckpt / "state.pt")
+    bar.close()
+    seconds = time.time() - t0
+    val_after = eval_loss(lm, ev)
+    if cfg.method == "lora":
+        model = model.merge_and_unload()
+    tmp = out_dir.with_name(out_dir.name + ".partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    hist = pd.DataFrame(history)
+    metrics = dict(
+        kind=kind, label=label, n_train_blocks=int(len(blocks)), n_eval_blocks=int(len(ev)),
+        train_tokens_seen=int(cfg.steps * cfg.batch_size * cfg.block_size),
+        train_loss_first=float(hist["train_loss"].iloc[:5].mean()),
+        train_loss_last=float(hist["train_loss"].iloc[-5:].mean()),
+        val_loss_before=val_before, val_loss_after=val_after,
+        val_ppl_before=math.exp(val_before) if np.isfinite(val_before) else float("nan"),
+        val_ppl_after=math.exp(val_after) if np.isfinite(val_after) else float("nan"),
+        seconds=seconds, device=lm.device)
+    write_csv(tmp / "train_history.csv", hist)
+    write_json(tmp / "sft_config.json", {
+        "key": key, "config": asdict(cfg), "kind": kind, "label": label,
+        "train_stories": sorted(train_texts), "eval_stories": sorted(eval_texts or {}),
+        "train_text_hash": text_hash, "metrics": metrics})
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    tmp.rename(out_dir)
+    return metrics
+
+
+def model_dir(models_root: Path, base_tag: str, kind: str, fold: str, seed: int) -> Path:
+    """``data/models/<base>_sft_model/<kind>_<fold>_seed<k>`` (the seed called it gpt2_sft_model)."""
+    return Path(models_root) / f"{base_tag}_sft_model" / f"{kind}_{fold}_seed{seed}"
+
+
+# --------------------------------------------------------------------------- stage runner
+def run_stage(corpus: dict[str, str], scored: list[str], cfg: SFTConfig, models_root: Path,
+              mode: str = "heldout", control: bool = True, seeds=(0,), n_folds: int | None = None,
+              progress: bool = True) -> tuple[list[dict], pd.DataFrame]:
+    """Train every model the comparison needs. Returns (folds, table of trained models).
+
+    Per fold and seed: ``sft`` (story text, the fold's training stories), ``control`` (the same
+    stories' words shuffled within sentences, same budget); with ``mode="leaky"`` one ``leaky`` model
+    on every story instead of the folds' ``sft`` models.
+    """
+    from .models import model_tag
+
+    missing = [s for s in scored if s not in corpus]
+    if missing:
+        raise DataError(f"scored stories {missing} are not in the SFT corpus")
+    folds = plan_folds(scored, corpus, mode, n_folds)
+    check_no_leak(folds)
+    rows = []
+    base_tag = model_tag(cfg.base_model)
+    for fold in folds:
+        train_texts = {s: corpus[s] for s in fold["train_stories"]}
+        eval_texts = {s: corpus[s] for s in fold["score_stories"]}
+        kinds = [("leaky" if fold["leaky"] else "sft", train_texts)]
+        if control:
+            kinds.append(("control", {s: control_text(t, seed=i)
+                                      for i, (s, t) in enumerate(sorted(train_texts.items()))}))
+        for seed in seeds:
+            for kind, texts in kinds:
+                c = SFTConfig(**{**asdict(cfg), "seed": int(seed)})
+                d = model_dir(models_root, base_tag, kind, fold["fold"], seed)
+                m = train(c, texts, d, eval_texts, kind=kind, label=f"{kind} {fold['fold']}",
+                          progress=progress)
+                rows.append(dict(kind=kind, fold=fold["fold"], seed=int(seed),
+                                 path=Paths.from_env().rel(d),
+                                 score_stories=",".join(fold["score_stories"]),
+                                 train_stories=",".join(fold["train_stories"]),
+                                 leaky=fold["leaky"], **{k: v for k, v in m.items()
+                                                         if k not in ("kind", "label")}))
+    return folds, pd.DataFrame(rows)

@@ -1,0 +1,71 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 01 · Dataset subset and manifest
+#
+# Builds (or downloads) the BIDS tree this run analyses and writes `data_manifest.csv`: one row per
+# (subject, story, run) with the BOLD file, its TRs, the Gentle alignment, the story's timing in scan
+# time, and whether the dataset authors exclude the scan. The embedded default, **narratives-mini**,
+# pairs the real pieman stimuli with **synthetic BOLD** (a planted signal in superior temporal voxels).
+
+# %% tags=["parameters"]
+run_dir = "results/mini"
+dataset = "mini"                  # "mini" (generate), "openneuro" (download), "local" (already there)
+bids_root = "data/narratives-mini"
+bold_source = "raw"               # raw | afni-nosmooth | afni-smooth | fmriprep
+subjects = ["sub-001", "sub-002", "sub-003", "sub-004", "sub-005"]
+stories = ["pieman"]
+include_excluded = False          # the dataset authors exclude sub-001's pieman runs
+mini_seed = 0
+mini_resolution_mm = 6
+openneuro_endpoint = None         # None = OpenNeuro's public S3; a URL for a mirror or a test server
+openneuro_bucket = "openneuro.org"
+openneuro_prefix = "ds002345"
+
+# %%
+from pathlib import Path
+
+from lib import data, synthetic
+
+out = Path(run_dir) / "data"
+if dataset == "mini":
+    root = synthetic.make_mini(bids_root, seed=mini_seed, resolution_mm=mini_resolution_mm,
+                               subjects=subjects)
+elif dataset == "openneuro":
+    from lib import download
+
+    plan = download.fetch_subset(bids_root, subjects=subjects, stories=stories,
+                                 derivative=bold_source, endpoint_url=openneuro_endpoint,
+                                 bucket=openneuro_bucket, prefix=openneuro_prefix)
+    root = Path(bids_root)
+else:
+    root = Path(bids_root)
+
+manifest = data.build_manifest(root, subjects=subjects, stories=stories, bold_source=bold_source,
+                               include_excluded=include_excluded)
+data.write_manifest(manifest, out / "data_manifest.csv")
+print(f"{len(manifest)} runs, {int((~manifest.excluded).sum())} used; "
+      f"{'SYNTHETIC BOLD' if manifest.synthetic_bold.any() else 'real BOLD'} -> {out / 'data_manifest.csv'}")
+
+# %% [markdown]
+# ## Manifest
+
+# %%
+manifest.drop(columns=["bold_path", "alignment_path", "transcript_path"])
+
+# %% [markdown]
+# ## Runs per subject and story (excluded scans stay listed, flagged)
+
+# %%
+data.summary(manifest)

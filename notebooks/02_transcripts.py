@@ -1,0 +1,61 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 02 · Word alignments and transcripts
+#
+# Parses the Gentle alignments, interpolates the times of words Gentle did not find in the audio
+# (linearly, between the found neighbours), assigns each word to the TR in which it starts
+# (`floor((onset + audio_start) / TR)`), and writes `transcripts/<story>.tsv` plus the SFT corpus
+# `train_narratives.txt` (every story with an alignment; an index file gives each story's span so
+# stage 04 can hold stories out).
+
+# %% tags=["parameters"]
+run_dir = "results/mini"
+corpus_from_committed = True      # add the 26 committed Narratives alignments to the SFT corpus
+
+# %%
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+from lib import data, transcripts
+from lib.paths import Paths
+
+run = Path(run_dir)
+manifest = data.read_manifest(run / "data" / "data_manifest.csv")
+sources = [Paths.from_env().stimuli] if corpus_from_committed else []
+res = transcripts.build_transcripts(manifest, run / "transcripts", corpus_sources=sources)
+res["stories"]
+
+# %% [markdown]
+# ## SFT corpus (stories and sizes)
+
+# %%
+print(f"{len(res['corpus'])} stories, {res['corpus'].n_words.sum()} words")
+res["corpus"]
+
+# %% [markdown]
+# ## Words per TR
+
+# %%
+for story in res["stories"].story:
+    words = transcripts.read_transcript(run / "transcripts" / f"{story}.tsv")
+    n_trs = int(manifest.loc[manifest.story == story, "n_trs"].iloc[0])
+    fig, ax = plt.subplots(figsize=(8, 2.2))
+    ax.bar(np.arange(n_trs), np.bincount(words["tr"], minlength=n_trs), width=1.0)
+    ax.set(xlabel="TR", ylabel="words", title=f"{story}: words per TR "
+           f"({(~words.aligned).sum()} of {len(words)} times interpolated)")
+    plt.show()
+words.head(15)

@@ -1,0 +1,79 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 03 · Language-model activations
+#
+# Hidden states of one layer for every word, from overlapping windows of `context_tokens` tokens
+# (each word sees between half and all of them as left context), pooled over the word's sub-word
+# tokens. Cached under `data/derived/activations/<model_tag>/` keyed by model fingerprint, layer,
+# context, pooling and the words. Baselines: the same architecture with random weights.
+
+# %% tags=["parameters"]
+run_dir = "results/mini"
+model = "smollm2-135m"            # "gpt2" for real runs; "tiny-gpt2" in tests
+layer = 8
+context_tokens = 256
+pooling = "last"                  # last | mean
+batch_size = 8
+baselines = ["random"]            # random-init model of the same architecture
+device = "auto"
+threads = 2
+
+# %%
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from lib import data, features
+from lib.cache import write_csv
+from lib.models import load_model
+from lib.paths import Paths
+
+torch.set_num_threads(threads)
+run = Path(run_dir)
+manifest = data.read_manifest(run / "data" / "data_manifest.csv")
+stories = sorted(manifest.loc[~manifest.excluded, "story"].unique())
+cache = Paths.from_env().activations
+kw = dict(layer=layer, context=context_tokens, pooling=pooling, batch_size=batch_size)
+
+rows = []
+lm = load_model(model, device=device)
+print(f"{lm.name}: {lm.n_layers} layers, fingerprint {lm.fingerprint}, on {lm.device} ({lm.info})")
+rows += features.extract_for(lm, stories, run / "transcripts", cache, "raw", **kw)
+for b in baselines:
+    if b == "random":
+        rnd = load_model(f"random:{model}", device=device)
+        rows += features.extract_for(rnd, stories, run / "transcripts", cache, "random", **kw)
+    else:
+        raise ValueError(f"unknown baseline {b!r}")
+index = pd.DataFrame(rows, columns=features.INDEX_COLUMNS)
+write_csv(run / "features" / "activations_index.csv", index)
+index
+
+# %% [markdown]
+# ## A look at the activations (first story)
+
+# %%
+import matplotlib.pyplot as plt
+
+acts = features.load_activations(index.path.iloc[0])
+acts2d = acts if acts.ndim == 2 else acts[min(8, len(acts) - 1)]
+fig, ax = plt.subplots(figsize=(8, 2.5))
+ax.imshow(acts2d[:200].T, aspect="auto", cmap="RdBu_r",
+          vmin=-np.percentile(np.abs(acts2d), 99), vmax=np.percentile(np.abs(acts2d), 99))
+ax.set(xlabel="word", ylabel="unit", title=f"{index.story.iloc[0]}: layer {layer} activations, "
+       f"first 200 words ({lm.tag})")
+plt.show()

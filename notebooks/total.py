@@ -1,0 +1,104 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Does fine-tuning a language model on Narratives text change its brain score?
+#
+# Master report of one pipeline run (`python -m lib.pipeline`, or `make report` for the embedded
+# default). Question: does supervised fine-tuning (SFT) on Narratives story text change how well a
+# language model's layer activations predict fMRI responses to those stories? The stage notebooks
+# linked below hold every detail; this page gathers the header, the Δ table and the key figures.
+
+# %% tags=["parameters"]
+run_dir = "results/mini"
+
+# %%
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+from IPython.display import Markdown, display
+
+from lib import compare, plots, report
+
+run = Path(run_dir)
+params = report.load_params(run)
+header = report.run_header(run, params)
+synthetic = header.loc["data", "value"].startswith("SYNTHETIC")
+if synthetic:
+    display(Markdown("> **SYNTHETIC BOLD.** The fMRI data in this run are generated (real pieman "
+                     "stimuli, planted signal in superior temporal voxels). The numbers test the "
+                     "pipeline, not the brain."))
+header
+
+# %% [markdown]
+# ## Stage notebooks
+
+# %%
+nbs = sorted((run / "notebooks").glob("*.ipynb"))
+display(Markdown("\n".join(f"- [{p.stem}]({p.as_posix()})" for p in nbs)))
+
+# %% [markdown]
+# ## Fine-tuning: held-out perplexity before → after
+
+# %%
+compare.sft_summary(run / "sft" / "models.csv")
+
+# %% [markdown]
+# ## Δ brain score across subjects
+# Contrasts: `sft − raw` (the question), `control − raw` (same budget on shuffled words),
+# `sft − control` (narrative language beyond any extra training), and sanity checks `raw − random`
+# and `raw − wordrate`. The subject is the unit; p-values are paired Wilcoxon / t across subjects.
+
+# %%
+pd.read_csv(run / "compare" / "delta_table.csv")
+
+# %% [markdown]
+# ## Per-subject scores
+
+# %%
+tab = pd.read_csv(run / "compare" / "subject_scores.csv")
+tab.pivot_table(index=["target", "subject"], columns="condition", values="brain_score").round(3)
+
+# %% [markdown]
+# ## Figures
+
+# %%
+from IPython.display import Image
+
+for name in ["paired_whole_brain_mean.png", "paired_planted_roi_voxels.png",
+             "paired_voxels_top10pct_loso.png", "delta_distribution.png"]:
+    p = run / "compare" / name
+    if p.exists():
+        display(Image(filename=str(p)))
+
+# %% [markdown]
+# ## Brain maps (nilearn)
+
+# %%
+cmp = run / "compare"
+tag = " [synthetic BOLD]" if synthetic else ""
+imgs = {k: nib.load(str(cmp / f"group_{k}.nii.gz")) for k in ("raw", "sft", "delta")
+        if (cmp / f"group_{k}.nii.gz").exists()}
+vmax = max([float(np.abs(imgs[k].get_fdata()).max()) for k in ("raw", "sft") if k in imgs] + [1e-3])
+for k, img in imgs.items():
+    title = f"{k}: group brain score, FDR q<0.05{tag}" if k != "delta" else f"Δ sft − raw (significant voxels){tag}"
+    plots.stat_map(img, title, vmax=vmax if k != "delta" else None)
+for k in ("raw", "delta"):
+    if k in imgs:
+        plots.glass_brain(imgs[k], f"{k}{tag}", vmax=vmax if k != "delta" else None)
+if "raw" in imgs:
+    plots.surface(imgs["raw"], f"raw model, fsaverage5{tag}", vmax=vmax)
+display(Markdown("Interactive viewers: " + ", ".join(
+    f"[{p.name}]({p.as_posix()})" for p in sorted(cmp.glob("view_*.html")))))

@@ -1,0 +1,114 @@
+import os
+import time
+
+import numpy as np
+import pytest
+
+from lib import features
+from lib.data import DataError
+from lib.models import ModelError, load_model
+
+
+def test_tokenizer_is_real_gpt2_bpe(tiny):
+    # GPT-2 ids: " Hello"=18435, " world"=995, ","=11, " reporter"=9095, "."=13
+    assert tiny.tokenizer(" Hello world, reporter.")["input_ids"] == [18435, 995, 11, 9095, 13]
+    assert len(tiny.tokenizer) == 50257
+
+
+@pytest.mark.parametrize("pooling", ["last", "mean"])
+def test_windowed_equals_naive(tiny, pieman_words, pooling):
+    words = pieman_words.text.tolist()[:300]
+    a = features.windowed_activations(tiny, words, layer="all", context=32, pooling=pooling,
+                                      progress=False)
+    b = features.naive_activations(tiny, words, layer="all", context=32, pooling=pooling)
+    assert a["activations"].shape == (3, 300, 64)
+    np.testing.assert_allclose(a["activations"], b["activations"], atol=1e-4)
+    # each word saw between context - stride and context tokens (bar the start of the story)
+    ids, ends = features.tokenize_words(words, tiny.tokenizer)
+    ctx = ends - a["context_start"]
+    assert ctx.max() <= 32 and ctx[ends > 32].min() >= 16
+
+
+def test_windows_cover_every_token_once_as_owner():
+    starts, owner = features.plan_windows(1000, 64, 32)
+    assert starts[0] == 0 and np.all(np.diff(starts) == 32)
+    j = np.arange(1000)
+    assert np.all(owner <= j) and np.all(j - owner < 64)
+    assert np.all(j[j >= 64] - owner[j >= 64] >= 32)
+
+
+def test_cache_hit_computes_nothing(tiny, pieman_words, tmp_path, monkeypatch):
+    tr = pieman_words.head(120)
+    a, hit = features.story_activations(tiny, tr, "pieman", tmp_path, layer=1, context=32)
+    assert not hit
+    monkeypatch.setattr(features, "windowed_activations",
+                        lambda *a, **k: (_ for _ in ()).throw(AssertionError("recomputed")))
+    b, hit = features.story_activations(tiny, tr, "pieman", tmp_path, layer=1, context=32)
+    assert hit
+    np.testing.assert_array_equal(a["activations"], b["activations"])
+
+
+def test_corrupt_cache_entry_is_recomputed(tiny, pieman_words, tmp_path):
+    tr = pieman_words.head(80)
+    a, _ = features.story_activations(tiny, tr, "pieman", tmp_path, layer=1, context=32)
+    path = features.activations_path(tmp_path, tiny.tag, "pieman", 1, 32, "last")
+    raw = bytearray(path.read_bytes())
+    raw[-100:] = b"\0" * 100
+    path.write_bytes(bytes(raw))
+    b, hit = features.story_activations(tiny, tr, "pieman", tmp_path, layer=1, context=32)
+    assert not hit
+    np.testing.assert_allclose(a["activations"], b["activations"], atol=1e-6)
+
+
+def test_cache_key_changes_with_words(tiny, pieman_words, tmp_path):
+    features.story_activations(tiny, pieman_words.head(50), "pieman", tmp_path, layer=1, context=32)
+    _, hit = features.story_activations(tiny, pieman_words.head(51), "pieman", tmp_path, layer=1,
+                                        context=32)
+    assert not hit
+
+
+def test_bad_inputs(tiny, pieman_words):
+    words = pieman_words.text.tolist()[:20]
+    with pytest.raises(ModelError, match="layer 9 is out of range.*2 layers"):
+        features.windowed_activations(tiny, words, layer=9, context=32, progress=False)
+    with pytest.raises(ModelError, match="context of 1000 tokens exceeds .*256"):
+        features.windowed_activations(tiny, words, layer=1, context=1000, progress=False)
+    with pytest.raises(DataError, match="empty transcript"):
+        features.windowed_activations(tiny, [], layer=1, context=32, progress=False)
+
+
+def test_unknown_model_name():
+    with pytest.raises(ModelError, match="unknown model 'no such model!'"):
+        load_model("no such model!")
+
+
+def test_hub_offline_fails_fast(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    t0 = time.time()
+    with pytest.raises(ModelError, match="hub is not reachable.*smollm2-135m"):
+        load_model("gpt2")
+    assert time.time() - t0 < 10
+
+
+def test_random_baseline_differs_from_model(tiny, paths):
+    rnd = load_model("random:tiny-gpt2", device="cpu", paths=paths)
+    assert rnd.tag == "random-tiny-gpt2" and rnd.fingerprint != tiny.fingerprint
+    a = next(tiny.model.parameters()).detach()
+    b = next(rnd.model.parameters()).detach()
+    assert a.shape == b.shape and not np.allclose(a.numpy(), b.numpy())
+
+
+@pytest.mark.slow
+def test_smollm2_loads_offline(paths, pieman_words):
+    assert os.environ.get("HF_HUB_OFFLINE") == "1"
+    lm = load_model("smollm2-135m", device="cpu", paths=paths)
+    assert lm.n_layers == 30 and lm.model.config.hidden_size == 576
+    assert (paths.models / "smollm2-135m" / "model.safetensors").exists()
+    ids = lm.tokenizer("The capital of France is", return_tensors="pt")
+    out = lm.model.generate(**ids, max_new_tokens=3, do_sample=False)
+    assert "Paris" in lm.tokenizer.decode(out[0])
+    acts = features.windowed_activations(lm, pieman_words.text.tolist()[:40], layer=8,
+                                         context=64, progress=False)["activations"]
+    assert acts.shape == (40, 576) and np.isfinite(acts).all()
+    again = load_model("smollm2-135m", device="cpu", paths=paths)  # reuses the converted folder
+    assert again.fingerprint == lm.fingerprint

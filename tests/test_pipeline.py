@@ -1,0 +1,77 @@
+"""End to end: the reduced embedded profile (tiny model, 2 analysed subjects, SYNTHETIC BOLD)
+through papermill, the master report, its HTML, the stage cache and a failing stage."""
+import json
+import subprocess
+import sys
+
+import nbformat
+import pytest
+
+from conftest import REPO
+
+
+def _run(args, env_root, timeout=900):
+    import os
+
+    env = {**os.environ, "NARRATIVES_ROOT": str(env_root), "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "lib.pipeline", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def quick_run(project_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("e2e")
+    args = ["--profile", "params/quick.yaml", "--run", "e2e",
+            "--set", f"bids_root={out / 'bids'}", "--report", str(out / "total.ipynb")]
+    p = _run(args, project_root)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    return out, project_root / "results" / "e2e", args, p
+
+
+def outputs(nb):
+    return [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+
+
+@pytest.mark.slow
+def test_report_is_complete(quick_run):
+    out, run_dir, _, _ = quick_run
+    nb = nbformat.read(out / "total.ipynb", 4)
+    outs = outputs(nb)
+    assert not [o for o in outs if o.output_type == "error"]
+    images = [o for o in outs if "image/png" in o.get("data", {})]
+    assert len(images) >= 3
+    text = json.dumps([o.get("data", {}) for o in outs])
+    assert "sft - raw" in text and "mean_delta" in text          # the Δ table
+    assert "SYNTHETIC BOLD" in text
+    html = (out / "total.html").read_text()
+    assert html.count("data:image/png;base64") >= 3
+    for stage in ["01_data", "02_transcripts", "03_features", "04_sft", "05_brain_score",
+                  "06_compare"]:
+        snb = nbformat.read(run_dir / "notebooks" / f"{stage}.ipynb", 4)
+        assert not [o for o in outputs(snb) if o.output_type == "error"], stage
+    assert (run_dir / "data" / "data_manifest.csv").exists()
+    assert (run_dir / "compare" / "delta_table.csv").exists()
+    assert list((run_dir / "brain_score" / "maps").glob("*.nii.gz"))
+    import pandas as pd
+
+    sc = pd.read_csv(run_dir / "brain_score" / "scores.csv")
+    assert set(sc.subject) == {"sub-002", "sub-003"}           # sub-001 excluded by the authors
+    assert {"raw", "sft", "control", "random", "wordrate"} <= set(sc.condition)
+    assert sc.synthetic_bold.all()
+
+
+@pytest.mark.slow
+def test_unchanged_stages_are_not_rerun(quick_run, project_root):
+    out, run_dir, args, _ = quick_run
+    p = _run(args[:-2], project_root)                               # no report this time
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert p.stdout.count("unchanged: reusing") == 6
+
+
+@pytest.mark.slow
+def test_broken_stage_fails_with_its_name(quick_run, project_root):
+    out, run_dir, args, _ = quick_run
+    p = _run(["--profile", "params/quick.yaml", "--run", "broken", "--set",
+              f"bids_root={out / 'bids'}", "--set", "model=no-such/model!"], project_root)
+    assert p.returncode != 0
+    assert "stage 03_features failed" in p.stderr and "03_features.ipynb" in p.stderr

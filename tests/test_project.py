@@ -1,0 +1,58 @@
+"""Project hygiene: notebook pairs in sync, thin notebooks, environment files agree."""
+import re
+import tomllib
+
+import jupytext
+import pytest
+import yaml
+
+from conftest import REPO
+
+NOTEBOOKS = sorted((REPO / "notebooks").glob("*.py"))
+
+
+def test_every_notebook_has_its_pair():
+    assert NOTEBOOKS
+    for py in NOTEBOOKS:
+        assert py.with_suffix(".ipynb").exists(), py
+    for nb in (REPO / "notebooks").glob("*.ipynb"):
+        assert nb.with_suffix(".py").exists(), nb
+
+
+@pytest.mark.parametrize("py", NOTEBOOKS, ids=lambda p: p.name)
+def test_pair_in_sync(py):
+    a = jupytext.read(py)
+    b = jupytext.read(py.with_suffix(".ipynb"))
+    strip = lambda nb: [(c.cell_type, c.source.strip(), c.metadata.get("tags", []))
+                        for c in nb.cells]
+    assert strip(a) == strip(b), f"{py.name} and its .ipynb differ: run `make sync`"
+
+
+@pytest.mark.parametrize("py", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_is_thin(py):
+    nb = jupytext.read(py)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith("# ")
+    assert "parameters" in code[0].metadata.get("tags", [])
+    assert not re.search(r"^\s*(def|class) ", "\n".join(c.source for c in code), re.M), \
+        "logic belongs in lib/"
+
+
+def _names(reqs):
+    return {re.split(r"[<>=!\[ ]", r.strip())[0].lower().replace("_", "-") for r in reqs}
+
+
+def test_environment_yml_matches_pyproject():
+    py = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    env = yaml.safe_load((REPO / "environment.yml").read_text())["dependencies"]
+    conda = _names(d for d in env if isinstance(d, str)) - {"python", "pip", "jupyterlab"}
+    conda = {"torch" if n == "pytorch" else n for n in conda}
+    assert conda == _names(py)
+
+
+def test_makefile_pins_torch_and_ci_calls_make_test():
+    mk = (REPO / "Makefile").read_text()
+    assert "torch==2.13.0" in mk
+    assert "make test" in (REPO / ".ci" / "run").read_text()
+    readme = (REPO / "README.md").read_text()
+    assert "make report" in readme and "make test" in readme

@@ -1,0 +1,104 @@
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from lib import sft
+from lib.data import DataError
+from lib.transcripts import read_alignment
+
+from conftest import STIMULI
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    out = {}
+    for s in ["pieman", "piemanpni", "tunnel", "black", "bronx", "lucy"]:
+        out[s] = " ".join(read_alignment(STIMULI / s / "align.csv").word)
+    return out
+
+
+def test_heldout_story_never_in_training(corpus):
+    folds = sft.plan_folds(["pieman", "tunnel"], corpus, "heldout")
+    assert len(folds) == 2
+    sft.check_no_leak(folds)
+    for f in folds:
+        for s in f["score_stories"]:
+            assert s not in f["train_stories"]
+            training_text = " ".join(corpus[t] for t in f["train_stories"])
+            # no long verbatim stretch of the scored story is in its model's training text
+            assert sft.overlap(corpus[s], training_text) < sft.OVERLAP_THRESHOLD
+    pie = next(f for f in folds if f["score_stories"] == ["pieman"])
+    assert "piemanpni" in pie["heldout"] and "piemanpni" not in pie["train_stories"]
+
+
+def test_leaky_mode_is_labelled(corpus):
+    (f,) = sft.plan_folds(["pieman"], corpus, "leaky")
+    assert f["leaky"] and "pieman" in f["train_stories"]
+    with pytest.raises(ValueError):
+        sft.plan_folds(["pieman"], corpus, "everything")
+
+
+def test_control_text_keeps_the_words():
+    t = "The cat sat on the mat. Then it slept for a while, happily! Done."
+    c = sft.control_text(t, seed=1)
+    assert Counter(c.split()) == Counter(t.split()) and c != t
+
+
+def test_text_shorter_than_one_block(tiny):
+    with pytest.raises(DataError, match="shorter than one block of 128"):
+        sft.make_blocks(["just a few words"], tiny.tokenizer, 128, source="tiny.txt")
+
+
+def test_sft_lowers_training_loss_and_resumes(corpus, tmp_path, paths):
+    cfg = sft.SFTConfig(base_model="tiny-gpt2", steps=30, lr=3e-3, batch_size=4, block_size=32,
+                        checkpoint_every=10, device="cpu")
+    texts = {"black": corpus["black"][:6000]}
+    m = sft.train(cfg, texts, tmp_path / "m", {"pieman": corpus["pieman"][:3000]},
+                  progress=False)
+    assert m["train_loss_last"] < m["train_loss_first"] - 0.5
+    assert m["val_loss_after"] < m["val_loss_before"]
+    meta = json.loads((tmp_path / "m" / "sft_config.json").read_text())
+    assert meta["train_stories"] == ["black"] and meta["eval_stories"] == ["pieman"]
+    # finished model with the same key: reused without training
+    again = sft.train(cfg, texts, tmp_path / "m", {"pieman": corpus["pieman"][:3000]},
+                      progress=False)
+    assert again == m
+    # an interrupted run resumes from its checkpoint
+    cfg2 = sft.SFTConfig(**{**cfg.__dict__, "steps": 20})
+    import torch
+
+    calls = {"n": 0}
+    real_step = torch.optim.AdamW.step
+
+    def failing_step(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 15:
+            raise KeyboardInterrupt
+        return real_step(self, *a, **k)
+
+    torch.optim.AdamW.step = failing_step
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            sft.train(cfg2, texts, tmp_path / "r", None, progress=False)
+    finally:
+        torch.optim.AdamW.step = real_step
+    assert (tmp_path / "r" / "checkpoint" / "state.pt").exists()
+    assert not (tmp_path / "r").joinpath("sft_config.json").exists()
+    state = torch.load(tmp_path / "r" / "checkpoint" / "state.pt", weights_only=False)
+    assert state["step"] == 10
+    m2 = sft.train(cfg2, texts, tmp_path / "r", None, progress=False)
+    hist = (tmp_path / "r" / "train_history.csv").read_text().strip().splitlines()
+    assert len(hist) == 21 and np.isfinite(m2["train_loss_last"])
+
+
+def test_run_stage_trains_sft_and_control(corpus, tmp_path):
+    cfg = sft.SFTConfig(base_model="tiny-gpt2", steps=3, lr=1e-3, batch_size=2, block_size=32,
+                        device="cpu")
+    small = {k: v[:3000] for k, v in corpus.items()}
+    folds, table = sft.run_stage(small, ["pieman"], cfg, tmp_path, mode="heldout",
+                                 control=True, seeds=[0, 1], progress=False)
+    assert sorted(table.kind.unique()) == ["control", "sft"] and len(table) == 4
+    assert not table.leaky.any()
+    assert all("pieman" not in t.split(",") for t in table.train_stories)
