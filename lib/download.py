@@ -154,7 +154,8 @@ def _complete(path: Path, rf: RemoteFile) -> bool:
 def _fetch_one(s3, bucket: str, rf: RemoteFile, dest: Path, bar, endpoint: str | None,
                attempts: int = 5, backoff: float = 0.5) -> None:
     from botocore.exceptions import (ConnectionClosedError, EndpointConnectionError,
-                                     ReadTimeoutError, ResponseStreamingError)
+                                     FlexibleChecksumError, ReadTimeoutError,
+                                     ResponseStreamingError)
 
     part = dest.with_name(dest.name + ".part")
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -175,6 +176,13 @@ def _fetch_one(s3, bucket: str, rf: RemoteFile, dest: Path, bar, endpoint: str |
                         bar.update(len(chunk))
             elif not part.exists():
                 part.touch()
+        except FlexibleChecksumError as e:  # botocore checked the body against the server's CRC
+            part.unlink(missing_ok=True)
+            if fresh_tried:
+                raise IntegrityError(f"s3://{bucket}/{rf.key}: downloaded bytes do not match the "
+                                     f"server's checksum ({e})") from None
+            fresh_tried = True
+            continue
         except (ConnectionClosedError, ReadTimeoutError, ResponseStreamingError,
                 EndpointConnectionError, ConnectionError, OSError) as e:
             attempt += 1

@@ -209,6 +209,7 @@ class EncodingResult:
     edge_fraction: float = 0.0    # share of choices at the edge of the alpha grid
     null: np.ndarray | None = None    # (n_perm, t) permutation null of ``scores``
     pvalues: np.ndarray | None = None
+    null_plan: "NullPlan | None" = None
     info: dict = field(default_factory=dict)
 
 
@@ -231,7 +232,7 @@ def fit_score(X: np.ndarray, Y: np.ndarray, folds=None, alphas=DEFAULT_ALPHAS, n
               device: str | None = None, batch_targets: int = 20000, n_perm: int = 0,
               perm_block: int = 10, seed: int = 0, source: str = "",
               run_lengths=None, dtype: str = "float32", perm_batch: int = 100,
-              perm_stop: int | None = 10) -> EncodingResult:
+              perm_stop: int | None = 10, defer_null: bool = False) -> EncodingResult:
     """Cross-validated ridge brain scores of features ``X`` (n, p) for targets ``Y`` (n, t).
 
     ``X`` should already carry its delays. ``n_perm`` > 0 adds a block-permutation null: BOLD is
@@ -318,7 +319,7 @@ def fit_score(X: np.ndarray, Y: np.ndarray, folds=None, alphas=DEFAULT_ALPHAS, n
     concat_r[vidx] = _np_pearson(concat_pred[np.ix_(test_all, vidx)], Y[np.ix_(test_all, vidx)])
     chosen = fold_alpha[:, vidx]
     edge = float(np.mean((chosen == alphas[0]) | (chosen == alphas[-1]))) if chosen.size else 0.0
-    if edge > 0.2 and len(alphas) > 2:
+    if edge > 0.2 and len(alphas) > 2 and len(vidx) >= 20:  # a share of a few choices says little
         warnings.warn(f"{edge:.0%} of alpha choices are at the edge of the grid "
                       f"[{alphas[0]:g}, {alphas[-1]:g}]; consider widening it"
                       f"{f' ({source})' if source else ''}", stacklevel=2)
@@ -326,11 +327,15 @@ def fit_score(X: np.ndarray, Y: np.ndarray, folds=None, alphas=DEFAULT_ALPHAS, n
                          info=dict(n_folds=len(folds), gap=gap, backend=backend,
                                    n_trs=len(X), n_features=X.shape[1]))
     if n_perm:
-        null, pvals, n_done = _sequential_null(B, Y, vidx, batch_targets, kept_folds, len(folds),
-                                               alphas, perms, scores, perm_batch, perm_stop)
+        plan = NullPlan(B, Y, vidx, batch_targets, kept_folds, len(folds), alphas, perms)
+        res.info.update(n_perm=n_perm, perm_block=perm_block, perm_stop=perm_stop)
+        if defer_null:  # a group test will run the permutations across subjects
+            res.null_plan = plan
+            return res
+        null, pvals, n_done = group_permutation_test([[plan]], scores, n_perm, perm_batch,
+                                                     perm_stop)
         res.null, res.pvalues = null, pvals
-        res.info.update(n_perm=n_perm, perm_block=perm_block, perm_stop=perm_stop,
-                        mean_perms_per_target=float(np.mean(n_done[vidx])))
+        res.info.update(mean_perms_per_target=float(np.mean(n_done[vidx])))
     return res
 
 
@@ -392,42 +397,73 @@ def _fold_null(B, dec: _Decomp, alphas, best_np, Yb, train, test, perms):
     return out
 
 
-def _sequential_null(B, Y, vidx, batch_targets, kept_folds, n_folds, alphas, perms, scores,
-                     perm_batch, perm_stop):
-    """Run the permutations in batches over the still-undecided targets (see fit_score)."""
-    n_perm, t = len(perms), Y.shape[1]
+@dataclass
+class NullPlan:
+    """What the permutation null of one fit needs: its data, folds' decompositions and alphas."""
+    B: object
+    Y: np.ndarray
+    vidx: np.ndarray
+    batch_targets: int
+    kept_folds: list
+    n_folds: int
+    alphas: np.ndarray
+    perms: list
+
+    def batch(self, b0: int, b1: int, cols: np.ndarray) -> np.ndarray:
+        """Null scores (mean over folds of per-fold r) of permutations b0..b1 for ``cols``."""
+        bp = self.perms[b0:b1]
+        acc = np.zeros((len(bp), self.Y.shape[1]), np.float32)
+        want = np.zeros(self.Y.shape[1], bool)
+        want[cols] = True
+        for f, s, dec, best_np, train, test in self.kept_folds:
+            block = self.vidx[s:s + self.batch_targets]
+            keep = want[block]
+            if not keep.any():
+                continue
+            c = block[keep]
+            acc[:, c] += _fold_null(self.B, dec, self.alphas, best_np[keep],
+                                    self.B.asarray(self.Y[:, c]), train, test, bp)
+        return acc[:, cols] / self.n_folds
+
+
+def group_permutation_test(plans: list[list[NullPlan]], scores: np.ndarray, n_perm: int,
+                           perm_batch: int = 100, perm_stop: int | None = 10):
+    """Permutation p-values of a group score = mean over subjects of (mean over their runs).
+
+    ``plans[s]`` holds the NullPlans of subject s's runs. Permutation j is applied to every run,
+    the null group score is averaged the same way as the observed one, and targets are dropped
+    once ``perm_stop`` null scores reach the observed one (Besag & Clifford: p = h / L), else
+    p = (1 + exceedances) / (1 + n_perm). Returns (null (n_perm, t) with NaN where a target had
+    stopped, p-values, permutations run per target).
+    """
+    t = len(scores)
     null = np.full((n_perm, t), np.nan, np.float32)
     exceed = np.zeros(t, np.int64)
     n_done = np.zeros(t, np.int64)
     stopped_p = np.full(t, np.nan)
-    active = np.zeros(t, bool)
-    active[vidx] = True
+    active = np.isfinite(scores).copy()
+    for sub in plans:
+        for pl in sub:
+            ok = np.zeros(t, bool)
+            ok[pl.vidx] = True
+            active &= ok
     batch = perm_batch if perm_stop else n_perm
     for b0 in range(0, n_perm, batch):
-        cols_all = np.flatnonzero(active)
-        if len(cols_all) == 0:
+        cols = np.flatnonzero(active)
+        if len(cols) == 0:
             break
-        bp = perms[b0:b0 + batch]
-        acc = np.zeros((len(bp), t), np.float32)
-        for f, s, dec, best_np, train, test in kept_folds:
-            block = vidx[s:s + batch_targets]
-            keep = active[block]
-            if not keep.any():
-                continue
-            cols = block[keep]
-            Yb = B.asarray(Y[:, cols])
-            acc[:, cols] += _fold_null(B, dec, alphas, best_np[keep], Yb, train, test, bp)
-        acc[:, cols_all] /= n_folds
-        null[b0:b0 + len(bp), cols_all] = acc[:, cols_all]
-        exceed[cols_all] += (acc[:, cols_all] >= scores[cols_all][None]).sum(0)
-        n_done[cols_all] += len(bp)
+        b1 = min(n_perm, b0 + batch)
+        g = np.mean([np.mean([pl.batch(b0, b1, cols) for pl in sub], 0) for sub in plans], 0)
+        null[b0:b1, cols] = g
+        exceed[cols] += (g >= scores[cols][None]).sum(0)
+        n_done[cols] += b1 - b0
         if perm_stop:
             stop = active & (exceed >= perm_stop)
             stopped_p[stop] = exceed[stop] / n_done[stop]
             active &= ~stop
-    p = (1 + exceed) / (1 + n_done)
+    p = (1 + exceed) / np.maximum(1, 1 + n_done)
     p = np.where(np.isfinite(stopped_p), stopped_p, p).astype(np.float64)
-    p[~np.isfinite(scores)] = np.nan
+    p[~np.isfinite(scores) | (n_done == 0)] = np.nan
     return null, p, n_done
 
 
@@ -528,7 +564,8 @@ def run_stage(manifest, transcripts_dir, index, out_dir, mask_img, delays=DEFAUL
               aggregation: str = "sum", alphas=DEFAULT_ALPHAS, n_folds: int = 5,
               gap: int | None = None, n_perm: int = 1000, perm_block: int = 10,
               perm_conditions=("raw", "sft"), backend: str = "numpy", device: str | None = None,
-              roi_labels=None, baselines=("wordrate",), progress: bool = True) -> dict:
+              roi_labels=None, baselines=("wordrate",), perm_stop: int | None = 10,
+              progress: bool = True) -> dict:
     """Stage 05: brain scores for every (subject, story, run) x condition x seed.
 
     Writes ``scores.csv`` (whole-brain-mean, ROI and voxel-summary targets), ``voxel_scores.npz``,
@@ -565,9 +602,7 @@ def run_stage(manifest, transcripts_dir, index, out_dir, mask_img, delays=DEFAUL
     conds = [(r.condition, r.story, int(r.seed), r.model_tag, r.path)
              for r in index.itertuples()]
     rows, voxel_scores = [], {}
-    group_null: dict[str, np.ndarray] = {}
-    group_n: dict[str, int] = {}
-    subj_null: dict[str, list] = {}
+    plans: dict[str, dict[str, list]] = {}   # "cond|seed" -> subject -> NullPlans of its runs
     bold_by_run: dict[tuple, list] = {}
 
     def save_map(vec, name):
@@ -575,20 +610,9 @@ def run_stage(manifest, transcripts_dir, index, out_dir, mask_img, delays=DEFAUL
         vol[mask] = np.nan_to_num(vec)
         nib.save(nib.Nifti1Image(vol, mask_img.affine), out_dir / "maps" / name)
 
-    def flush_subject():
-        for c, lst in subj_null.items():
-            m = np.mean(lst, 0)
-            group_null[c] = group_null.get(c, 0) + m
-            group_n[c] = group_n.get(c, 0) + 1
-        subj_null.clear()
-
-    current = None
     bar = tqdm(list(runs.iterrows()), desc="brain scores", disable=not progress)
     for _, row in bar:
         sub, story, run = row["subject"], row["story"], int(row["run"])
-        if current is not None and sub != current:
-            flush_subject()
-        current = sub
         timing = timing_of_row(row)
         n_trs = int(row["n_trs"])
         kept = timing.kept_slice(n_trs)
@@ -623,12 +647,12 @@ def run_stage(manifest, transcripts_dir, index, out_dir, mask_img, delays=DEFAUL
                 warnings.simplefilter("always")
                 vres = fit_score(X, Y, alphas=alphas, n_folds=n_folds, gap=gap, n_perm=perm,
                                  perm_block=perm_block, backend=backend, device=device,
-                                 source=src)
+                                 source=src, defer_null=True)
             key = f"{sub}|{story}|{run}|{cond}|{seed}"
             voxel_scores[key] = vres.scores.astype(np.float32)
             save_map(vres.scores, f"{sub}_task-{story}_run-{run}_{cond}_seed-{seed}_r.nii.gz")
             if perm:
-                subj_null.setdefault(f"{cond}|{seed}", []).append(vres.null)
+                plans.setdefault(f"{cond}|{seed}", {}).setdefault(sub, []).append(vres.null_plan)
             base = dict(subject=sub, story=story, run=run, condition=cond, seed=seed,
                         model_tag=tag, synthetic_bold=synthetic)
             v = vres.scores[vres.valid]
@@ -648,7 +672,6 @@ def run_stage(manifest, transcripts_dir, index, out_dir, mask_img, delays=DEFAUL
                                  else np.nan, n_valid=1, n_invalid=0,
                                  alpha_median=float(np.median(tres.alphas)),
                                  alpha_edge_fraction=tres.edge_fraction, warnings=""))
-    flush_subject()
     scores = pd.DataFrame(rows)
     write_csv(out_dir / "scores.csv", scores)
     write_npz(out_dir / "voxel_scores.npz", **voxel_scores)
@@ -673,21 +696,23 @@ def run_stage(manifest, transcripts_dir, index, out_dir, mask_img, delays=DEFAUL
     if nc_maps:
         group["noise_ceiling"] = np.nanmean(nc_maps, 0).astype(np.float32)
         save_map(group["noise_ceiling"], "group_noise_ceiling_isc.nii.gz")
-    for c, tot in group_null.items():
+    # group maps: mean over subjects (runs averaged within subject) + block-permutation FDR
+    for c, by_sub in plans.items():
         cond, seed = c.split("|")
-        subj = (scores[(scores.condition == cond) & (scores.seed == int(seed))]
-                ["subject"].unique())
-        obs = np.nanmean([np.nanmean([voxel_scores[k] for k in voxel_scores
-                                      if k.startswith(f"{s}|") and k.endswith(f"|{cond}|{seed}")],
-                                     0) for s in subj], 0)
-        null = tot / group_n[c]
-        p = permutation_pvalues(obs, null)
+        subs = sorted(by_sub)
+        obs = np.mean([np.mean([voxel_scores[k] for k in voxel_scores
+                                if k.startswith(f"{s}|") and k.endswith(f"|{cond}|{seed}")], 0)
+                       for s in subs], 0)
+        _, p, n_done = group_permutation_test([by_sub[s] for s in subs], obs, n_perm,
+                                              perm_stop=perm_stop)
         group[f"{cond}_seed{seed}_score"] = obs.astype(np.float32)
         group[f"{cond}_seed{seed}_p"] = p
         group[f"{cond}_seed{seed}_fdr05"] = fdr_bh(p, 0.05)
+        group[f"{cond}_seed{seed}_n_perm_run"] = n_done
         save_map(obs, f"group_{cond}_seed-{seed}_r.nii.gz")
         save_map(np.where(group[f"{cond}_seed{seed}_fdr05"], obs, 0),
                  f"group_{cond}_seed-{seed}_r_fdr05.nii.gz")
+    plans.clear()
     write_npz(out_dir / "group.npz", **group)
     return {"scores": scores, "noise_ceiling": nc, "group": group,
             "voxel_keys": sorted(voxel_scores)}

@@ -10,7 +10,8 @@ Names understood by :func:`load_model` (notebook parameters, cache keys and the 
   result is kept as a safetensors folder under ``data/models/smollm2-135m``.
 * ``tiny-gpt2``: a randomly initialised 2-layer GPT-2 for tests, with the real GPT-2 BPE tokenizer
   rebuilt from ``whisper/assets/gpt2.tiktoken`` (PyPI ``openai-whisper``; no network).
-* ``random:<name>``: the architecture of ``<name>`` with random weights (a baseline).
+* ``random:<name>``: the architecture of ``<name>`` with random weights (a baseline);
+  ``random:gpt2`` needs no download (GPT-2 small's config is transformers' default).
 * a local directory (e.g. a fine-tuned model under ``data/models/``).
 """
 from __future__ import annotations
@@ -189,13 +190,20 @@ def load_model(name: str, device: str | None = None, dtype: str = "auto",
     device = pick_device(device)
     info: dict = {}
     if name.startswith("random:"):
-        base = load_model(name.split(":", 1)[1], device="cpu", paths=paths)
-        from transformers import AutoModelForCausalLM
+        from transformers import AutoModelForCausalLM, GPT2Config
 
+        base_name = name.split(":", 1)[1]
+        if base_name == "gpt2":
+            # GPT-2 small's architecture is transformers' default GPT2Config and its tokenizer is
+            # rebuilt offline, so this baseline (and GPU timings of GPT-2) needs no download
+            config, tok, base_fp = GPT2Config(), gpt2_tokenizer(paths), "gpt2-config"
+        else:
+            base = load_model(base_name, device="cpu", paths=paths)
+            config, tok, base_fp = base.model.config, base.tokenizer, base.fingerprint
         torch.manual_seed(RANDOM_SEED + seed)
-        model = AutoModelForCausalLM.from_config(base.model.config)
-        tok, fp = base.tokenizer, key_of("random", base.fingerprint, RANDOM_SEED + seed)
-        info = {"baseline": f"random weights, architecture of {base.name}",
+        model = AutoModelForCausalLM.from_config(config)
+        fp = key_of("random", base_fp, RANDOM_SEED + seed)
+        info = {"baseline": f"random weights, architecture of {base_name}",
                 "seed": RANDOM_SEED + seed}
     elif name == TINY:
         model, tok, fp = _tiny_gpt2(paths, seed)

@@ -59,18 +59,32 @@ def lib_hash(root: Path = ROOT) -> str:
     return key_of([(p.name, file_hash(p)) for p in sorted((root / "lib").glob("*.py"))])
 
 
+def declared_parameters(nb) -> set[str]:
+    """Names assigned in the cell tagged ``parameters`` (read with ast: papermill's own inspector
+    skips lines whose comments it cannot parse, which would silently drop a parameter)."""
+    import ast
+
+    for c in nb.cells:
+        if c.cell_type == "code" and "parameters" in c.metadata.get("tags", []):
+            names = set()
+            for node in ast.parse(c.source).body:
+                if isinstance(node, (ast.Assign, ast.AnnAssign)):
+                    for t in (node.targets if isinstance(node, ast.Assign) else [node.target]):
+                        if isinstance(t, ast.Name):
+                            names.add(t.id)
+            return names
+    return set()
+
+
 def execute(stage: str, params: dict, out_nb: Path, root: Path = ROOT, log_output: bool = False):
     import nbformat
     import papermill as pm
 
     nb, src = notebook_source(stage, root)
-    declared = set(pm.inspect_notebook_from_nb(nb)) if hasattr(pm, "inspect_notebook_from_nb") \
-        else None
+    declared = declared_parameters(nb)
     tmp_in = out_nb.parent / f".{stage}.input.ipynb"
     out_nb.parent.mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, tmp_in)
-    if declared is None:
-        declared = set(pm.inspect_notebook(str(tmp_in)))
     given = {k: v for k, v in params.items() if k in declared}
     tmp_out = out_nb.with_name(f".{out_nb.stem}.part.ipynb")
     try:
@@ -90,11 +104,10 @@ def execute(stage: str, params: dict, out_nb: Path, root: Path = ROOT, log_outpu
 def run(params: dict, run_name: str | None = None, force: bool = False, only: list[str] | None
         = None, report: str | None = None, root: Path = ROOT, verbose: bool = True) -> Path:
     os.environ.pop("MPLBACKEND", None)  # an exported Agg backend would strip inline figures
-    paths = Paths(root)
+    paths = Paths.from_env()  # data/ and results/ (NARRATIVES_ROOT moves them; notebooks stay)
     run_name = run_name or params.get("run") or params["profile"]
     run_dir = paths.run_dir(run_name)
-    params = {**params, "run_dir": str(run_dir.relative_to(root) if run_dir.is_relative_to(root)
-                                       else run_dir)}
+    params = {**params, "run_dir": Paths(root).rel(run_dir)}  # relative to the kernel cwd
     write_json(run_dir / "params.json", params)
     upstream, lh = [], lib_hash(root)
     for stage in STAGES:

@@ -91,13 +91,16 @@ def surface(img, title: str, vmax: float | None = None):
     from nilearn import datasets, plotting, surface as nsurf
 
     fs = datasets.load_fsaverage("fsaverage5")
+    sulc = datasets.load_fsaverage_data(mesh="fsaverage5", mesh_type="inflated",
+                                        data_type="sulcal")
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), subplot_kw={"projection": "3d"})
     vmax = vmax or float(np.nanmax(np.abs(img.get_fdata()))) or 1.0
     for ax, hemi in zip(axes, ("left", "right")):
         tex = nsurf.vol_to_surf(img, fs["pial"].parts[hemi])
         plotting.plot_surf_stat_map(fs["inflated"].parts[hemi], tex, hemi=hemi, view="lateral",
                                     colorbar=hemi == "right", vmax=vmax, cmap="cold_hot",
-                                    bg_map=None, axes=ax, figure=fig)
+                                    bg_map=sulc.data.parts[hemi], threshold=1e-6, axes=ax,
+                                    figure=fig)
     fig.suptitle(title, fontsize=10)
     return fig
 

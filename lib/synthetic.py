@@ -87,7 +87,7 @@ def make_mini(out: str | Path | None = None, seed: int = 0, resolution_mm: int =
     out = Path(out) if out else paths.data / "narratives-mini"
     subjects = subjects or SUBJECTS
     params = dict(seed=seed, resolution_mm=resolution_mm, subjects=subjects, n_trs=n_trs,
-                  r_range=list(r_range), version=2)
+                  r_range=list(r_range), version=3)
     key = key_of(params)
     stamp = out / "derivatives" / "synthetic-truth" / "truth.json"
     if not force and stamp.exists():
@@ -116,6 +116,7 @@ def make_mini(out: str | Path | None = None, seed: int = 0, resolution_mm: int =
     planted = planted3d[brain]                       # over brain voxels, in mask order
     n_vox, n_pl = int(brain.sum()), int(planted.sum())
     w_shared = rng.standard_normal((len(names), n_pl))
+    w_shared[0] = np.abs(w_shared[0])   # auditory cortex responds positively to word rate
     target_r = rng.uniform(*r_range, size=n_pl)      # r of signal with BOLD, per planted voxel
     snr = target_r ** 2 / (1 - target_r ** 2)        # signal variance / noise variance
 

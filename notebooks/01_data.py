@@ -29,7 +29,8 @@ stories = ["pieman"]
 include_excluded = False          # the dataset authors exclude sub-001's pieman runs
 mini_seed = 0
 mini_resolution_mm = 6
-openneuro_endpoint = None         # None = OpenNeuro's public S3; a URL for a mirror or a test server
+# openneuro_endpoint: None for the public OpenNeuro S3 bucket, or the URL of a mirror / test server
+openneuro_endpoint = None
 openneuro_bucket = "openneuro.org"
 openneuro_prefix = "ds002345"
 

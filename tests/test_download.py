@@ -136,7 +136,7 @@ def test_integrity_failure_is_an_error(s3_server, tmp_path, monkeypatch):
         return bytes([b[0] ^ 0xFF]) + b[1:] if b else b
 
     monkeypatch.setattr(botocore.response.StreamingBody, "read", flip)
-    with pytest.raises(IntegrityError, match=r"do not match the server's size .* ETag"):
+    with pytest.raises(IntegrityError, match=r"do not match the server's (checksum|size)"):
         download.fetch_subset(tmp_path / "ds", ["sub-002"], ["pieman"], "raw", url,
                               progress=False)
     assert not list((tmp_path / "ds").rglob("*_bold.nii.gz"))
@@ -150,16 +150,19 @@ def test_clear_errors(s3_server, tmp_path):
         download.plan_subset(["sub-002"], ["pieman", "tunnel"], "raw", url)
     with pytest.raises(DownloadError, match="cannot reach http://127.0.0.1:"):
         download.plan_subset(["sub-002"], ["pieman"], "raw", f"http://127.0.0.1:{_free_port()}")
-    admin.create_bucket(Bucket="private")
-    with pytest.raises(DownloadError, match="access denied"):
-        download.plan_subset(["sub-002"], ["pieman"], "raw", url, bucket="private")
+    admin.create_bucket(Bucket="private")                 # no public-read policy
+    admin.put_object(Bucket="private", Key=f"{PREFIX}/a.json", Body=b"{}")
+    bar = type("B", (), {"update": lambda *a: None})()
+    with pytest.raises(DownloadError, match="a.json: access denied"):
+        download._fetch_one(download.client(url), "private",
+                            download.RemoteFile(f"{PREFIX}/a.json", 2, '"x"'), tmp_path / "a.json",
+                            bar, url)
     with pytest.raises(DownloadError, match="unknown derivative"):
         download.plan_subset(["sub-002"], ["pieman"], "afni-weird", url)
     # a key that vanished between listing and download
     rf = download.RemoteFile(f"{PREFIX}/sub-002/func/gone.tsv", 10, '"x"')
     with pytest.raises(DownloadError, match="gone.tsv: not found"):
-        download._fetch_one(download.client(url), BUCKET, rf, tmp_path / "gone.tsv",
-                            type("B", (), {"update": lambda *a: None})(), url)
+        download._fetch_one(download.client(url), BUCKET, rf, tmp_path / "gone.tsv", bar, url)
 
 
 @pytest.mark.slow

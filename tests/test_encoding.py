@@ -227,3 +227,21 @@ def test_planted_voxels_recovered_on_mini(mini):
         gaps.append(np.mean(res.scores[t["planted_in_mask"]]) - t["realised_r"][i].mean())
     assert min(aucs) >= 0.95, aucs
     assert np.max(np.abs(gaps)) <= 0.05, gaps
+
+
+def test_group_permutation_is_calibrated_across_subjects():
+    """Three 'subjects' of null data, group score = mean over subjects: FPR at 0.05 ~ 5%, with
+    and without sequential stopping; the stopped p-values agree with the full ones at 0.05."""
+    rng = np.random.default_rng(7)
+    n = 240
+    X = enc.make_delays(ar_noise(rng, n, 20), [1, 2, 3, 4, 5])
+    res = [enc.fit_score(X, ar_noise(rng, n, 1200), n_perm=600, defer_null=True)
+           for _ in range(3)]
+    obs = np.mean([r.scores for r in res], 0)
+    plans = [[r.null_plan] for r in res]
+    _, p_seq, done = enc.group_permutation_test(plans, obs, 600, perm_stop=10)
+    _, p_full, _ = enc.group_permutation_test(plans, obs, 600, perm_stop=None)
+    assert 0.03 <= np.mean(p_seq < 0.05) <= 0.07
+    assert 0.03 <= np.mean(p_full < 0.05) <= 0.07
+    assert np.mean((p_seq < 0.05) == (p_full < 0.05)) > 0.97
+    assert done.mean() < 300                     # most null targets stop early
