@@ -34,6 +34,7 @@ from .data import DataError
 
 DEFAULT_ALPHAS = np.logspace(-1, 8, 10)
 DEFAULT_DELAYS = (1, 2, 3, 4, 5)
+ALPHA_TIE = 1e-4  # validation-r ties (float noise) go to the larger penalty
 
 
 # --------------------------------------------------------------------------- features per TR
@@ -249,17 +250,11 @@ def fit_score(X: np.ndarray, Y: np.ndarray, folds=None, alphas=DEFAULT_ALPHAS, n
     if folds is None:
         folds = contiguous_folds(len(X), n_folds, gap, run_lengths)
     _validate(X, Y, folds, gap, source)
-    alphas = np.asarray(alphas, np.float64)
+    alphas = np.sort(np.asarray(alphas, np.float64))
     t = Y.shape[1]
     finite = np.isfinite(Y).all(0)
-    valid = finite.copy()
-    for train, _ in folds:  # constant in any training set -> cannot be standardised
-        valid &= np.nan_to_num(Y[train]).std(0) > 1e-6
-    n_invalid = int((~valid).sum())
-    if n_invalid:
-        warnings.warn(f"{n_invalid} of {t} targets are constant or contain NaN and are left out "
-                      f"of fitting{f' ({source})' if source else ''}; their scores are NaN",
-                      stacklevel=2)
+    with np.errstate(invalid="ignore"):
+        valid = finite & (np.ptp(Y, axis=0) > 1e-6)                  # not constant over the run
     if not valid.any():
         raise DataError(f"every target is constant or NaN{f' ({source})' if source else ''}")
     B = _Backend(backend, device, dtype)
@@ -272,6 +267,7 @@ def fit_score(X: np.ndarray, Y: np.ndarray, folds=None, alphas=DEFAULT_ALPHAS, n
     rng = np.random.default_rng(seed)
     perms = [_block_permutation(len(X), perm_block, rng) for _ in range(n_perm)]
     kept_folds = []  # (decomposition, alpha index per valid target, train, test) for the null
+    late_invalid = np.zeros(t, bool)
 
     for f, (train, test) in enumerate(folds):
         fit, val = inner_split(train, test, inner_frac, gap)
@@ -280,23 +276,22 @@ def fit_score(X: np.ndarray, Y: np.ndarray, folds=None, alphas=DEFAULT_ALPHAS, n
         outer = _decompose(B, Xz[_idx(B, train)], Xz[_idx(B, test)])
         for s in range(0, len(vidx), batch_targets):
             cols = vidx[s:s + batch_targets]
-            Yb = B.asarray(Y[:, cols])
-            Yz, _ = _zscore_cols(B, Yb, _idx(B, train))
-            # alpha per target on the inner validation block
+            Yb = B.asarray(Y[:, cols[0]:cols[-1] + 1] if cols[-1] - cols[0] + 1 == len(cols)
+                           else Y[:, cols])              # a slice when contiguous: no copy
+            Yz, sd = _zscore_cols(B, Yb, _idx(B, train))
+            const = B.to_numpy(sd <= 1e-6)         # constant inside this training set
+            if const.any():
+                late_invalid[cols[const]] = True
+            # alpha per target on the inner validation block; validation r within ALPHA_TIE of
+            # the best counts as a tie and goes to the larger penalty (also keeps backends agreeing)
             BY = inner.Bm @ Yz[_idx(B, fit)]
             yv = Yz[_idx(B, val)]
-            best_r = None
-            best = (xp.zeros(len(cols), dtype=xp.int64, device=B.device) if B.name == "torch"
-                    else np.zeros(len(cols), np.int64))
-            for a_i, a in enumerate(alphas):
-                r = _pearson_cols(B, (inner.A / (inner.lam + float(a))) @ BY, yv)
-                r = xp.nan_to_num(r, nan=-1.0)
-                if best_r is None:
-                    best_r = r
-                else:
-                    better = r > best_r
-                    best_r = xp.where(better, r, best_r)
-                    best[better] = a_i
+            rs = xp.stack([xp.nan_to_num(_pearson_cols(B, (inner.A / (inner.lam + float(a))) @ BY,
+                                                       yv), nan=-1.0) for a in alphas])
+            ok = rs >= rs.max(0, keepdims=True)[0] - ALPHA_TIE if B.name == "numpy" else \
+                rs >= rs.max(0, keepdim=True).values - ALPHA_TIE
+            best = len(alphas) - 1 - (xp.flip(ok, (0,)).to(xp.uint8) if B.name == "torch"
+                                      else ok[::-1]).argmax(0)
             best_np = B.to_numpy(best)
             fold_alpha[f, cols] = alphas[best_np]
             # refit on the whole training set, one decomposition, grouped by alpha
@@ -312,12 +307,24 @@ def fit_score(X: np.ndarray, Y: np.ndarray, folds=None, alphas=DEFAULT_ALPHAS, n
             concat_pred[np.ix_(test, cols)] = B.to_numpy(pred)
             if n_perm:
                 kept_folds.append((f, s, outer, best_np, train, test))
+    valid &= ~late_invalid
+    vidx_ok = np.flatnonzero(valid)
+    n_invalid = int((~valid).sum())
+    if n_invalid:
+        warnings.warn(f"{n_invalid} of {t} targets are constant or contain NaN and are left out "
+                      f"of fitting{f' ({source})' if source else ''}; their scores are NaN",
+                      stacklevel=2)
     scores = np.nanmean(fold_scores, 0) if len(folds) else np.full(t, np.nan)
     scores[~valid] = np.nan
+    fold_scores[:, ~valid] = np.nan
     test_all = np.concatenate([te for _, te in folds])
     concat_r = np.full(t, np.nan, np.float32)
-    concat_r[vidx] = _np_pearson(concat_pred[np.ix_(test_all, vidx)], Y[np.ix_(test_all, vidx)])
-    chosen = fold_alpha[:, vidx]
+    if np.array_equal(test_all, np.arange(len(X))) and len(vidx_ok) == t:  # no copies needed
+        concat_r[:] = _np_pearson(concat_pred, Y)
+    else:
+        concat_r[vidx_ok] = _np_pearson(concat_pred[np.ix_(test_all, vidx_ok)],
+                                        Y[np.ix_(test_all, vidx_ok)])
+    chosen = fold_alpha[:, vidx_ok]
     edge = float(np.mean((chosen == alphas[0]) | (chosen == alphas[-1]))) if chosen.size else 0.0
     if edge > 0.2 and len(alphas) > 2 and len(vidx) >= 20:  # a share of a few choices says little
         warnings.warn(f"{edge:.0%} of alpha choices are at the edge of the grid "

@@ -85,8 +85,8 @@ def test_alpha_selection_matches_brute_force(planted):
             vr.append(enc._np_pearson(pr, Yz[val]))
         vr = np.nan_to_num(np.array(vr), nan=-1)
         chosen = np.searchsorted(enc.DEFAULT_ALPHAS, res.alphas[f] * (1 - 1e-9))
-        # the engine's alpha is the brute-force best (up to float ties)
-        assert (vr.max(0) - vr[chosen, np.arange(Y.shape[1])]).max() < 1e-5
+        # the engine's alpha is the brute-force best (ties within ALPHA_TIE go to the larger)
+        assert (vr.max(0) - vr[chosen, np.arange(Y.shape[1])]).max() <= enc.ALPHA_TIE + 1e-6
         # and the fold score equals a per-target sklearn refit with that alpha
         r = np.array([enc._np_pearson(
             Ridge(alpha=enc.DEFAULT_ALPHAS[c], fit_intercept=False).fit(Xz[tr], Yz[tr, j])
