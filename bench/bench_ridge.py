@@ -32,10 +32,11 @@ def data(n, p, t, seed=0):
 
     rng = np.random.default_rng(seed)
     X = rng.standard_normal((n, p), dtype=np.float32)
-    k = 64  # signal through a low-rank map keeps generation cheap for 50k targets
-    W = (rng.standard_normal((p, k), dtype=np.float32) @ rng.standard_normal((k, t), dtype=np.float32)) / np.sqrt(p * k)
-    W[:, t // 2:] = 0
-    Y = X @ W * 3 + rng.standard_normal((n, t), dtype=np.float32)
+    k = 64  # signal through a low-rank map: no (p, t) weight matrix, cheap for 50k targets
+    B = rng.standard_normal((k, t), dtype=np.float32) * (3 / np.sqrt(p * k))
+    B[:, t // 2:] = 0
+    Y = rng.standard_normal((n, t), dtype=np.float32)
+    Y += (X @ rng.standard_normal((p, k), dtype=np.float32)) @ B
     return X, Y
 
 
@@ -57,6 +58,7 @@ def run_method(method, n, p, t, alphas, threads, out):
     from threadpoolctl import threadpool_limits
 
     X, Y = data(n, p, t)
+    rss_data = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     scores = np.zeros((5, t), np.float32)
     with threadpool_limits(threads):
         t0 = time.perf_counter()
@@ -102,7 +104,8 @@ def run_method(method, n, p, t, alphas, threads, out):
         secs = time.perf_counter() - t0
     np.save(out, scores)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # MB (Linux: kB)
-    Path(str(out) + ".json").write_text(json.dumps({"seconds": secs, "peak_mb": rss}))
+    Path(str(out) + ".json").write_text(json.dumps({"seconds": secs, "peak_mb": rss,
+                                                    "data_mb": rss_data}))
 
 
 def timed(method, n, p, t, alphas, threads, tmp):
@@ -116,7 +119,7 @@ def timed(method, n, p, t, alphas, threads, tmp):
     if pr.exitcode != 0:
         raise RuntimeError(f"{method} failed (exit {pr.exitcode})")
     meta = json.loads(Path(str(out) + ".json").read_text())
-    return meta["seconds"], meta["peak_mb"], np.load(out)
+    return meta["seconds"], meta["peak_mb"], np.load(out), meta.get("data_mb", 0)
 
 
 def one_size(n, t, p, threads, methods, tmp, dr_targets=1000):
@@ -124,9 +127,10 @@ def one_size(n, t, p, threads, methods, tmp, dr_targets=1000):
 
     row = {"trs": n, "targets": t}
     for m in methods:
-        s, mb, _ = timed(m, n, p, t, ALPHAS, threads, tmp)
+        s, mb, _, data_mb = timed(m, n, p, t, ALPHAS, threads, tmp)
         row[m] = (s, mb)
-        print(f"  n={n} targets={t} {m:>14}: {s:8.2f} s  peak {mb:7.0f} MB", flush=True)
+        print(f"  n={n} targets={t} {m:>14}: {s:8.2f} s  peak {mb:7.0f} MB "
+              f"(data alone {data_mb:.0f} MB)", flush=True)
     # agreement with one fixed alpha, on up to dr_targets targets
     tt = min(t, dr_targets)
     ref = timed(methods[0], n, p, tt, [1000.0], threads, tmp)[2]
@@ -148,6 +152,8 @@ def main():
     ap.add_argument("--sklearn-max-targets", type=int, default=5000,
                     help="skip sklearn above this many targets (it takes many minutes)")
     ap.add_argument("--tmp", default="/tmp/bench_ridge")
+    ap.add_argument("--methods", nargs="*", default=None,
+                    help="subset of engine-numpy engine-torch sklearn himalaya")
     a = ap.parse_args()
     Path(a.tmp).mkdir(parents=True, exist_ok=True)
     import platform
@@ -162,15 +168,19 @@ def main():
             if t <= a.sklearn_max_targets:
                 methods.append("sklearn")
             methods.append("himalaya")
+            if a.methods:
+                methods = [m for m in methods if m in a.methods]
             rows.append(one_size(n, t, a.features, a.threads, methods, a.tmp))
-    print("\n| TRs | targets | " + " | ".join(k for k in rows[0] if k not in ("trs", "targets", "max_abs_dr")) + " | max abs dr |")
+    cols = ["engine-numpy", "engine-torch", "sklearn", "himalaya"]
+    print("\n| TRs | targets | " + " | ".join(cols) + " | max abs dr |")
+    print("|---|---|" + "---|" * (len(cols) + 1))
     for r in rows:
-        cells = [f"{r[k][0]:.2f} s / {r[k][1]:.0f} MB" for k in r if k not in ("trs", "targets", "max_abs_dr")]
+        cells = [f"{r[k][0]:.2f} s / {r[k][1]:.0f} MB" if k in r else "skipped" for k in cols]
         print(f"| {r['trs']} | {r['targets']} | " + " | ".join(cells) + f" | {r['max_abs_dr']:.1e} |")
     last = rows[-1]
     eng = last[f"engine-{a.backend}"][0]
     sk = last.get("sklearn", (float("nan"),))[0]
-    hi = last["himalaya"][0]
+    hi = last.get("himalaya", (float("nan"),))[0]
     print(f"ridge: engine={eng:.3f} sklearn={sk:.3f} himalaya={hi:.3f} "
           f"speedup_sklearn={sk / eng:.1f} speedup_himalaya={hi / eng:.1f} "
           f"max_abs_dr={last['max_abs_dr']:.1e}")

@@ -122,6 +122,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="gpu_check.json")
     ap.add_argument("--tmp", default="/tmp/gpu_check")
+    ap.add_argument("--parts", nargs="*", default=["extraction", "sft", "ridge"])
     a = ap.parse_args()
     import torch
 
@@ -131,6 +132,8 @@ def main():
     res["transformers"] = transformers.__version__
     for name, fn in [("extraction", lambda: extraction(res)), ("sft", lambda: sft_check(res, a.tmp)),
                      ("ridge", lambda: ridge(res))]:
+        if name not in a.parts:
+            continue
         try:
             fn()
         except Exception as e:  # record and go on: one session, every path

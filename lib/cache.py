@@ -99,6 +99,17 @@ def write_npz(path: str | os.PathLike, **arrays: np.ndarray) -> Path:
     return Path(path)
 
 
+def save_nifti(img, path: str | os.PathLike) -> Path:
+    """nibabel save through a temporary name (the suffix decides compression)."""
+    import nibabel as nib
+
+    path = Path(path)
+    suffix = ".nii.gz" if path.name.endswith(".nii.gz") else path.suffix
+    with atomic_path(path, suffix=suffix) as tmp:
+        nib.save(img, str(tmp))
+    return path
+
+
 def sidecar(path: str | os.PathLike) -> Path:
     path = Path(path)
     return path.with_name(path.name + ".json")

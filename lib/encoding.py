@@ -263,7 +263,9 @@ def fit_score(X: np.ndarray, Y: np.ndarray, folds=None, alphas=DEFAULT_ALPHAS, n
     vidx = np.flatnonzero(valid)
     fold_scores = np.full((len(folds), t), np.nan, np.float32)
     fold_alpha = np.full((len(folds), t), np.nan, np.float64)
-    concat_pred = np.full((len(X), t), np.nan, np.float32)
+    # sufficient statistics of the concatenated held-out predictions (diagnostic r) -- no
+    # (n, t) prediction matrix is kept, so memory stays at the BOLD plus one batch
+    cs = {k: np.zeros(t, np.float64) for k in ("p", "pp", "y", "yy", "py")}
     rng = np.random.default_rng(seed)
     perms = [_block_permutation(len(X), perm_block, rng) for _ in range(n_perm)]
     kept_folds = []  # (decomposition, alpha index per valid target, train, test) for the null
@@ -304,7 +306,10 @@ def fit_score(X: np.ndarray, Y: np.ndarray, folds=None, alphas=DEFAULT_ALPHAS, n
                 pred[:, seli] = (outer.A / (outer.lam + float(alphas[a_i]))) @ BYo[:, seli]
             yt = Yz[_idx(B, test)]
             fold_scores[f, cols] = B.to_numpy(_pearson_cols(B, pred, yt))
-            concat_pred[np.ix_(test, cols)] = B.to_numpy(pred)
+            yraw = Yb[_idx(B, test)]
+            for k, v in (("p", pred.sum(0)), ("pp", (pred * pred).sum(0)), ("y", yraw.sum(0)),
+                         ("yy", (yraw * yraw).sum(0)), ("py", (pred * yraw).sum(0))):
+                cs[k][cols] += B.to_numpy(v)
             if n_perm:
                 kept_folds.append((f, s, outer, best_np, train, test))
     valid &= ~late_invalid
@@ -317,13 +322,12 @@ def fit_score(X: np.ndarray, Y: np.ndarray, folds=None, alphas=DEFAULT_ALPHAS, n
     scores = np.nanmean(fold_scores, 0) if len(folds) else np.full(t, np.nan)
     scores[~valid] = np.nan
     fold_scores[:, ~valid] = np.nan
-    test_all = np.concatenate([te for _, te in folds])
-    concat_r = np.full(t, np.nan, np.float32)
-    if np.array_equal(test_all, np.arange(len(X))) and len(vidx_ok) == t:  # no copies needed
-        concat_r[:] = _np_pearson(concat_pred, Y)
-    else:
-        concat_r[vidx_ok] = _np_pearson(concat_pred[np.ix_(test_all, vidx_ok)],
-                                        Y[np.ix_(test_all, vidx_ok)])
+    m = sum(len(te) for _, te in folds)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cov = cs["py"] - cs["p"] * cs["y"] / m
+        concat_r = (cov / np.sqrt((cs["pp"] - cs["p"] ** 2 / m) * (cs["yy"] - cs["y"] ** 2 / m))
+                    ).astype(np.float32)
+    concat_r[~valid] = np.nan
     chosen = fold_alpha[:, vidx_ok]
     edge = float(np.mean((chosen == alphas[0]) | (chosen == alphas[-1]))) if chosen.size else 0.0
     if edge > 0.2 and len(alphas) > 2 and len(vidx) >= 20:  # a share of a few choices says little
@@ -584,7 +588,7 @@ def run_stage(manifest, transcripts_dir, index, out_dir, mask_img, delays=DEFAUL
     from pathlib import Path
     from tqdm.auto import tqdm
 
-    from .cache import write_csv, write_npz
+    from .cache import save_nifti, write_csv, write_npz
     from .data import load_bold, timing_of_row
     from .features import load_activations
     from .transcripts import read_transcript
@@ -608,6 +612,9 @@ def run_stage(manifest, transcripts_dir, index, out_dir, mask_img, delays=DEFAUL
     synthetic = bool(manifest["synthetic_bold"].any())
     conds = [(r.condition, r.story, int(r.seed), r.model_tag, r.path)
              for r in index.itertuples()]
+    all_paths = {(r.condition, r.story, int(r.seed)): r.all_layers_path
+                 for r in index.itertuples() if getattr(r, "all_layers_path", "")}
+    layer_rows = []
     rows, voxel_scores = [], {}
     plans: dict[str, dict[str, list]] = {}   # "cond|seed" -> subject -> NullPlans of its runs
     bold_by_run: dict[tuple, list] = {}
@@ -615,7 +622,7 @@ def run_stage(manifest, transcripts_dir, index, out_dir, mask_img, delays=DEFAUL
     def save_map(vec, name):
         vol = np.zeros(mask.shape, np.float32)
         vol[mask] = np.nan_to_num(vec)
-        nib.save(nib.Nifti1Image(vol, mask_img.affine), out_dir / "maps" / name)
+        save_nifti(nib.Nifti1Image(vol, mask_img.affine), out_dir / "maps" / name)
 
     bar = tqdm(list(runs.iterrows()), desc="brain scores", disable=not progress)
     for _, row in bar:
@@ -669,6 +676,16 @@ def run_stage(manifest, transcripts_dir, index, out_dir, mask_img, delays=DEFAUL
                              alpha_median=float(np.nanmedian(vres.alphas)),
                              alpha_edge_fraction=vres.edge_fraction,
                              warnings=" | ".join(str(w.message) for w in caught)))
+            if (cond, story, seed) in all_paths:  # layer profile: cheap targets, every layer
+                acts_all = load_activations(all_paths[(cond, story, seed)])
+                for layer_i, acts_l in enumerate(acts_all):
+                    Xl = design_matrix(acts_l, word_trs, n_trs, kept, delays, aggregation)
+                    for tname, ty in targets.items():
+                        with warnings.catch_warnings():
+                            warnings.simplefilter("ignore")
+                            lr = fit_score(Xl, ty, alphas=alphas, n_folds=n_folds, gap=gap)
+                        layer_rows.append(dict(base, layer=layer_i, target=tname,
+                                               brain_score=float(lr.scores[0])))
             for tname, ty in targets.items():
                 tres = fit_score(X, ty, alphas=alphas, n_folds=n_folds, gap=gap,
                                  n_perm=max(n_perm, 0), perm_block=perm_block, backend="numpy",
@@ -681,8 +698,10 @@ def run_stage(manifest, transcripts_dir, index, out_dir, mask_img, delays=DEFAUL
                                  alpha_edge_fraction=tres.edge_fraction, warnings=""))
     scores = pd.DataFrame(rows)
     write_csv(out_dir / "scores.csv", scores)
+    if layer_rows:
+        write_csv(out_dir / "layer_scores.csv", pd.DataFrame(layer_rows))
     write_npz(out_dir / "voxel_scores.npz", **voxel_scores)
-    nib.save(mask_img, out_dir / "mask.nii.gz")
+    save_nifti(mask_img, out_dir / "mask.nii.gz")
 
     # noise ceiling: leave-one-subject-out ISC per story/run with >= 2 subjects
     nc_rows, nc_maps = [], []

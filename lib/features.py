@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from .cache import cached_npz, key_of
+from .cache import cached_npz, is_fresh, key_of
 from .data import DataError
 from .models import LoadedModel, ModelError
 from .paths import Paths
@@ -172,34 +172,54 @@ def story_activations(model: LoadedModel, transcript: pd.DataFrame, story: str, 
     if not words:
         raise DataError(f"empty transcript for story {story!r}")
     stride = stride or max(1, context // 2)
-    key = key_of(FEATURES_VERSION, model.fingerprint, str(layer), context, stride, pooling, words)
+
+    def key_for(lay):
+        return key_of(FEATURES_VERSION, model.fingerprint, str(lay), context, stride, pooling, words)
+
     path = activations_path(cache_root, model.tag, story, layer, context, pooling)
-    return cached_npz(path, key, lambda: windowed_activations(
-        model, words, layer, context, stride, pooling, batch_size),
-        model=model.name, model_tag=model.tag, fingerprint=model.fingerprint, story=story,
-        layer=str(layer), context=context, stride=stride, pooling=pooling, n_words=len(words))
+    compute = lambda: windowed_activations(model, words, layer, context, stride, pooling, batch_size)
+    all_path = activations_path(cache_root, model.tag, story, "all", context, pooling)
+    if layer != "all" and is_fresh(all_path, key_for("all")):
+        def compute():  # every layer is cached already: slice it instead of running the model
+            with np.load(all_path) as z:
+                d = {k: z[k] for k in z.files}
+            d["activations"] = d["activations"][list(d["layers"]).index(int(layer))]
+            d["layers"] = np.asarray([int(layer)])
+            return d
+    return cached_npz(path, key_for(layer), compute,
+                      model=model.name, model_tag=model.tag, fingerprint=model.fingerprint,
+                      story=story, layer=str(layer), context=context, stride=stride,
+                      pooling=pooling, n_words=len(words))
 
 
 # --------------------------------------------------------------------------- stage runner
 INDEX_COLUMNS = ["condition", "story", "seed", "model", "model_tag", "fingerprint", "path",
-                 "leaky", "cache_hit"]
+                 "all_layers_path", "leaky", "cache_hit"]
 
 
 def extract_for(model: LoadedModel, stories: list[str], transcripts_dir: Path, cache_root: Path,
-                condition: str, seed: int = 0, leaky: bool = False, **kw) -> list[dict]:
-    """Activations of ``model`` for ``stories``; rows for the activations index."""
+                condition: str, seed: int = 0, leaky: bool = False, all_layers: bool = False,
+                **kw) -> list[dict]:
+    """Activations of ``model`` for ``stories``; rows for the activations index. With
+    ``all_layers`` every layer is extracted too (for the layer profile) in the same passes."""
     from .transcripts import read_transcript
 
     rows = []
     for story in stories:
         tr = read_transcript(Path(transcripts_dir) / f"{story}.tsv")
+        all_path = ""
+        if all_layers:
+            story_activations(model, tr, story, cache_root, **{**kw, "layer": "all"})
+            all_path = Paths.from_env().rel(activations_path(
+                cache_root, model.tag, story, "all", kw.get("context", 256),
+                kw.get("pooling", "last")))
         _, hit = story_activations(model, tr, story, cache_root, **kw)
         rows.append(dict(condition=condition, story=story, seed=seed, model=model.name,
                          model_tag=model.tag, fingerprint=model.fingerprint,
                          path=Paths.from_env().rel(activations_path(
                              cache_root, model.tag, story, kw.get("layer", 8),
                              kw.get("context", 256), kw.get("pooling", "last"))),
-                         leaky=leaky, cache_hit=hit))
+                         all_layers_path=all_path, leaky=leaky, cache_hit=hit))
     return rows
 
 

@@ -59,11 +59,13 @@ class Paths:
     def run_dir(self, run: str) -> Path:
         return self.results / run
 
-    def rel(self, p: str | os.PathLike) -> str:
-        """A path relative to the project root when it lies inside it (portable in tables)."""
-        p = Path(p)
+    @staticmethod
+    def rel(p: str | os.PathLike) -> str:
+        """A path for tables: relative to the code's root (where notebooks run) when it lies
+        inside it, so committed results stay portable; absolute otherwise."""
+        p = Path(p).resolve()
         try:
-            return str(p.resolve().relative_to(self.root))
+            return str(p.relative_to(ROOT))
         except ValueError:
             return str(p)
 

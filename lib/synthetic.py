@@ -135,7 +135,9 @@ def make_mini(out: str | Path | None = None, seed: int = 0, resolution_mm: int =
     write_json(tmp / f"task-{STORY}_bold.json", {"RepetitionTime": TR_S, "TaskName": STORY})
 
     truth_r = np.zeros((len(subjects), n_pl), np.float32)
-    for si, sub in enumerate(subjects):
+    from tqdm.auto import tqdm
+
+    for si, sub in enumerate(tqdm(subjects, desc="narratives-mini (synthetic BOLD)", leave=False)):
         w = w_shared + 0.3 * rng.standard_normal(w_shared.shape)   # subjects differ a little
         sig = S @ w
         sig /= sig.std(0)

@@ -2,9 +2,12 @@
 # jupyter:
 #   jupytext:
 #     formats: ipynb,py:percent
+#     notebook_metadata_filter: kernelspec,jupytext
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -27,6 +30,7 @@ context_tokens = 256
 pooling = "last"                  # last | mean
 batch_size = 8
 baselines = ["random"]            # random-init model of the same architecture
+layer_profile = False             # also cache every layer (stage 05 then scores each layer)
 device = "auto"
 threads = 2
 
@@ -47,7 +51,8 @@ run = Path(run_dir)
 manifest = data.read_manifest(run / "data" / "data_manifest.csv")
 stories = sorted(manifest.loc[~manifest.excluded, "story"].unique())
 cache = Paths.from_env().activations
-kw = dict(layer=layer, context=context_tokens, pooling=pooling, batch_size=batch_size)
+kw = dict(layer=layer, context=context_tokens, pooling=pooling, batch_size=batch_size,
+          all_layers=layer_profile)
 
 rows = []
 lm = load_model(model, device=device)

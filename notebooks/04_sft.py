@@ -2,9 +2,12 @@
 # jupyter:
 #   jupytext:
 #     formats: ipynb,py:percent
+#     notebook_metadata_filter: kernelspec,jupytext
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -35,6 +38,7 @@ sft_batch_size = 2
 sft_block_size = 128
 sft_seeds = [0]
 sft_method = "full"               # full | lora
+layer_profile = False
 device = "auto"
 threads = 2
 
@@ -88,7 +92,8 @@ plt.show()
 # ## Activations of the fine-tuned models (same settings as stage 03)
 
 # %%
-kw = dict(layer=layer, context=context_tokens, pooling=pooling, batch_size=batch_size)
+kw = dict(layer=layer, context=context_tokens, pooling=pooling, batch_size=batch_size,
+          all_layers=layer_profile)
 rows = []
 for r in trained.itertuples():
     lm = load_model(r.path, device=device)

@@ -2,9 +2,12 @@
 # jupyter:
 #   jupytext:
 #     formats: ipynb,py:percent
+#     notebook_metadata_filter: kernelspec,jupytext
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -33,7 +36,7 @@ import pandas as pd
 import nibabel as nib
 
 from lib import compare, plots
-from lib.cache import write_csv
+from lib.cache import save_nifti, write_csv
 
 run = Path(run_dir)
 out = run / "compare"
@@ -116,7 +119,7 @@ if vd:
     imgs["delta"] = plots.to_img(np.where(sig, dmean, 0) if sig is not None else dmean, mask_img)
 vmax = max([float(np.abs(i.get_fdata()).max()) for k, i in imgs.items() if k != "delta"] + [1e-3])
 for k, img in imgs.items():
-    nib.save(img, out / f"group_{k}.nii.gz")
+    save_nifti(img, out / f"group_{k}.nii.gz")
     title = f"{k}: group brain score (FDR q<{fdr_q}){tag}" if k != "delta" else f"Δ sft − raw{tag}"
     fig = plots.stat_map(img, title, vmax=vmax if k != "delta" else None)
     plots.save(fig, out / f"map_{k}.png")
@@ -130,6 +133,23 @@ if "raw" in imgs:
     plots.save_view_img(imgs["raw"], out / "view_raw.html", f"raw brain score{tag}", vmax=vmax)
 if "delta" in imgs:
     plots.save_view_img(imgs["delta"], out / "view_delta.html", f"Δ sft − raw{tag}")
+
+# %% [markdown]
+# ## Layer profile (when every layer was extracted: `layer_profile: true`)
+
+# %% tags=["report"]
+lp_path = run / "brain_score" / "layer_scores.csv"
+if lp_path.exists():
+    lp = pd.read_csv(lp_path)
+    lp = lp.groupby(["subject", "condition", "layer", "target"], as_index=False)["brain_score"].mean()
+    write_csv(out / "layer_profile.csv", lp)
+    for target in sorted(lp.target.unique()):
+        fig = plots.layer_profile(lp[lp.target == target], synthetic)
+        fig.axes[0].set_title(f"Layer profile: {target}" + (" [synthetic BOLD]" if synthetic else ""),
+                              fontsize=10)
+        plots.save(fig, out / f"layer_profile_{target}.png")
+else:
+    print("no layer profile in this run (layer_profile: false)")
 
 # %% [markdown]
 # ## Fine-tuning record

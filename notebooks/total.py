@@ -2,9 +2,12 @@
 # jupyter:
 #   jupytext:
 #     formats: ipynb,py:percent
+#     notebook_metadata_filter: kernelspec,jupytext
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -77,8 +80,10 @@ tab.pivot_table(index=["target", "subject"], columns="condition", values="brain_
 # %%
 from IPython.display import Image
 
-for name in ["paired_whole_brain_mean.png", "paired_planted_roi_voxels.png",
-             "paired_voxels_top10pct_loso.png", "delta_distribution.png"]:
+names = ["paired_whole_brain_mean.png", "paired_planted_roi_voxels.png",
+         "paired_voxels_top10pct_loso.png", "delta_distribution.png"]
+names += sorted(p.name for p in (run / "compare").glob("layer_profile_*.png"))
+for name in names:
     p = run / "compare" / name
     if p.exists():
         display(Image(filename=str(p)))
