@@ -63,6 +63,10 @@ compare.sft_summary(run / "sft" / "models.csv")
 # Contrasts: `sft − raw` (the question), `control − raw` (same budget on shuffled words),
 # `sft − control` (narrative language beyond any extra training), and sanity checks `raw − random`
 # and `raw − wordrate`. The subject is the unit; p-values are paired Wilcoxon / t across subjects.
+# Targets: `whole_brain_mean` (the mean BOLD over the mask per TR), `voxels_mean` (mean voxel score),
+# `voxels_top10pct_loso` (top 10% voxels of the raw model, chosen on the other subjects), `roi-N`
+# (mean BOLD of label N of the ROI image; in narratives-mini label 1 is the planted superior-temporal
+# mask) and `planted_roi_voxels` (mean voxel score inside the planted mask; synthetic data only).
 
 # %%
 pd.read_csv(run / "compare" / "delta_table.csv")
