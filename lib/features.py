@@ -105,10 +105,9 @@ def _pool(h: np.ndarray, a: int, b: int, pooling: str) -> np.ndarray:
     return h[:, b - 1] if pooling == "last" else h[:, a:b].mean(1)
 
 
-def windowed_activations(model: LoadedModel, words: list[str], layer=8, context: int = 256,
-                         stride: int | None = None, pooling: str = "last", batch_size: int = 8,
-                         progress: bool = True) -> dict[str, np.ndarray]:
-    """Activations (n_words, d) -- or (n_layers+1, n_words, d) for ``layer="all"``."""
+def _plan(model: LoadedModel, words: list[str], layer, context: int, stride: int | None,
+          pooling: str):
+    """Shared by the fast path and the reference: tokens, word spans and each word's window."""
     layers = _check(model, layer, context, pooling)
     stride = stride or max(1, context // 2)
     ids, ends = tokenize_words(words, model.tokenizer)
@@ -119,8 +118,16 @@ def windowed_activations(model: LoadedModel, words: list[str], layer=8, context:
         bad = int(np.flatnonzero(starts_tok < word_win)[0])
         raise DataError(f"word {bad} ({words[bad]!r}) has more tokens than fit in a window "
                         f"stride; raise context or lower stride")
-    d = model.model.config.hidden_size
-    out = np.zeros((len(layers), len(words), d), np.float32)
+    out = np.zeros((len(layers), len(words), model.model.config.hidden_size), np.float32)
+    return layers, ids, ends, starts_tok, starts, word_win, out
+
+
+def windowed_activations(model: LoadedModel, words: list[str], layer=8, context: int = 256,
+                         stride: int | None = None, pooling: str = "last", batch_size: int = 8,
+                         progress: bool = True) -> dict[str, np.ndarray]:
+    """Activations (n_words, d) -- or (n_layers+1, n_words, d) for ``layer="all"``."""
+    layers, ids, ends, starts_tok, starts, word_win, out = _plan(model, words, layer, context,
+                                                                 stride, pooling)
     by_window = {s: np.flatnonzero(word_win == s) for s in starts}
     todo = [s for s in starts if len(by_window[s])]
     for i in tqdm(range(0, len(todo), batch_size), desc=f"activations {model.tag}",
@@ -140,15 +147,10 @@ def naive_activations(model: LoadedModel, words: list[str], layer=8, context: in
                       stride: int | None = None, pooling: str = "last",
                       progress: bool = False) -> dict[str, np.ndarray]:
     """Reference: one forward pass per word over exactly the same context as the windowed path."""
-    layers = _check(model, layer, context, pooling)
-    stride = stride or max(1, context // 2)
-    ids, ends = tokenize_words(words, model.tokenizer)
-    starts_tok = np.concatenate([[0], ends[:-1]])
-    _, owner = plan_windows(len(ids), context, stride)
-    d = model.model.config.hidden_size
-    out = np.zeros((len(layers), len(words), d), np.float32)
+    layers, ids, ends, starts_tok, _, word_win, out = _plan(model, words, layer, context, stride,
+                                                            pooling)
     for w in tqdm(range(len(words)), desc="naive", disable=not progress, leave=False):
-        s = owner[ends[w] - 1]
+        s = word_win[w]
         hs = _forward(model, [ids[s:ends[w]]], layers)
         out[:, w] = _pool(hs[:, 0], starts_tok[w] - s, ends[w] - s, pooling)
     return {"activations": out if layer == "all" else out[0]}
