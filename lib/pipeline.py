@@ -93,12 +93,30 @@ def execute(stage: str, params: dict, out_nb: Path, root: Path = ROOT, log_outpu
                             report_mode=False)
     except pm.PapermillExecutionError as e:
         tmp_out.replace(out_nb)  # keep the executed notebook with its traceback
+        relabel(out_nb, src)
         raise StageFailed(f"stage {stage} failed: {e.ename}: {e.evalue}\n"
                           f"the traceback is in {out_nb}") from None
     finally:
         tmp_in.unlink(missing_ok=True)
     tmp_out.replace(out_nb)
+    relabel(out_nb, src)
     return src
+
+
+def relabel(nb_path: Path, src: Path) -> None:
+    """papermill records the temporary notebooks it ran; record the real source and output."""
+    import nbformat
+
+    from .cache import atomic_path
+
+    nb = nbformat.read(nb_path, 4)
+    pm_meta = nb.metadata.get("papermill")
+    if pm_meta is None:
+        return
+    pm_meta["input_path"] = Paths.rel(src)
+    pm_meta["output_path"] = Paths.rel(nb_path)
+    with atomic_path(nb_path, suffix=".ipynb") as tmp:
+        nbformat.write(nb, tmp)
 
 
 def run(params: dict, run_name: str | None = None, force: bool = False, only: list[str] | None
