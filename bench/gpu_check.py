@@ -1,4 +1,4 @@
-"""One short GPU session: CUDA paths of extraction, SFT and ridge, with timings.
+"""One short GPU run: CUDA paths of extraction, SFT and ridge, with timings.
 
     python bench/gpu_check.py --out results.json
 
@@ -136,7 +136,7 @@ def main():
             continue
         try:
             fn()
-        except Exception as e:  # record and go on: one session, every path
+        except Exception as e:  # record and go on: one run, every path
             import traceback
 
             res[f"{name}_error"] = traceback.format_exc()
