@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from .data import DataError
+from .encoding import normalised
 
 CONTRASTS = [("sft", "raw"), ("control", "raw"), ("sft", "control"), ("leaky", "raw"),
              ("raw", "random"), ("raw", "wordrate")]
@@ -89,12 +90,10 @@ def subject_table(st: dict, frac: float = 0.1, roi_mask: np.ndarray | None = Non
         val = np.nan
         if r.target == "whole_brain_mean" and len(nc):
             c = nc.loc[nc.subject == r.subject, "isc_whole_brain_mean"].mean()
-            val = r.brain_score / c if c >= 0.1 else np.nan
+            val = float(normalised(np.array([r.brain_score]), np.array([c]))[0])
         elif r.target == "voxels_mean" and r.subject in ceil_map and r.subject in maps[r.condition]:
-            ceil = ceil_map[r.subject]
-            ok = ceil >= 0.1
-            val = float(np.nanmean(maps[r.condition][r.subject][ok] / ceil[ok])) if ok.any() \
-                else np.nan
+            v = normalised(maps[r.condition][r.subject], ceil_map[r.subject])
+            val = float(np.nanmean(v)) if np.isfinite(v).any() else np.nan
         norm.append(val)
     tab["normalised_score"] = norm
     tab["synthetic_bold"] = bool(sc["synthetic_bold"].astype(str).str.lower().eq("true").any())

@@ -159,9 +159,6 @@ class _Backend:
         lam, U = torch.linalg.eigh(G.to(torch.float64))
         return lam.to(self.dtype), U.to(self.dtype)
 
-    def f64(self):
-        return np.float64 if self.name == "numpy" else self.xp.float64
-
 
 def _zscore_cols(B, a, idx_fit, eps=1e-8):
     """Standardise columns of ``a`` with the mean/std of rows ``idx_fit``. Returns (z, std)."""
@@ -238,7 +235,8 @@ def fit_score(X: np.ndarray, Y: np.ndarray, folds=None, alphas=DEFAULT_ALPHAS, n
 
     ``X`` should already carry its delays. ``n_perm`` > 0 adds a block-permutation null: BOLD is
     shuffled in blocks of ``perm_block`` TRs, the held-out predictions are recomputed from the same
-    decompositions with each target's chosen alpha, and p = (1 + #null >= observed) / (1 + n_perm).
+    decompositions with each target's chosen alpha, and p = (1 + #null >= observed) / (1 + n_perm)
+    (see :func:`group_permutation_test`).
     With ``perm_stop = h`` the permutations run in batches of ``perm_batch`` and a target stops as
     soon as ``h`` null scores reach its observed score; its p-value is then h / (permutations run)
     (Besag & Clifford 1991, a valid p-value). Most null targets stop within the first batch, so the
@@ -290,8 +288,7 @@ def fit_score(X: np.ndarray, Y: np.ndarray, folds=None, alphas=DEFAULT_ALPHAS, n
             yv = Yz[_idx(B, val)]
             rs = xp.stack([xp.nan_to_num(_pearson_cols(B, (inner.A / (inner.lam + float(a))) @ BY,
                                                        yv), nan=-1.0) for a in alphas])
-            ok = rs >= rs.max(0, keepdims=True)[0] - ALPHA_TIE if B.name == "numpy" else \
-                rs >= rs.max(0, keepdim=True).values - ALPHA_TIE
+            ok = rs >= xp.amax(rs, 0) - ALPHA_TIE
             best = len(alphas) - 1 - (xp.flip(ok, (0,)).to(xp.uint8) if B.name == "torch"
                                       else ok[::-1]).argmax(0)
             best_np = B.to_numpy(best)
@@ -476,16 +473,6 @@ def group_permutation_test(plans: list[list[NullPlan]], scores: np.ndarray, n_pe
     p = np.where(np.isfinite(stopped_p), stopped_p, p).astype(np.float64)
     p[~np.isfinite(scores) | (n_done == 0)] = np.nan
     return null, p, n_done
-
-
-def permutation_pvalues(scores: np.ndarray, null: np.ndarray) -> np.ndarray:
-    """One-sided p = (1 + #{null >= observed}) / (1 + n_perm); NaN where the score is NaN."""
-    n_perm = null.shape[0]
-    with np.errstate(invalid="ignore"):
-        p = (1 + (null >= scores[None]).sum(0)) / (1 + n_perm)
-    p = p.astype(np.float64)
-    p[~np.isfinite(scores)] = np.nan
-    return p
 
 
 def fdr_bh(p: np.ndarray, q: float = 0.05) -> np.ndarray:
