@@ -1,24 +1,38 @@
-"""Stage 06: does fine-tuning change brain scores? Paired comparisons with the subject as the unit.
+"""Stage 06: does fine-tuning change brain scores? Paired comparisons, the subject as the unit.
 
-Per subject, scores are first averaged over runs, stories and seeds; contrasts (e.g. ``sft - raw``)
-are then tested across subjects: number improved, mean and median change, paired Wilcoxon
-signed-rank and paired t tests, a bootstrap 95% CI of the mean change over subjects, Cohen's d_z,
-and the same on noise-ceiling-normalised scores. Voxel summaries: the mask mean, the top 10% of
-voxels by the raw model's score chosen on the OTHER subjects (leave-one-subject-out, so the
-selection does not favour the raw model through regression to the mean), and ROI means.
+Subject scores: a run's score first, runs averaged within a story (pieman run-1 and run-2 are
+two hearings of the same story), stories with equal weight, then SFT seeds (repeated measures
+inside a subject, never extra samples). Every score comes with its chance score (the same
+features, mismatched in time) and, where a noise ceiling exists, a normalised score.
+
+Targets: the fitted whole-brain mean and ROI means, and voxel summaries built from the maps --
+``voxels_mean`` (mask mean, dominated by non-language voxels), ``voxels_reliable`` (voxels whose
+response to the story is reliable across subjects: group ISC significant at FDR q against
+circular shifts, stage 05) and ``voxels_top<k>pct`` (the top k% of voxels by the noise ceiling of
+the *other* subjects). Neither selection uses a model's map, so neither can favour a side of a
+contrast.
+
+Contrasts (Δ = a - b) are tested across subjects by :func:`lib.inference.paired_stats`: number
+improved, mean and median Δ, exact sign-flip permutation p, BCa bootstrap CI, Wilcoxon and t,
+Cohen's d_z, and the smallest p the sign tests can reach with n subjects (0.0625 at n = 5).
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from .data import DataError
-from .encoding import normalised
+from .inference import normalised, paired_stats
 
-CONTRASTS = [("sft", "raw"), ("control", "raw"), ("sft", "control"), ("leaky", "raw"),
-             ("raw", "random"), ("raw", "wordrate")]
+CONTRASTS = [("sft", "raw"), ("control", "raw"), ("scrambled", "raw"), ("sft", "control"),
+             ("sft", "scrambled"), ("sft-leaky", "raw"), ("raw", "random"),
+             ("raw", "wordrate")]
+NOT_MODELS = {"noise_ceiling", "isc_loso", "isc_reliable", "repeat_ceiling"}
+MEASURES = {"brain_score": "r", "above_chance": "r - chance r",
+            "normalised_score": "r / noise ceiling"}
 
 
 def load_stage05(d: str | Path) -> dict:
@@ -32,120 +46,144 @@ def load_stage05(d: str | Path) -> dict:
     if (d / "group.npz").exists():
         with np.load(d / "group.npz") as z:
             group = {k: z[k] for k in z.files}
-    nc = pd.read_csv(d / "noise_ceiling.csv") if (d / "noise_ceiling.csv").stat().st_size > 1 \
+    read = lambda n: pd.read_csv(d / n) if (d / n).exists() and (d / n).stat().st_size > 1 \
         else pd.DataFrame()
-    return dict(scores=scores, voxels=voxels, group=group, noise_ceiling=nc, dir=d)
+    return dict(scores=scores, voxels=voxels, group=group, noise_ceiling=read("noise_ceiling.csv"),
+                group_tests=read("group_tests.csv"), dir=d)
+
+
+def _mean(values) -> np.ndarray:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(values, 0)
 
 
 def subject_maps(voxels: dict, condition: str) -> dict[str, np.ndarray]:
-    """Per subject: voxel scores averaged over that subject's runs, stories and seeds."""
-    by: dict[str, list] = {}
+    """Per subject: runs averaged within story, stories equally, then seeds."""
+    by: dict = {}
     for k, v in voxels.items():
         sub, story, run, cond, seed = k.split("|")
         if cond == condition:
-            by.setdefault(sub, []).append(v)
-    return {s: np.nanmean(v, 0) for s, v in sorted(by.items())}
+            by.setdefault(sub, {}).setdefault(seed, {}).setdefault(story, []).append(v)
+    return {s: _mean([_mean([_mean(r) for r in stories.values()]) for stories in seeds.values()])
+            for s, seeds in sorted(by.items())}
 
 
-def loso_top_mean(reference: dict[str, np.ndarray], target: dict[str, np.ndarray],
-                  frac: float = 0.1) -> dict[str, float]:
-    """Per subject: mean of ``target`` over the top ``frac`` voxels of ``reference`` averaged over
-    the other subjects (leave-one-subject-out selection)."""
-    subs = sorted(set(reference) & set(target))
+def subject_scores(scores: pd.DataFrame, value: str = "brain_score", keys=()) -> pd.DataFrame:
+    """Run-level rows -> one value per subject, condition, target (and ``keys``, e.g. layer),
+    by the same rule as the maps."""
+    by = ["subject", "condition", "target", *keys]
+    per_story = scores.groupby(by + ["seed", "story"], as_index=False)[value].mean()
+    per_seed = per_story.groupby(by + ["seed"], as_index=False)[value].mean()
+    return per_seed.groupby(by, as_index=False)[value].mean()
+
+
+def others_ceiling(ceilings: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Per subject: the mean noise-ceiling map of the OTHER subjects (model-neutral selection)."""
     out = {}
-    for s in subs:
-        others = [reference[o] for o in subs if o != s]
-        if not others:
-            continue
-        ref = np.nan_to_num(np.nanmean(others, 0), nan=-np.inf)
-        k = max(1, int(round(frac * np.isfinite(ref).sum())))
-        top = np.argsort(ref)[-k:]
-        out[s] = float(np.nanmean(target[s][top]))
+    for s in ceilings:
+        others = [ceilings[o] for o in ceilings if o != s]
+        if others:
+            out[s] = _mean(others)
     return out
 
 
-def subject_table(st: dict, frac: float = 0.1, roi_mask: np.ndarray | None = None) -> pd.DataFrame:
-    """Long table: subject, condition, target, brain_score (and ceiling-normalised score)."""
+def top_mean(criterion: dict[str, np.ndarray], target: dict[str, np.ndarray],
+             frac: float = 0.1) -> dict[str, float]:
+    """Per subject: mean of ``target`` over its top ``frac`` voxels by ``criterion``."""
+    out = {}
+    for s, crit in criterion.items():
+        if s not in target:
+            continue
+        c = np.nan_to_num(crit, nan=-np.inf)
+        k = max(1, int(round(frac * np.isfinite(crit).sum())))
+        out[s] = float(np.nanmean(target[s][np.argsort(c)[-k:]]))
+    return out
+
+
+def voxel_targets(st: dict, frac: float = 0.1, min_ceiling: float = 0.1,
+                  roi_mask: np.ndarray | None = None) -> pd.DataFrame:
+    """Subject-level voxel summaries for every condition (and its chance maps)."""
+    conds = sorted({k.split("|")[3] for k in st["voxels"]} - NOT_MODELS)
+    ceil = subject_maps(st["voxels"], "noise_ceiling")
+    crit = others_ceiling(ceil)
+    reliable = {s: m > 0 for s, m in subject_maps(st["voxels"], "isc_reliable").items()}
+    rows = []
+    for c in conds:
+        base, _, kind = c.partition("~")
+        col = "chance_score" if kind == "chance" else "brain_score"
+        maps = subject_maps(st["voxels"], c)
+        for s, v in top_mean(crit, maps, frac).items():
+            rows.append(dict(subject=s, condition=base, target=f"voxels_top{round(frac * 100)}pct",
+                             **{col: v}))
+        for s, m in maps.items():
+            if s in reliable:
+                sel = reliable[s]
+                rows.append(dict(subject=s, condition=base, target="voxels_reliable",
+                                 n_voxels=int(sel.sum()),
+                                 **{col: float(np.nanmean(m[sel])) if sel.any() else np.nan}))
+            if roi_mask is not None:
+                rows.append(dict(subject=s, condition=base, target="planted_roi_voxels",
+                                 **{col: float(np.nanmean(m[roi_mask]))}))
+            if not kind and s in ceil:
+                nv = normalised(m, ceil[s], min_ceiling)
+                rows.append(dict(subject=s, condition=base, target="voxels_mean",
+                                 normalised_score=float(np.nanmean(nv)) if np.isfinite(nv).any()
+                                 else np.nan, n_voxels=int(np.isfinite(nv).sum())))
+    if not rows:
+        return pd.DataFrame(columns=["subject", "condition", "target"])
+    df = pd.DataFrame(rows)
+    return df.groupby(["subject", "condition", "target"], as_index=False).first()
+
+
+def subject_table(st: dict, frac: float = 0.1, roi_mask: np.ndarray | None = None,
+                  min_ceiling: float = 0.1) -> pd.DataFrame:
+    """Long table: subject, condition, target, brain_score, chance_score, above_chance,
+    normalised_score (score / noise ceiling where the ceiling >= ``min_ceiling``)."""
     sc = st["scores"]
-    tab = (sc.groupby(["subject", "condition", "target"], as_index=False)["brain_score"].mean())
-    conds = sorted(sc["condition"].unique())
-    maps = {c: subject_maps(st["voxels"], c) for c in conds}
-    extra = []
-    if "raw" in maps:
-        for c in conds:
-            for s, v in loso_top_mean(maps["raw"], maps[c], frac).items():
-                extra.append(dict(subject=s, condition=c, target=f"voxels_top{int(frac * 100)}pct_loso",
-                                  brain_score=v))
-    if roi_mask is not None:
-        for c in conds:
-            for s, v in maps[c].items():
-                extra.append(dict(subject=s, condition=c, target="planted_roi_voxels",
-                                  brain_score=float(np.nanmean(v[roi_mask]))))
-    tab = pd.concat([tab, pd.DataFrame(extra)], ignore_index=True)
-    # noise-ceiling normalisation (leave-one-subject-out ISC of the same subject)
+    tab = subject_scores(sc, "brain_score").merge(subject_scores(sc, "chance_score"),
+                                                  on=["subject", "condition", "target"])
     nc = st["noise_ceiling"]
-    ceil_map = subject_maps(st["voxels"], "noise_ceiling")
-    norm = []
-    for r in tab.itertuples():
-        val = np.nan
-        if r.target == "whole_brain_mean" and len(nc):
-            c = nc.loc[nc.subject == r.subject, "isc_whole_brain_mean"].mean()
-            val = float(normalised(np.array([r.brain_score]), np.array([c]))[0])
-        elif r.target == "voxels_mean" and r.subject in ceil_map and r.subject in maps[r.condition]:
-            v = normalised(maps[r.condition][r.subject], ceil_map[r.subject])
-            val = float(np.nanmean(v)) if np.isfinite(v).any() else np.nan
-        norm.append(val)
-    tab["normalised_score"] = norm
+    if len(nc):
+        ceil = nc[nc.ceiling_kind == "isc_loso_spearman_brown"].groupby(
+            ["subject", "target"], as_index=False)["noise_ceiling"].mean()
+        tab = tab.merge(ceil, on=["subject", "target"], how="left")
+        tab["normalised_score"] = normalised(tab.brain_score, tab.noise_ceiling, min_ceiling)
+        tab = tab.drop(columns="noise_ceiling")
+    vt = voxel_targets(st, frac, min_ceiling, roi_mask)
+    key = ["subject", "condition", "target"]
+    tab = tab.set_index(key).combine_first(vt.set_index(key)).reset_index()
+    tab["above_chance"] = tab.brain_score - tab.chance_score
     tab["synthetic_bold"] = bool(sc["synthetic_bold"].astype(str).str.lower().eq("true").any())
     return tab
-
-
-def paired_stats(a: np.ndarray, b: np.ndarray, n_boot: int = 10000, seed: int = 0) -> dict:
-    """Paired comparison of a vs b across subjects (Δ = a - b)."""
-    from scipy import stats
-
-    a, b = np.asarray(a, float), np.asarray(b, float)
-    ok = np.isfinite(a) & np.isfinite(b)
-    d = a[ok] - b[ok]
-    n = len(d)
-    out = dict(n_subjects=n, n_improved=int((d > 0).sum()), mean_delta=float(np.mean(d)) if n
-               else np.nan, median_delta=float(np.median(d)) if n else np.nan)
-    if n >= 2:
-        sd = d.std(ddof=1)
-        out["cohens_dz"] = float(d.mean() / sd) if sd > 0 else np.nan
-        t = stats.ttest_rel(a[ok], b[ok])
-        out.update(t=float(t.statistic), p_t=float(t.pvalue))
-        rng = np.random.default_rng(seed)
-        boots = d[rng.integers(0, n, (n_boot, n))].mean(1)
-        out.update(ci95_low=float(np.percentile(boots, 2.5)),
-                   ci95_high=float(np.percentile(boots, 97.5)))
-    if n >= 1 and np.any(d != 0):
-        w = stats.wilcoxon(d)
-        out.update(wilcoxon_W=float(w.statistic), p_wilcoxon=float(w.pvalue))
-    return out
 
 
 def contrast_table(tab: pd.DataFrame, contrasts=CONTRASTS, value: str = "brain_score"
                    ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(per-subject Δ table, statistics table) for every contrast whose conditions both exist."""
     deltas, stats_rows = [], []
-    wide = tab.pivot_table(index=["subject", "target"], columns="condition", values=value)
+    if value not in tab:
+        return pd.DataFrame(), pd.DataFrame()
+    wide = tab.pivot_table(index=["subject", "target"], columns="condition", values=value,
+                           dropna=False)
     for a, b in contrasts:
         if a not in wide or b not in wide:
             continue
         for target, g in wide.groupby(level="target"):
-            d = (g[a] - g[b]).dropna()
-            for (sub, _), v in d.items():
-                deltas.append(dict(contrast=f"{a} - {b}", target=target, subject=sub,
-                                   a=float(g.loc[(sub, target), a]),
-                                   b=float(g.loc[(sub, target), b]), delta=float(v)))
+            ok = g[[a, b]].dropna()
+            if ok.empty:
+                continue
+            for (sub, _), r in ok.iterrows():
+                deltas.append(dict(contrast=f"{a} - {b}", target=target, measure=value,
+                                   subject=sub, a=float(r[a]), b=float(r[b]),
+                                   delta=float(r[a] - r[b])))
             stats_rows.append(dict(contrast=f"{a} - {b}", target=target, measure=value,
-                                   **paired_stats(g[a].to_numpy(), g[b].to_numpy())))
+                                   **paired_stats(ok[a].to_numpy(), ok[b].to_numpy())))
     return pd.DataFrame(deltas), pd.DataFrame(stats_rows)
 
 
 def voxel_delta(voxels: dict, a: str = "sft", b: str = "raw") -> dict[str, np.ndarray]:
-    """Per subject Δ map (a - b)."""
+    """Per subject Δ map (a - b), each side averaged over its seeds like the Δ statistics."""
     ma, mb = subject_maps(voxels, a), subject_maps(voxels, b)
     return {s: ma[s] - mb[s] for s in sorted(set(ma) & set(mb))}
 
@@ -166,12 +204,28 @@ def voxel_delta_summary(deltas: dict[str, np.ndarray], significant: np.ndarray |
     return pd.DataFrame(rows)
 
 
+def headline(stats: pd.DataFrame, contrast: str = "sft - raw", target: str = "voxels_reliable",
+             synthetic: bool = False) -> str:
+    """The Δ result in one sentence, with its test and CI."""
+    s = stats[(stats.contrast == contrast) & (stats.target == target)
+              & (stats.measure == "brain_score")]
+    if s.empty:
+        return f"No {contrast} comparison for {target} in this run."
+    r = s.iloc[0]
+    tag = " (SYNTHETIC BOLD: a pipeline check, not a finding about brains)" if synthetic else ""
+    return (f"Fine-tuning changed the brain score ({target}) by Δr = {r.mean_delta:+.4f} "
+            f"(BCa 95% CI {r.ci95_low:+.4f} to {r.ci95_high:+.4f}); {r.n_improved} of "
+            f"{r.n_subjects} subjects improved; exact sign-flip p = {r.p_sign_flip:.3g} "
+            f"(the smallest p possible with {r.n_subjects} subjects is "
+            f"{r.p_min_attainable:.3g}){tag}.")
+
+
 def sft_summary(models_csv: str | Path) -> pd.DataFrame:
     """Training record of the fine-tuned models (loss / perplexity before and after)."""
     p = Path(models_csv)
     if not p.exists():
         return pd.DataFrame()
     df = pd.read_csv(p)
-    keep = ["kind", "fold", "seed", "leaky", "train_tokens_seen", "train_loss_first",
+    keep = ["condition", "kind", "fold", "seed", "leaky", "train_tokens_seen", "train_loss_first",
             "train_loss_last", "val_ppl_before", "val_ppl_after", "seconds", "device"]
     return df[[c for c in keep if c in df]]

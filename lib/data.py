@@ -86,9 +86,20 @@ def audio_start_from_events(events_tsv: Path, story: str) -> float | None:
     return float(rows["onset"].min()) if len(rows) else None
 
 
+#: Trim convention (profile keys ``trim_after_onset`` and ``tail_trs``): the Narratives ISC
+#: analyses drop the first 6 TRs after story onset (the onset transient); the scan is kept up to
+#: ``tail_trs`` TRs after the TR of the last word, so the haemodynamic response to the last words
+#: (peak ~5 s, back near baseline by ~12 s = 8 TRs; the FIR delays reach 7.5 s) stays in.
+TRIM_AFTER_ONSET = 6
+TAIL_TRS = 8
+
+
 def story_timing(story: str, paths: Paths | None = None, events_tsv: Path | None = None,
-                 n_trs: int | None = None) -> StoryTiming:
-    """Timing of ``story`` from the dataset metadata (event_meta, trims, events.tsv, story_facts)."""
+                 n_trs: int | None = None, trim_after_onset: int = TRIM_AFTER_ONSET,
+                 tail_trs: int = TAIL_TRS, last_word_tr: int | None = None) -> StoryTiming:
+    """Timing of ``story`` from the dataset metadata (event_meta, events.tsv, story_facts), with
+    the trims of the convention above. Without ``last_word_tr`` the story's end (event_meta
+    onset + duration) stands in for the last word."""
     paths = paths or Paths.from_env()
     meta = _load_json(paths.metadata / "event_meta.json")
     if story not in meta or story not in meta[story]:
@@ -105,13 +116,21 @@ def story_timing(story: str, paths: Paths | None = None, events_tsv: Path | None
                 raise DataError(f"no audio start time known for story {story!r} "
                                 f"(no events.tsv and no entry in story_facts.json)")
             audio = story_ev[0]
-    trims = _load_json(paths.metadata / "narratives_trims.json").get(story)
-    if trims is not None:
-        t0, t1 = int(trims["start"]), int(trims["end"])
-    else:  # keep exactly the story: drop the TRs before its onset and after its end
-        t0 = onset
-        t1 = max(0, n_trs - onset - duration) if n_trs is not None else 0
+    if trim_after_onset < 0 or tail_trs < 0:
+        raise ValueError("trim_after_onset and tail_trs must be >= 0")
+    last = onset + duration - 1 if last_word_tr is None else int(last_word_tr)
+    t0 = onset + int(trim_after_onset)
+    end = last + 1 + int(tail_trs)
+    t1 = max(0, n_trs - end) if n_trs is not None else 0
     return StoryTiming(story, TR_S, float(audio), onset, duration, t0, t1)
+
+
+def last_word_tr(alignment: Path, audio_start_s: float, tr: float = TR_S) -> int:
+    """TR of the last word's onset (Gentle times + where the audio starts in the scan)."""
+    from .transcripts import read_alignment
+
+    words = read_alignment(alignment)
+    return int(np.floor((float(words["onset"].max()) + audio_start_s) / tr + 1e-9))
 
 
 def scan_exclusions(paths: Paths | None = None) -> dict[tuple[str, str, int | None], str]:
@@ -126,6 +145,15 @@ def scan_exclusions(paths: Paths | None = None) -> dict[tuple[str, str, int | No
                 run = int(m.group(3)) if m and m.group(3) else None
                 out[(sub, story, run)] = f"dataset authors' scan_exclude.json lists {scan}"
     return out
+
+
+def subjects_for(stories: list[str], paths: Paths | None = None) -> list[str]:
+    """Every subject who heard any of ``stories`` (the dataset's participants metadata);
+    exclusions are applied later, by the manifest, so they stay visible."""
+    paths = paths or Paths.from_env()
+    meta = _load_json(paths.metadata / "participants_meta.json")
+    want = set(stories)
+    return sorted(s for s, v in meta.items() if want & set(v.get("task", [])))
 
 
 # --------------------------------------------------------------------------- BOLD files
@@ -212,7 +240,8 @@ def alignment_paths(root: Path, story: str) -> tuple[Path | None, Path | None]:
 def build_manifest(root: str | Path, subjects: list[str] | None = None,
                    stories: list[str] | None = None, bold_source: str = "raw",
                    include_excluded: bool = False, paths: Paths | None = None,
-                   check_integrity: bool = True) -> pd.DataFrame:
+                   check_integrity: bool = True, trim_after_onset: int = TRIM_AFTER_ONSET,
+                   tail_trs: int = TAIL_TRS) -> pd.DataFrame:
     """Scan a BIDS root and return the manifest (one row per BOLD run).
 
     Excluded scans stay in the table with ``excluded=True`` and the reason; ``include_excluded``
@@ -225,7 +254,7 @@ def build_manifest(root: str | Path, subjects: list[str] | None = None,
     desc = root / "dataset_description.json"
     synthetic = bool(_load_json(desc).get("Synthetic", False)) if desc.exists() else False
     excl = scan_exclusions(paths)
-    rows = []
+    rows, last_words = [], {}
     for bold in find_bold(root, bold_source):
         m = _ENTITIES.search(bold.name)
         if not m:
@@ -239,8 +268,12 @@ def build_manifest(root: str | Path, subjects: list[str] | None = None,
         events = raw_func / f"{sub}_task-{story}{run_ent}_events.tsv"
         tr = sidecar_tr(raw_func / f"{sub}_task-{story}{run_ent}_bold.nii.gz"
                         if bold_source != "raw" else bold, root, story, header_tr)
-        timing = story_timing(story, paths, events if events.exists() else None, n_trs)
+        ev = events if events.exists() else None
         align, transcript = alignment_paths(root, story)
+        audio = story_timing(story, paths, ev, n_trs).audio_start_s
+        last = last_words.setdefault((story, audio), last_word_tr(align, audio)) if align \
+            else None
+        timing = story_timing(story, paths, ev, n_trs, trim_after_onset, tail_trs, last)
         if timing.onset_tr + timing.duration_tr > n_trs:
             raise DataError(
                 f"{bold}: {n_trs} TRs cannot hold story {story!r}, which runs to TR "

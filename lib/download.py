@@ -15,6 +15,8 @@ Keys mirror the dataset root under ``ds002345/`` in the bucket ``openneuro.org``
 
 Every file is written to ``<name>.part`` and renamed once complete and verified; a rerun skips
 files whose size (and single-part ETag = MD5) match and resumes ``.part`` files with a byte range.
+Files download in parallel (``workers`` threads: the work is network-bound, and boto3 clients are
+thread-safe); a failed file stops the download with its key named, the finished ones stay.
 """
 from __future__ import annotations
 
@@ -101,8 +103,9 @@ def _list(s3, bucket: str, prefix: str, endpoint: str | None) -> list[RemoteFile
 
 def plan_subset(subjects: list[str], stories: list[str], derivative: str = "afni-nosmooth",
                 endpoint_url: str | None = None, bucket: str = BUCKET, prefix: str = PREFIX,
-                s3=None) -> list[RemoteFile]:
-    """The files a subset needs (listing the bucket; nothing is downloaded)."""
+                s3=None, audio: bool = False) -> list[RemoteFile]:
+    """The files a subset needs (listing the bucket; nothing is downloaded). ``audio`` adds the
+    stories' ``stimuli/<story>_audio.wav``."""
     if derivative not in DERIVATIVE_SUFFIX:
         raise DownloadError(f"unknown derivative {derivative!r}; choose from "
                             f"{sorted(DERIVATIVE_SUFFIX)}")
@@ -135,6 +138,12 @@ def plan_subset(subjects: list[str], stories: list[str], derivative: str = "afni
             raise DownloadError(f"s3://{bucket}/{prefix}/stimuli/gentle/{story}/: no alignment "
                                 f"files")
         want += st
+        if audio:
+            wav = [f for f in _list(s3, bucket, f"{prefix}/stimuli/{story}_audio", endpoint_url)
+                   if f.key.endswith(".wav")]
+            if not wav:
+                raise DownloadError(f"s3://{bucket}/{prefix}/stimuli/{story}_audio.wav: not found")
+            want += wav
     return sorted({f.key: f for f in want}.values(), key=lambda f: f.key)
 
 
@@ -207,11 +216,14 @@ def _fetch_one(s3, bucket: str, rf: RemoteFile, dest: Path, bar, endpoint: str |
 def fetch_subset(dest: str | Path, subjects: list[str], stories: list[str],
                  derivative: str = "afni-nosmooth", endpoint_url: str | None = None,
                  bucket: str = BUCKET, prefix: str = PREFIX, dry_run: bool = False,
-                 progress: bool = True) -> list[RemoteFile]:
+                 progress: bool = True, workers: int = 8, audio: bool = False
+                 ) -> list[RemoteFile]:
     """Download the subset into ``dest`` (the dataset root). Returns the plan."""
+    from concurrent.futures import ThreadPoolExecutor
+
     dest = Path(dest)
     s3 = client(endpoint_url)
-    plan = plan_subset(subjects, stories, derivative, endpoint_url, bucket, prefix, s3)
+    plan = plan_subset(subjects, stories, derivative, endpoint_url, bucket, prefix, s3, audio)
     local = {f.key: dest / f.key[len(prefix) + 1:] for f in plan}
     todo = [f for f in plan if not _complete(local[f.key], f)]
     total = sum(f.size for f in plan)
@@ -227,7 +239,10 @@ def fetch_subset(dest: str | Path, subjects: list[str], stories: list[str],
     if need > free:
         raise DownloadError(f"{dest}: {need / 1e9:.2f} GB needed but only {free / 1e9:.2f} GB "
                             f"free")
-    with tqdm(total=need, unit="B", unit_scale=True, desc="ds002345", disable=not progress) as bar:
-        for f in todo:
-            _fetch_one(s3, bucket, f, local[f.key], bar, endpoint_url)
+    with tqdm(total=need, unit="B", unit_scale=True, desc="ds002345", disable=not progress) as bar, \
+            ThreadPoolExecutor(max(1, workers)) as pool:
+        jobs = [pool.submit(_fetch_one, s3, bucket, f, local[f.key], bar, endpoint_url)
+                for f in todo]
+        for j in jobs:
+            j.result()            # the first failure is raised, naming its key
     return plan

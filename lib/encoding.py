@@ -1,731 +1,479 @@
-"""Stage 05: ridge encoding models and brain scores.
+"""Stage 05: encoding models and brain scores, as units of work.
 
-Pipeline for one BOLD run (or several runs, concatenated):
+A *unit* fits one condition (``raw``, ``sft``, ``control``, ``wordrate``, ...; one SFT seed) for a
+few subjects who heard the same stories with the same TRs: they share the features, the folds and
+every decomposition (:func:`lib.ridge.prepare` once, :func:`lib.ridge.score` per subject), and each
+subject's BOLD is read inside the unit, one subject at a time. A unit writes one result file per
+subject (``units/<condition>_seed-<k>/<subject>.npz``) atomically, keyed by the content of its
+inputs (features, BOLD, mask, labels) and the settings, so a rerun or a resumed run recomputes only
+what is missing. A subject whose input is bad fails alone, with its file named; the others finish.
 
-1. Word activations -> features per TR: the ``sum`` (default) or ``mean`` of the activations of the
-   words whose onset falls in the TR (stage 02's word->TR rule); TRs without words are zeros. The
-   sum keeps word rate in the features, which is itself a strong predictor of auditory cortex.
-2. FIR delays (default 1..5 TRs = 1.5-7.5 s): zero padding inside each run, never wrapping around
-   and never crossing run boundaries. Delays are built on the full scan, then the trimmed TRs
-   (story metadata) are dropped from features and BOLD alike.
-3. Outer cross-validation: contiguous folds (default 5, never shuffled); ``gap`` TRs (default = the
-   longest delay) on each side of the test block are removed from the training set, so the model is
-   never trained on TRs whose delayed features overlap the test block. With several runs: leave one
-   run out.
-4. Inside each outer training set: features and BOLD standardised with training statistics only; one
-   ridge penalty per target chosen from ``alphas`` on a contiguous inner validation block (again with
-   a gap), all alphas from ONE eigendecomposition (kernel form when TRs < features, primal
-   otherwise); the model is refit on the whole outer training set (a second decomposition) and
-   predicts the test block.
-5. Brain score = Pearson r of prediction vs held-out BOLD per target, averaged over folds. The r of
-   the concatenated held-out predictions is kept as a diagnostic only: per-fold intercepts bias it.
+Per subject, all its runs are fitted together (:mod:`lib.ridge` decides the folds: leave one story
+out, or contiguous blocks of story time with a gap when it heard one story, repeats held out
+together). Targets: every voxel in the mask, the whole-brain mean BOLD per TR, the mean BOLD of each
+ROI label. Each run's BOLD is z-scored over its kept TRs (runs differ in baseline). Next to every
+score is its *chance* score: the same features circularly shifted in time by half the story
+(:func:`lib.spaces.mismatch`), fitted and scored identically.
 
-Backends: ``numpy`` or ``torch`` (CPU or CUDA) run the same code through a tiny array-namespace shim.
-Targets are processed in batches so memory stays bounded.
+:func:`reduce` gathers the per-subject files into ``scores.csv`` (one row per subject, story, run,
+condition, seed and target), ``voxel_scores.npz``, maps, the noise ceilings and the group
+permutation tests (:mod:`lib.inference`).
 """
 from __future__ import annotations
 
+import json
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
+from .cache import file_hash, is_fresh, key_of, write_npz, write_sidecar
 from .data import DataError
+from .inference import NullSpec
+from .ridge import DEFAULT_ALPHAS, DEFAULT_DELAYS, EngineError, Layout, default_gap, prepare, score
+from .spaces import design_matrix, tr_features, word_rate
 
-DEFAULT_ALPHAS = np.logspace(-1, 8, 10)
-DEFAULT_DELAYS = (1, 2, 3, 4, 5)
-ALPHA_TIE = 1e-4  # validation-r ties (float noise) go to the larger penalty
-
-
-# --------------------------------------------------------------------------- features per TR
-def tr_features(word_acts: np.ndarray, word_trs: np.ndarray, n_trs: int, how: str = "sum"
-                ) -> np.ndarray:
-    """(n_trs, d) features from (n_words, d) activations and each word's TR index."""
-    word_acts = np.asarray(word_acts, np.float32)
-    if len(word_acts) != len(word_trs):
-        raise DataError(f"{len(word_acts)} word activations but {len(word_trs)} word TRs")
-    out = np.zeros((n_trs, word_acts.shape[1]), np.float32)
-    np.add.at(out, word_trs, word_acts)
-    if how == "mean":
-        counts = np.bincount(word_trs, minlength=n_trs).astype(np.float32)
-        out /= np.maximum(counts, 1)[:, None]
-    elif how != "sum":
-        raise ValueError(f"aggregation must be 'sum' or 'mean', got {how!r}")
-    return out
+ENGINE_VERSION = 3
+SUMMARY = "whole_brain_mean"
 
 
-def word_rate(word_trs: np.ndarray, n_trs: int) -> np.ndarray:
-    """Baseline feature: words per TR, (n_trs, 1)."""
-    return np.bincount(word_trs, minlength=n_trs).astype(np.float32)[:, None]
+@dataclass(frozen=True)
+class Settings:
+    """Stage-05 parameters (every one is part of a unit's cache key)."""
+    delays: tuple = DEFAULT_DELAYS
+    aggregation: str = "sum"
+    alphas: tuple = tuple(DEFAULT_ALPHAS)
+    n_folds: int = 5
+    inner_folds: int = 4
+    gap: int | None = None               # None: ridge.default_gap(delays)
+    null: NullSpec = NullSpec()
+    perm_conditions: tuple = ("raw", "sft")
+    chance: bool = True
+    backend: str = "numpy"
+    device: str | None = None
+    batch_targets: int = 20000
+
+    @property
+    def gap_trs(self) -> int:
+        return default_gap(self.delays) if self.gap is None else int(self.gap)
+
+    def key(self) -> str:
+        d = asdict(self)
+        d.pop("device"), d.pop("batch_targets"), d.pop("backend")
+        return key_of("stage05", ENGINE_VERSION, d)
 
 
-def make_delays(X: np.ndarray, delays=DEFAULT_DELAYS, run_lengths=None) -> np.ndarray:
-    """FIR-delayed copies of X side by side: column block k holds X shifted down by delays[k].
-
-    Zero-padded inside each run (``run_lengths`` splits the rows); nothing wraps around.
-    """
-    X = np.asarray(X)
-    run_lengths = list(run_lengths) if run_lengths is not None else [len(X)]
-    if sum(run_lengths) != len(X):
-        raise ValueError(f"run lengths {run_lengths} do not add up to {len(X)} rows")
-    out = np.zeros((len(X), X.shape[1] * len(delays)), X.dtype)
-    start = 0
-    for n in run_lengths:
-        x = X[start:start + n]
-        for k, d in enumerate(delays):
-            block = out[start:start + n, k * X.shape[1]:(k + 1) * X.shape[1]]
-            if d >= 0:
-                block[d:] = x[:n - d] if d < n else 0
-            else:
-                block[:n + d] = x[-d:]
-        start += n
-    return out
-
-
-# --------------------------------------------------------------------------- folds
-def contiguous_folds(n: int, n_folds: int = 5, gap: int = 5, run_lengths=None
-                     ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(train, test) index pairs. One run: ``n_folds`` contiguous test blocks, ``gap`` TRs removed
-    from training on each side of the block. Several runs: leave one run out (no gap needed)."""
-    if run_lengths is not None and len(run_lengths) > 1:
-        bounds = np.cumsum([0] + list(run_lengths))
-        return [(np.r_[0:bounds[i], bounds[i + 1]:n], np.arange(bounds[i], bounds[i + 1]))
-                for i in range(len(run_lengths))]
-    if n_folds < 2:
-        raise ValueError("need at least 2 folds")
-    edges = np.linspace(0, n, n_folds + 1).round().astype(int)
-    folds = []
-    for a, b in zip(edges[:-1], edges[1:]):
-        test = np.arange(a, b)
-        train = np.r_[0:max(0, a - gap), min(n, b + gap):n]
-        folds.append((train, test))
-    return folds
-
-
-def inner_split(train: np.ndarray, test: np.ndarray, frac: float = 0.2, gap: int = 5
-                ) -> tuple[np.ndarray, np.ndarray]:
-    """A contiguous validation block inside ``train``: the end (or start) of the training indices
-    farthest from the test block, with ``gap`` training TRs dropped between it and the fit part."""
-    n_val = max(2, int(round(frac * len(train))))
-    at_end = abs(train[-1] - test.mean()) >= abs(train[0] - test.mean())
-    if at_end:
-        val, fit = train[-n_val:], train[:max(0, len(train) - n_val - gap)]
-    else:
-        val, fit = train[:n_val], train[n_val + gap:]
-    # a fold boundary may already separate them (train is not contiguous); keep the gap anyway
-    return fit, val
-
-
-# --------------------------------------------------------------------------- backends
-class _Backend:
-    """The handful of array operations the engine needs, for numpy or torch."""
-
-    def __init__(self, name: str = "numpy", device: str | None = None, dtype: str = "float32"):
-        self.name = name
-        if name == "numpy":
-            self.xp = np
-            self.dtype = np.dtype(dtype)
-            self.device = "cpu"
-        elif name == "torch":
-            import torch
-
-            self.xp = torch
-            self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-            self.dtype = getattr(torch, dtype)
-        else:
-            raise ValueError(f"backend must be 'numpy' or 'torch', got {name!r}")
-
-    def asarray(self, a, dtype=None):
-        if self.name == "numpy":
-            return np.asarray(a, dtype=dtype or self.dtype)
-        import torch
-
-        t = torch.as_tensor(np.asarray(a), device=self.device)
-        return t.to(dtype or self.dtype)
-
-    def to_numpy(self, a) -> np.ndarray:
-        if self.name == "numpy":
-            return a
-        a = a.detach()
-        return (a.float() if a.is_floating_point() else a).cpu().numpy()
-
-    def eigh(self, G):
-        """Eigendecomposition in float64 (Gram matrices square the condition number)."""
-        if self.name == "numpy":
-            lam, U = np.linalg.eigh(G.astype(np.float64))
-            return lam.astype(self.dtype), U.astype(self.dtype)
-        import torch
-
-        lam, U = torch.linalg.eigh(G.to(torch.float64))
-        return lam.to(self.dtype), U.to(self.dtype)
-
-
-def _zscore_cols(B, a, idx_fit, eps=1e-8):
-    """Standardise columns of ``a`` with the mean/std of rows ``idx_fit``. Returns (z, std)."""
-    xp = B.xp
-    mu = a[idx_fit].mean(0)
-    sd = ((a[idx_fit] - mu) ** 2).mean(0) ** 0.5
-    sd_safe = xp.where(sd > eps, sd, xp.ones_like(sd))
-    return (a - mu) / sd_safe, sd
-
-
-def _pearson_cols(B, p, y, eps=1e-12):
-    """Column-wise Pearson r of p and y, shape (..., n, t) -> (..., t)."""
-    p = p - p.mean(-2, keepdims=True) if B.name == "numpy" else p - p.mean(-2, keepdim=True)
-    y = y - y.mean(-2, keepdims=True) if B.name == "numpy" else y - y.mean(-2, keepdim=True)
-    num = (p * y).sum(-2)
-    den = ((p * p).sum(-2) * (y * y).sum(-2)) ** 0.5
-    return num / (den + eps)
+@dataclass(frozen=True)
+class Unit:
+    condition: str
+    seed: int
+    subjects: tuple
 
 
 @dataclass
-class _Decomp:
-    """Spectral form of ridge on one training set: pred(alpha) = (A / (lam + alpha)) @ (Bm @ Y)."""
-    lam: object
-    A: object    # (n_pred, m): the rows to predict, projected
-    Bm: object   # (m, n_train): maps training targets into the eigenbasis
+class Job:
+    """Everything a unit needs (picklable: sent to Dask workers as it is)."""
+    settings: Settings
+    runs: pd.DataFrame                     # manifest rows in use
+    transcripts_dir: str
+    features: dict                         # (condition, seed) -> {story: activations path}
+    all_layers: dict                       # (condition, seed) -> {story: all-layer path}
+    mask_path: str
+    labels_path: str | None
+    out_dir: str
+    model_tags: dict = field(default_factory=dict)
+
+    def subject_runs(self, subject: str) -> pd.DataFrame:
+        return self.runs[self.runs.subject == subject].sort_values(["story", "run"])
+
+    def signature(self, subject: str) -> tuple:
+        """Subjects with equal signatures share features, folds and decompositions."""
+        r = self.subject_runs(subject)
+        return tuple(zip(r.story, r.run.astype(int), r.n_trs.astype(int),
+                         r.trim_start.astype(int), r.trim_end.astype(int)))
+
+    def result_path(self, unit_cond: str, seed: int, subject: str) -> Path:
+        return Path(self.out_dir) / "units" / f"{unit_cond}_seed-{seed}" / f"{subject}.npz"
 
 
-def _decompose(B, Xtr, Xpred) -> _Decomp:
-    n, p = Xtr.shape
-    if n <= p:  # kernel form: K = Xtr Xtr^T = U diag(lam) U^T
-        lam, U = B.eigh(Xtr @ Xtr.T)
-        return _Decomp(B.xp.clip(lam, 0, None), (Xpred @ Xtr.T) @ U, U.T)
-    lam, V = B.eigh(Xtr.T @ Xtr)  # primal: X^T X = V diag(lam) V^T
-    return _Decomp(B.xp.clip(lam, 0, None), Xpred @ V, (Xtr @ V).T)
+def plan_units(job: Job, conditions: list[tuple[str, int]], subjects_per_unit: int = 8
+               ) -> list[Unit]:
+    """One unit per condition and group of at most ``subjects_per_unit`` subjects sharing a
+    signature (:meth:`Job.signature`)."""
+    groups: dict[tuple, list[str]] = {}
+    for s in sorted(job.runs.subject.unique()):
+        groups.setdefault(job.signature(s), []).append(s)
+    units = []
+    for cond, seed in conditions:
+        for subs in groups.values():
+            for i in range(0, len(subs), subjects_per_unit):
+                units.append(Unit(cond, int(seed), tuple(subs[i:i + subjects_per_unit])))
+    return units
 
 
-@dataclass
-class EncodingResult:
-    """Per-target scores; arrays are numpy. ``valid`` marks targets that were fitted."""
-    scores: np.ndarray            # (t,) mean over folds of per-fold r (the brain score)
-    fold_scores: np.ndarray       # (n_folds, t)
-    alphas: np.ndarray            # (n_folds, t) chosen alpha per fold
-    valid: np.ndarray             # (t,) bool
-    concat_r: np.ndarray          # (t,) diagnostic: r of concatenated held-out predictions
-    n_invalid: int = 0
-    edge_fraction: float = 0.0    # share of choices at the edge of the alpha grid
-    null: np.ndarray | None = None    # (n_perm, t) permutation null of ``scores``
-    pvalues: np.ndarray | None = None
-    null_plan: "NullPlan | None" = None
-    info: dict = field(default_factory=dict)
+# --------------------------------------------------------------------------- inputs
+_HASHES: dict[tuple, str] = {}
 
 
-def _validate(X, Y, folds, delays_max, source: str):
-    if len(X) != len(Y):
-        raise DataError(f"TR mismatch: features have {len(X)} TRs but BOLD has {len(Y)} TRs"
-                        + (f" ({source})" if source else ""))
-    if not np.any(X):
-        raise DataError(f"all features are zero{f' ({source})' if source else ''}")
-    if Y.shape[1] == 0:
-        raise DataError(f"no targets (empty mask?){f' ({source})' if source else ''}")
-    n_folds = len(folds)
-    if len(X) < n_folds * max(1, delays_max) * 2:
-        raise DataError(f"{len(X)} TRs are too few for {n_folds} folds with delays up to "
-                        f"{delays_max} TRs" + (f" ({source})" if source else ""))
+def content_hash(path: str | Path) -> str:
+    """sha256 of a file, memoised per (path, size, mtime) within the process (the key itself
+    holds only content hashes)."""
+    p = Path(path)
+    st = p.stat()
+    k = (str(p.resolve()), st.st_size, st.st_mtime_ns)
+    if k not in _HASHES:
+        _HASHES[k] = file_hash(p)
+    return _HASHES[k]
 
 
-def fit_score(X: np.ndarray, Y: np.ndarray, folds=None, alphas=DEFAULT_ALPHAS, n_folds: int = 5,
-              gap: int = 5, inner_frac: float = 0.2, backend: str = "numpy",
-              device: str | None = None, batch_targets: int = 20000, n_perm: int = 0,
-              perm_block: int = 10, seed: int = 0, source: str = "",
-              run_lengths=None, dtype: str = "float32", perm_batch: int = 100,
-              perm_stop: int | None = 10, defer_null: bool = False) -> EncodingResult:
-    """Cross-validated ridge brain scores of features ``X`` (n, p) for targets ``Y`` (n, t).
+def _mask(job: Job) -> np.ndarray:
+    import nibabel as nib
 
-    ``X`` should already carry its delays. ``n_perm`` > 0 adds a block-permutation null: BOLD is
-    shuffled in blocks of ``perm_block`` TRs, the held-out predictions are recomputed from the same
-    decompositions with each target's chosen alpha, and p = (1 + #null >= observed) / (1 + n_perm)
-    (see :func:`group_permutation_test`).
-    With ``perm_stop = h`` the permutations run in batches of ``perm_batch`` and a target stops as
-    soon as ``h`` null scores reach its observed score; its p-value is then h / (permutations run)
-    (Besag & Clifford 1991, a valid p-value). Most null targets stop within the first batch, so the
-    maps cost a fraction of ``n_perm`` full permutations; targets that keep going get the full
-    resolution 1 / (1 + n_perm). ``perm_stop=None`` runs every permutation for every target.
-    """
-    X = np.asarray(X, np.float32)
-    Y = np.asarray(Y, np.float32)
-    if folds is None:
-        folds = contiguous_folds(len(X), n_folds, gap, run_lengths)
-    _validate(X, Y, folds, gap, source)
-    alphas = np.sort(np.asarray(alphas, np.float64))
-    t = Y.shape[1]
-    finite = np.isfinite(Y).all(0)
-    with np.errstate(invalid="ignore"):
-        valid = finite & (np.ptp(Y, axis=0) > 1e-6)                  # not constant over the run
-    if not valid.any():
-        raise DataError(f"every target is constant or NaN{f' ({source})' if source else ''}")
-    B = _Backend(backend, device, dtype)
-    xp = B.xp
-    Xb = B.asarray(X)
-    vidx = np.flatnonzero(valid)
-    fold_scores = np.full((len(folds), t), np.nan, np.float32)
-    fold_alpha = np.full((len(folds), t), np.nan, np.float64)
-    # sufficient statistics of the concatenated held-out predictions (diagnostic r) -- no
-    # (n, t) prediction matrix is kept, so memory stays at the BOLD plus one batch
-    cs = {k: np.zeros(t, np.float64) for k in ("p", "pp", "y", "yy", "py")}
-    rng = np.random.default_rng(seed)
-    perms = [_block_permutation(len(X), perm_block, rng) for _ in range(n_perm)]
-    kept_folds = []  # (decomposition, alpha index per valid target, train, test) for the null
-    late_invalid = np.zeros(t, bool)
-
-    for f, (train, test) in enumerate(folds):
-        fit, val = inner_split(train, test, inner_frac, gap)
-        Xz, _ = _zscore_cols(B, Xb, _idx(B, train))
-        inner = _decompose(B, Xz[_idx(B, fit)], Xz[_idx(B, val)])
-        outer = _decompose(B, Xz[_idx(B, train)], Xz[_idx(B, test)])
-        for s in range(0, len(vidx), batch_targets):
-            cols = vidx[s:s + batch_targets]
-            Yb = B.asarray(Y[:, cols[0]:cols[-1] + 1] if cols[-1] - cols[0] + 1 == len(cols)
-                           else Y[:, cols])              # a slice when contiguous: no copy
-            Yz, sd = _zscore_cols(B, Yb, _idx(B, train))
-            const = B.to_numpy(sd <= 1e-6)         # constant inside this training set
-            if const.any():
-                late_invalid[cols[const]] = True
-            # alpha per target on the inner validation block; validation r within ALPHA_TIE of
-            # the best counts as a tie and goes to the larger penalty (also keeps backends agreeing)
-            BY = inner.Bm @ Yz[_idx(B, fit)]
-            yv = Yz[_idx(B, val)]
-            rs = xp.stack([xp.nan_to_num(_pearson_cols(B, (inner.A / (inner.lam + float(a))) @ BY,
-                                                       yv), nan=-1.0) for a in alphas])
-            ok = rs >= xp.amax(rs, 0) - ALPHA_TIE
-            best = len(alphas) - 1 - (xp.flip(ok, (0,)).to(xp.uint8) if B.name == "torch"
-                                      else ok[::-1]).argmax(0)
-            best_np = B.to_numpy(best)
-            fold_alpha[f, cols] = alphas[best_np]
-            # refit on the whole training set, one decomposition, grouped by alpha
-            BYo = outer.Bm @ Yz[_idx(B, train)]
-            pred = xp.zeros((len(test), len(cols)), dtype=B.dtype) if B.name == "numpy" else \
-                xp.zeros((len(test), len(cols)), dtype=B.dtype, device=B.device)
-            for a_i in np.unique(best_np):
-                sel = np.flatnonzero(best_np == a_i)
-                seli = _idx(B, sel)
-                pred[:, seli] = (outer.A / (outer.lam + float(alphas[a_i]))) @ BYo[:, seli]
-            yt = Yz[_idx(B, test)]
-            fold_scores[f, cols] = B.to_numpy(_pearson_cols(B, pred, yt))
-            yraw = Yb[_idx(B, test)]
-            for k, v in (("p", pred.sum(0)), ("pp", (pred * pred).sum(0)), ("y", yraw.sum(0)),
-                         ("yy", (yraw * yraw).sum(0)), ("py", (pred * yraw).sum(0))):
-                cs[k][cols] += B.to_numpy(v)
-            if n_perm:
-                kept_folds.append((f, s, outer, best_np, train, test))
-    valid &= ~late_invalid
-    vidx_ok = np.flatnonzero(valid)
-    n_invalid = int((~valid).sum())
-    if n_invalid:
-        warnings.warn(f"{n_invalid} of {t} targets are constant or contain NaN and are left out "
-                      f"of fitting{f' ({source})' if source else ''}; their scores are NaN",
-                      stacklevel=2)
-    scores = np.nanmean(fold_scores, 0) if len(folds) else np.full(t, np.nan)
-    scores[~valid] = np.nan
-    fold_scores[:, ~valid] = np.nan
-    m = sum(len(te) for _, te in folds)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        cov = cs["py"] - cs["p"] * cs["y"] / m
-        concat_r = (cov / np.sqrt((cs["pp"] - cs["p"] ** 2 / m) * (cs["yy"] - cs["y"] ** 2 / m))
-                    ).astype(np.float32)
-    concat_r[~valid] = np.nan
-    chosen = fold_alpha[:, vidx_ok]
-    edge = float(np.mean((chosen == alphas[0]) | (chosen == alphas[-1]))) if chosen.size else 0.0
-    if edge > 0.2 and len(alphas) > 2 and len(vidx) >= 20:  # a share of a few choices says little
-        warnings.warn(f"{edge:.0%} of alpha choices are at the edge of the grid "
-                      f"[{alphas[0]:g}, {alphas[-1]:g}]; consider widening it"
-                      f"{f' ({source})' if source else ''}", stacklevel=2)
-    res = EncodingResult(scores, fold_scores, fold_alpha, valid, concat_r, n_invalid, edge,
-                         info=dict(n_folds=len(folds), gap=gap, backend=backend,
-                                   n_trs=len(X), n_features=X.shape[1]))
-    if n_perm:
-        plan = NullPlan(B, Y, vidx, batch_targets, kept_folds, len(folds), alphas, perms)
-        res.info.update(n_perm=n_perm, perm_block=perm_block, perm_stop=perm_stop)
-        if defer_null:  # a group test will run the permutations across subjects
-            res.null_plan = plan
-            return res
-        null, pvals, n_done = group_permutation_test([[plan]], scores, n_perm, perm_batch,
-                                                     perm_stop)
-        res.null, res.pvalues = null, pvals
-        res.info.update(mean_perms_per_target=float(np.mean(n_done[vidx])))
-    return res
+    return np.asarray(nib.load(job.mask_path).get_fdata()) > 0
 
 
-def _idx(B, idx):
-    if B.name == "numpy":
-        return np.asarray(idx)
-    import torch
+def _labels(job: Job, mask: np.ndarray):
+    if not job.labels_path:
+        return None, []
+    import nibabel as nib
 
-    return torch.as_tensor(np.asarray(idx), device=B.device)
-
-
-def _np_pearson(p, y):
-    p = p - p.mean(0)
-    y = y - y.mean(0)
-    return (p * y).sum(0) / (np.sqrt((p * p).sum(0) * (y * y).sum(0)) + 1e-12)
-
-
-# --------------------------------------------------------------------------- permutations
-def _block_permutation(n: int, block: int, rng) -> np.ndarray:
-    """Row order that shuffles contiguous blocks of ``block`` TRs (the last may be shorter),
-    keeping the order inside each block so the BOLD's autocorrelation survives."""
-    starts = np.arange(0, n, block)
-    order = rng.permutation(len(starts))
-    return np.concatenate([np.arange(starts[i], min(n, starts[i] + block)) for i in order])
+    lab = np.asarray(nib.load(job.labels_path).get_fdata())
+    if lab.shape != mask.shape:
+        raise DataError(f"{job.labels_path}: labels grid {lab.shape} != mask grid {mask.shape}")
+    lab = lab[mask].astype(int)
+    ids = sorted(set(lab[lab > 0].tolist()))
+    if not ids:
+        raise DataError(f"{job.labels_path}: no label > 0 inside the mask")
+    return lab, ids
 
 
-def _fold_null(B, dec: _Decomp, alphas, best_np, Yb, train, test, perms):
-    """Null per-fold r (len(perms), t) for each permutation, reusing the fold's decomposition.
-
-    For a permutation P the held-out prediction is H_a (P Y)_train, centred with the permuted
-    training mean, where H_a = A diag(1/(lam+a)) Bm (r does not depend on the per-target scaling
-    of standardisation). Written as one matrix product per alpha group,
-    [H_a S_train P_1; ...; H_a S_train P_c] @ Y, instead of gathering c permuted copies of Y.
-    """
-    c, t = len(perms), Yb.shape[1]
-    n, n_tr, n_te = Yb.shape[0], len(train), len(test)
-    out = np.zeros((c, t), np.float32)
-    P = np.stack(perms)
-    rows = P[:, train]                                              # (c, n_train) source rows
-    jj = np.arange(c)[:, None, None]
-    ii = np.arange(n_te)[None, :, None]
-    Mm = np.zeros((c, n), np.float32)
-    Mm[np.arange(c)[:, None], rows] = 1.0 / n_tr
-    Mm = B.asarray(Mm)
-    Yte = Yb[_idx(B, P[:, test])]                                   # (c, n_test, t)
-    for a_i in np.unique(best_np):
-        sel_np = np.flatnonzero(best_np == a_i)
-        sel = _idx(B, sel_np)
-        H = (dec.A / (dec.lam + float(alphas[a_i]))) @ dec.Bm      # (n_test, n_train)
-        Hn = B.to_numpy(H)
-        M = np.zeros((c, n_te, n), np.float32)
-        M[jj, ii, rows[:, None, :]] = Hn[None]
-        M = B.asarray(M)
-        Ya = Yb[:, sel]
-        pred = (M.reshape(c * n_te, n) @ Ya).reshape(c, n_te, -1)
-        pred -= H.sum(1)[None, :, None] * (Mm @ Ya)[:, None, :]
-        r = _pearson_cols(B, pred, Yte[:, :, sel])
-        out[:, sel_np] = B.to_numpy(r)
-    return out
+def summary_names(job: Job) -> list[str]:
+    _, ids = _labels(job, _mask(job))
+    return [SUMMARY] + [f"roi-{i}" for i in ids]
 
 
-@dataclass
-class NullPlan:
-    """What the permutation null of one fit needs: its data, folds' decompositions and alphas."""
-    B: object
-    Y: np.ndarray
-    vidx: np.ndarray
-    batch_targets: int
-    kept_folds: list
-    n_folds: int
-    alphas: np.ndarray
-    perms: list
+def _run_features(job: Job, condition: str, seed: int, row, layer: int | None = None):
+    """(n_trs, d) per-TR features of one run, before delays."""
+    from .features import load_activations
+    from .transcripts import read_transcript
 
-    def batch(self, b0: int, b1: int, cols: np.ndarray) -> np.ndarray:
-        """Null scores (mean over folds of per-fold r) of permutations b0..b1 for ``cols``."""
-        bp = self.perms[b0:b1]
-        acc = np.zeros((len(bp), self.Y.shape[1]), np.float32)
-        want = np.zeros(self.Y.shape[1], bool)
-        want[cols] = True
-        for f, s, dec, best_np, train, test in self.kept_folds:
-            block = self.vidx[s:s + self.batch_targets]
-            keep = want[block]
-            if not keep.any():
+    tr_file = Path(job.transcripts_dir) / f"{row.story}.tsv"
+    words = read_transcript(tr_file)
+    word_trs = words["tr"].to_numpy(int)
+    n_trs = int(row.n_trs)
+    if condition == "wordrate":
+        return word_rate(word_trs, n_trs)
+    paths = (job.all_layers if layer is not None else job.features)[(condition, seed)]
+    if row.story not in paths:
+        raise DataError(f"no {condition} activations for story {row.story!r} (seed {seed})")
+    acts = load_activations(paths[row.story])
+    if layer is not None:
+        acts = acts[layer]
+    if len(acts) != len(words):
+        raise DataError(f"{paths[row.story]}: {len(acts)} word activations but {tr_file} has "
+                        f"{len(words)} words")
+    return tr_features(acts, word_trs, n_trs, job.settings.aggregation,
+                       words["onset"].to_numpy(float) + float(row.audio_start_s), float(row.tr))
+
+
+def _kept(row) -> slice:
+    return slice(int(row.trim_start), int(row.n_trs) - int(row.trim_end))
+
+
+def design_inputs(job: Job, condition: str, seed: int, subject: str, mismatched: bool = False,
+                  layer: int | None = None):
+    """(X, layout) of a subject's runs for one condition."""
+    rows = list(job.subject_runs(subject).itertuples())
+    Xs = [design_matrix(_run_features(job, condition, seed, r, layer), _kept(r),
+                        job.settings.delays, mismatched) for r in rows]
+    layout = Layout.of_runs([len(x) for x in Xs], [r.story for r in rows])
+    return np.vstack(Xs), layout
+
+
+def run_targets(job: Job, row, mask: np.ndarray, labels) -> np.ndarray:
+    """(n_kept_trs, n_voxels + n_summary) targets of one run: BOLD z-scored over its kept TRs,
+    then the whole-brain mean and the ROI means of that."""
+    from .data import load_bold
+    from .inference import zscore_time
+
+    Y = load_bold(row.bold_path, mask)
+    if len(Y) != int(row.n_trs):
+        raise DataError(f"{row.bold_path}: {len(Y)} TRs but the manifest says {row.n_trs}")
+    Y = zscore_time(Y[_kept(row)]).astype(np.float32)
+    extra = [Y.mean(1, keepdims=True)]
+    if labels is not None and labels[0] is not None:
+        lab, ids = labels
+        extra += [Y[:, lab == i].mean(1, keepdims=True) for i in ids]
+    return np.hstack([Y] + extra)
+
+
+def subject_targets(job: Job, subject: str, mask: np.ndarray, labels) -> np.ndarray:
+    """A subject's runs' targets (:func:`run_targets`), stacked in story, run order."""
+    return np.vstack([run_targets(job, r, mask, labels)
+                      for r in job.subject_runs(subject).itertuples()])
+
+
+def _input_key(job: Job, condition: str, seed: int, subject: str) -> str:
+    rows = job.subject_runs(subject)
+    feats = []
+    if condition != "wordrate":
+        for src in (job.features, job.all_layers):
+            paths = src.get((condition, seed), {})
+            feats += [(s, content_hash(paths[s])) for s in sorted(set(rows.story)) if s in paths]
+    trs = [content_hash(Path(job.transcripts_dir) / f"{s}.tsv") for s in sorted(set(rows.story))]
+    bold = [(r.story, int(r.run), content_hash(r.bold_path), int(r.trim_start), int(r.trim_end))
+            for r in rows.itertuples()]
+    return key_of(job.settings.key(), condition, seed, feats, trs, bold,
+                  content_hash(job.mask_path),
+                  content_hash(job.labels_path) if job.labels_path else "")
+
+
+# --------------------------------------------------------------------------- one unit
+def fit_unit(job: Job, unit: Unit, progress=None) -> list[dict]:
+    """Fit ``unit`` for each of its subjects (cached ones are skipped). Returns one status dict
+    per subject: ``{"subject", "status": "cached"|"fitted"|"failed", "error"}``."""
+    st = job.settings
+    mask = _mask(job)
+    labels = _labels(job, mask)
+    designs: dict[bool, object] = {}
+    layer_designs: dict[int, object] = {}
+    out = []
+    for sub in unit.subjects:
+        path = job.result_path(unit.condition, unit.seed, sub)
+        try:
+            key = _input_key(job, unit.condition, unit.seed, sub)
+            if is_fresh(path, key):
+                out.append(dict(subject=sub, status="cached", error=""))
                 continue
-            c = block[keep]
-            acc[:, c] += _fold_null(self.B, dec, self.alphas, best_np[keep],
-                                    self.B.asarray(self.Y[:, c]), train, test, bp)
-        return acc[:, cols] / self.n_folds
-
-
-def group_permutation_test(plans: list[list[NullPlan]], scores: np.ndarray, n_perm: int,
-                           perm_batch: int = 100, perm_stop: int | None = 10):
-    """Permutation p-values of a group score = mean over subjects of (mean over their runs).
-
-    ``plans[s]`` holds the NullPlans of subject s's runs. Permutation j is applied to every run,
-    the null group score is averaged the same way as the observed one, and targets are dropped
-    once ``perm_stop`` null scores reach the observed one (Besag & Clifford: p = h / L), else
-    p = (1 + exceedances) / (1 + n_perm). Returns (null (n_perm, t) with NaN where a target had
-    stopped, p-values, permutations run per target).
-    """
-    t = len(scores)
-    null = np.full((n_perm, t), np.nan, np.float32)
-    exceed = np.zeros(t, np.int64)
-    n_done = np.zeros(t, np.int64)
-    stopped_p = np.full(t, np.nan)
-    active = np.isfinite(scores).copy()
-    for sub in plans:
-        for pl in sub:
-            ok = np.zeros(t, bool)
-            ok[pl.vidx] = True
-            active &= ok
-    batch = perm_batch if perm_stop else n_perm
-    for b0 in range(0, n_perm, batch):
-        cols = np.flatnonzero(active)
-        if len(cols) == 0:
-            break
-        b1 = min(n_perm, b0 + batch)
-        g = np.mean([np.mean([pl.batch(b0, b1, cols) for pl in sub], 0) for sub in plans], 0)
-        null[b0:b1, cols] = g
-        exceed[cols] += (g >= scores[cols][None]).sum(0)
-        n_done[cols] += b1 - b0
-        if perm_stop:
-            stop = active & (exceed >= perm_stop)
-            stopped_p[stop] = exceed[stop] / n_done[stop]
-            active &= ~stop
-    p = (1 + exceed) / np.maximum(1, 1 + n_done)
-    p = np.where(np.isfinite(stopped_p), stopped_p, p).astype(np.float64)
-    p[~np.isfinite(scores) | (n_done == 0)] = np.nan
-    return null, p, n_done
-
-
-def fdr_bh(p: np.ndarray, q: float = 0.05) -> np.ndarray:
-    """Benjamini-Hochberg: boolean mask of discoveries at level q (NaN p-values are never)."""
-    from scipy.stats import false_discovery_control
-
-    p = np.asarray(p, float)
-    ok = np.isfinite(p)
-    out = np.zeros(p.shape, bool)
-    if ok.any():
-        out[ok] = false_discovery_control(p[ok], method="bh") <= q
+            Y = subject_targets(job, sub, mask, labels)
+            arrays, meta = _fit_subject(job, unit, sub, Y, designs, layer_designs)
+            write_npz(path, **arrays)
+            write_sidecar(path, key, **meta)
+            out.append(dict(subject=sub, status="fitted", error=""))
+        except (DataError, EngineError, OSError) as e:
+            out.append(dict(subject=sub, status="failed", error=str(e)))
+        if progress is not None:
+            progress(1)
     return out
 
 
-# --------------------------------------------------------------------------- targets & ceiling
-def whole_brain_mean(Y: np.ndarray) -> np.ndarray:
-    """The seed's target: the mean BOLD over the mask per TR, (n, 1)."""
-    return np.nanmean(Y, axis=1, keepdims=True)
+def _design(job: Job, unit: Unit, sub: str, cache: dict, key, mismatched=False, layer=None):
+    if key not in cache:
+        st = job.settings
+        X, layout = design_inputs(job, unit.condition, unit.seed, sub, mismatched, layer)
+        cache[key] = prepare(X, layout, gap=st.gap_trs, n_folds=st.n_folds,
+                             inner_folds=st.inner_folds, alphas=st.alphas, backend=st.backend,
+                             device=st.device, source=f"{unit.condition} seed {unit.seed}")
+    return cache[key]
 
 
-def roi_means(Y: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean BOLD per label (labels over the mask's voxels; 0 = none). Returns (n, n_rois), ids."""
-    labels = np.asarray(labels).astype(int)
-    ids = np.array(sorted(set(labels[labels > 0].tolist())))
-    if len(ids) == 0:
-        raise DataError("labels image has no label > 0 inside the mask")
-    return np.column_stack([Y[:, labels == i].mean(1) for i in ids]), ids
+def _fit_subject(job: Job, unit: Unit, sub: str, Y: np.ndarray, designs: dict,
+                 layer_designs: dict) -> tuple[dict, dict]:
+    st = job.settings
+    n_sum = len(summary_names(job))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = score(_design(job, unit, sub, designs, False), Y, st.batch_targets,
+                    source=f"{sub} {unit.condition}")
+    arrays = dict(run_scores=res.run_scores, fold_alphas=res.alphas.astype(np.float32),
+                  valid=res.valid, concat_r=res.concat_r)
+    if st.chance:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ch = score(_design(job, unit, sub, designs, True, mismatched=True), Y,
+                       st.batch_targets)
+        arrays["chance_run_scores"] = ch.run_scores
+    if (unit.condition, unit.seed) in job.all_layers:
+        arrays["layer_scores"] = _layer_scores(job, unit, sub, Y[:, -n_sum:], layer_designs)
+    D = designs[False]
+    meta = dict(subject=sub, condition=unit.condition, seed=unit.seed,
+                runs=[[r.story, int(r.run)] for r in job.subject_runs(sub).itertuples()],
+                scheme=D.scheme, gap=D.gap, n_folds=len(D.folds),
+                edge_fraction=res.edge_fraction, edge_fraction_summary=_edge(res, D, n_sum),
+                n_invalid=res.n_invalid, summary=summary_names(job),
+                warnings=[str(w.message) for w in caught])
+    return arrays, meta
 
 
-def noise_ceiling(Ys: list[np.ndarray]) -> np.ndarray:
-    """Leave-one-subject-out inter-subject correlation per target: (n_subjects, t).
-
-    Each subject's BOLD vs the mean of the others' on the same story (same TRs). Its mean over
-    subjects estimates how much of a target is stimulus-driven and shared, the usual ceiling for
-    encoding scores.
-    """
-    if len(Ys) < 2:
-        raise DataError("the noise ceiling needs at least 2 subjects on the same story")
-    n = {len(y) for y in Ys}
-    if len(n) != 1:
-        raise DataError(f"subjects' BOLD have different TR counts {sorted(n)}")
-    S = np.stack(Ys).astype(np.float32)
-    total = S.sum(0)
-    return np.stack([_np_pearson(S[i], (total - S[i]) / (len(Ys) - 1)) for i in range(len(Ys))])
+def _edge(res, D, n_sum: int) -> list[float]:
+    """Share of folds whose alpha is a real grid edge, per summary target."""
+    return [float(v) for v in res.edge[:, -n_sum:].mean(0)]
 
 
-def normalised(scores: np.ndarray, ceiling: np.ndarray, min_ceiling: float = 0.1) -> np.ndarray:
-    """Score / ceiling where the ceiling is at least ``min_ceiling`` (NaN elsewhere)."""
-    ceiling = np.asarray(ceiling, float)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(ceiling >= min_ceiling, scores / ceiling, np.nan)
+def _layer_scores(job: Job, unit: Unit, sub: str, Ysum: np.ndarray, cache: dict) -> np.ndarray:
+    """(n_layers, n_runs, n_summary) brain scores of every layer for the summary targets."""
+    from .features import load_activations
+
+    first = next(iter(job.all_layers[(unit.condition, unit.seed)].values()))
+    n_layers = load_activations(first).shape[0]
+    out = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for layer in range(n_layers):
+            D = _design(job, unit, sub, cache, layer, layer=layer)
+            out.append(score(D, Ysum, job.settings.batch_targets).run_scores)
+    return np.stack(out).astype(np.float32)
 
 
-# --------------------------------------------------------------------------- stage runner
-def design_matrix(word_acts: np.ndarray, word_trs: np.ndarray, n_trs: int, kept: slice,
-                  delays=DEFAULT_DELAYS, how: str = "sum") -> np.ndarray:
-    """Delayed TR features on the full scan, then the kept (untrimmed) TRs."""
-    F = tr_features(word_acts, word_trs, n_trs, how)
-    return make_delays(F, delays)[kept]
+# --------------------------------------------------------------------------- null plans
+def null_plans(job: Job, condition: str, seeds: list[int], subject: str,
+               cache: dict | None = None) -> list:
+    """The subject's NullPlans for ``condition`` (one per seed), rebuilt from its saved alphas."""
+    from .inference import NullPlan
+
+    st = job.settings
+    mask = _mask(job)
+    Y = subject_targets(job, subject, mask, _labels(job, mask))
+    plans = []
+    for seed in seeds:
+        unit = Unit(condition, seed, (subject,))
+        D = _design(job, unit, subject, {} if cache is None else cache,
+                    (condition, seed, job.signature(subject)))
+        with np.load(job.result_path(condition, seed, subject)) as z:
+            best = np.searchsorted(D.alphas, z["fold_alphas"].astype(np.float64) * (1 - 1e-6))
+            valid = z["valid"]
+        best = np.where(valid[None], np.clip(best, 0, len(D.alphas) - 1), -1)
+        plans.append(NullPlan(D, Y, valid, best, st.null, seed=0,
+                              batch_targets=st.batch_targets))
+    return plans
+
+
+def load_result(job: Job, condition: str, seed: int, subject: str) -> tuple[dict, dict]:
+    path = job.result_path(condition, seed, subject)
+    with np.load(path) as z:
+        arrays = {k: z[k] for k in z.files}
+    meta = json.loads(path.with_name(path.name + ".json").read_text())
+    return arrays, meta
+
+
+def with_settings(job: Job, **changes) -> Job:
+    return replace(job, settings=replace(job.settings, **changes))
+
+
+# --------------------------------------------------------------------------- the stage
+def _synthetic_truth(manifest) -> Path | None:
+    first = Path(manifest.iloc[0]["bold_path"])
+    return next((p / "derivatives" / "synthetic-truth" for p in first.parents
+                 if (p / "derivatives" / "synthetic-truth").exists()), None)
 
 
 def brain_mask(manifest, mask: str | None = "auto"):
     """The mask image: a path, or ``auto`` = the dataset's own brain mask when it ships one
     (narratives-mini), else nilearn's MNI152 brain mask resampled to the BOLD grid."""
     import nibabel as nib
-    from pathlib import Path
 
     if mask and mask != "auto":
         if not Path(mask).exists():
             raise DataError(f"{mask}: mask file not found")
         return nib.load(str(mask))
-    first = Path(manifest.iloc[0]["bold_path"])
-    for parent in first.parents:
-        cand = parent / "derivatives" / "synthetic-truth" / "brain_mask.nii.gz"
-        if cand.exists():
-            return nib.load(str(cand))
+    truth = _synthetic_truth(manifest)
+    if truth is not None:
+        return nib.load(str(truth / "brain_mask.nii.gz"))
     from nilearn.datasets import load_mni152_brain_mask
     from nilearn.image import index_img, resample_to_img
 
-    ref = index_img(str(first), 0)
-    m = resample_to_img(load_mni152_brain_mask(), ref, interpolation="nearest",
-                        force_resample=True, copy_header=True)
-    return m
+    ref = index_img(str(manifest.iloc[0]["bold_path"]), 0)
+    return resample_to_img(load_mni152_brain_mask(), ref, interpolation="nearest",
+                           force_resample=True, copy_header=True)
 
 
-def run_stage(manifest, transcripts_dir, index, out_dir, mask_img, delays=DEFAULT_DELAYS,
-              aggregation: str = "sum", alphas=DEFAULT_ALPHAS, n_folds: int = 5,
-              gap: int | None = None, n_perm: int = 1000, perm_block: int = 10,
-              perm_conditions=("raw", "sft"), backend: str = "numpy", device: str | None = None,
-              roi_labels=None, baselines=("wordrate",), perm_stop: int | None = 10,
-              progress: bool = True) -> dict:
-    """Stage 05: brain scores for every (subject, story, run) x condition x seed.
+def roi_labels_for(manifest, roi_labels="auto"):
+    """A labels image path, or ``auto``: the planted mask of a synthetic dataset (label 1), none
+    for real data."""
+    if roi_labels in (None, "", "none", "None"):
+        return None
+    if roi_labels != "auto":
+        return roi_labels
+    truth = _synthetic_truth(manifest)
+    return truth / "planted_mask.nii.gz" if truth is not None else None
 
-    Writes ``scores.csv`` (whole-brain-mean, ROI and voxel-summary targets), ``voxel_scores.npz``,
-    per-run score maps (NIfTI) under ``maps/``, ``group.npz`` (group-mean maps with block-permutation
-    p-values and BH-FDR masks for ``perm_conditions``), ``noise_ceiling.csv`` and its map.
-    """
-    import nibabel as nib
-    import pandas as pd
-    from pathlib import Path
-    from tqdm.auto import tqdm
 
-    from .cache import save_nifti, write_csv, write_npz
-    from .data import load_bold, timing_of_row
-    from .features import load_activations
-    from .transcripts import read_transcript
+class UnitsFailed(DataError):
+    """Some units failed on bad input; the others' results are kept."""
+
+
+def make_job(manifest: pd.DataFrame, transcripts_dir, index: pd.DataFrame, out_dir,
+             mask_img, settings: Settings, roi_labels=None) -> Job:
+    """The :class:`Job` of stage 05 (writes the mask next to the outputs for the units)."""
+    from .cache import save_nifti
 
     out_dir = Path(out_dir)
-    (out_dir / "maps").mkdir(parents=True, exist_ok=True)
-    gap = max(delays) if gap is None else gap
-    mask = np.asarray(mask_img.get_fdata()) > 0
-    if not mask.any():
-        raise DataError("the brain mask is empty")
-    labels = None
-    if roi_labels is not None:
-        lab_img = nib.load(str(roi_labels)) if isinstance(roi_labels, (str, Path)) else roi_labels
-        lab = np.asarray(lab_img.get_fdata())
-        if lab.shape != mask.shape:
-            raise DataError(f"{roi_labels}: labels grid {lab.shape} != mask grid {mask.shape}")
-        labels = lab[mask].astype(int)
     runs = manifest[~manifest["excluded"]].sort_values(["subject", "story", "run"])
     if runs.empty:
         raise DataError("no scan left after exclusions")
-    synthetic = bool(manifest["synthetic_bold"].any())
-    conds = [(r.condition, r.story, int(r.seed), r.model_tag, r.path)
-             for r in index.itertuples()]
-    all_paths = {(r.condition, r.story, int(r.seed)): r.all_layers_path
-                 for r in index.itertuples() if getattr(r, "all_layers_path", "")}
-    layer_rows = []
-    rows, voxel_scores = [], {}
-    plans: dict[str, dict[str, list]] = {}   # "cond|seed" -> subject -> NullPlans of its runs
-    bold_by_run: dict[tuple, list] = {}
+    if not (np.asarray(mask_img.get_fdata()) > 0).any():
+        raise DataError("the brain mask is empty")
+    mask_path = save_nifti(mask_img, out_dir / "mask.nii.gz")
+    labels_path = None
+    if roi_labels is not None:
+        labels_path = str(roi_labels) if isinstance(roi_labels, (str, Path)) else \
+            str(save_nifti(roi_labels, out_dir / "roi_labels.nii.gz"))
+        if not Path(labels_path).exists():
+            raise DataError(f"{labels_path}: ROI labels file not found")
+    feats, layers, tags = {}, {}, {}
+    for r in index.itertuples():
+        k = (r.condition, int(r.seed))
+        feats.setdefault(k, {})[r.story] = r.path
+        tags[k] = r.model_tag
+        if getattr(r, "all_layers_path", ""):
+            layers.setdefault(k, {})[r.story] = r.all_layers_path
+    job = Job(settings, runs.reset_index(drop=True), str(transcripts_dir), feats, layers,
+              str(mask_path), labels_path, str(out_dir), tags)
+    _labels(job, _mask(job))   # a bad labels image fails here, before any unit runs
+    return job
 
-    def save_map(vec, name):
-        vol = np.zeros(mask.shape, np.float32)
-        vol[mask] = np.nan_to_num(vec)
-        save_nifti(nib.Nifti1Image(vol, mask_img.affine), out_dir / "maps" / name)
 
-    bar = tqdm(list(runs.iterrows()), desc="brain scores", disable=not progress)
-    for _, row in bar:
-        sub, story, run = row["subject"], row["story"], int(row["run"])
-        timing = timing_of_row(row)
-        n_trs = int(row["n_trs"])
-        kept = timing.kept_slice(n_trs)
-        Y = load_bold(row["bold_path"], mask)
-        if len(Y) != n_trs:
-            raise DataError(f"{row['bold_path']}: {len(Y)} TRs but the manifest says {n_trs}")
-        Y = Y[kept]
-        bold_by_run.setdefault((story, run), []).append((sub, Y))
-        targets = {"whole_brain_mean": whole_brain_mean(Y)}
-        if labels is not None:
-            rm, ids = roi_means(Y, labels)
-            for j, i in enumerate(ids):
-                targets[f"roi-{i}"] = rm[:, [j]]
-        tr_file = Path(transcripts_dir) / f"{story}.tsv"
-        words = read_transcript(tr_file)
-        word_trs = words["tr"].to_numpy(int)
-        todo = [(c, s, seed, tag, path) for c, s, seed, tag, path in conds if s == story]
-        todo += [(b, story, 0, b, None) for b in baselines]
-        for cond, _, seed, tag, path in todo:
-            bar.set_postfix_str(f"{sub} {story} run-{run} {cond}")
-            if cond == "wordrate":
-                X = make_delays(word_rate(word_trs, n_trs), delays)[kept]
-            else:
-                acts = load_activations(path)
-                if len(acts) != len(words):
-                    raise DataError(f"{path}: {len(acts)} word activations but {tr_file} has "
-                                    f"{len(words)} words")
-                X = design_matrix(acts, word_trs, n_trs, kept, delays, aggregation)
-            src = f"{row['bold_path']} vs {path or cond}"
-            perm = n_perm if cond in perm_conditions else 0
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                vres = fit_score(X, Y, alphas=alphas, n_folds=n_folds, gap=gap, n_perm=perm,
-                                 perm_block=perm_block, backend=backend, device=device,
-                                 source=src, defer_null=True)
-            key = f"{sub}|{story}|{run}|{cond}|{seed}"
-            voxel_scores[key] = vres.scores.astype(np.float32)
-            save_map(vres.scores, f"{sub}_task-{story}_run-{run}_{cond}_seed-{seed}_r.nii.gz")
-            if perm:
-                plans.setdefault(f"{cond}|{seed}", {}).setdefault(sub, []).append(vres.null_plan)
-            base = dict(subject=sub, story=story, run=run, condition=cond, seed=seed,
-                        model_tag=tag, synthetic_bold=synthetic)
-            v = vres.scores[vres.valid]
-            rows.append(dict(base, target="voxels_mean", brain_score=float(v.mean()),
-                             concat_r_diag=float(np.nanmean(vres.concat_r)), p_value=np.nan,
-                             n_valid=int(vres.valid.sum()), n_invalid=vres.n_invalid,
-                             alpha_median=float(np.nanmedian(vres.alphas)),
-                             alpha_edge_fraction=vres.edge_fraction,
-                             warnings=" | ".join(str(w.message) for w in caught)))
-            if (cond, story, seed) in all_paths:  # layer profile: cheap targets, every layer
-                acts_all = load_activations(all_paths[(cond, story, seed)])
-                for layer_i, acts_l in enumerate(acts_all):
-                    Xl = design_matrix(acts_l, word_trs, n_trs, kept, delays, aggregation)
-                    for tname, ty in targets.items():
-                        with warnings.catch_warnings():
-                            warnings.simplefilter("ignore")
-                            lr = fit_score(Xl, ty, alphas=alphas, n_folds=n_folds, gap=gap)
-                        layer_rows.append(dict(base, layer=layer_i, target=tname,
-                                               brain_score=float(lr.scores[0])))
-            for tname, ty in targets.items():
-                tres = fit_score(X, ty, alphas=alphas, n_folds=n_folds, gap=gap,
-                                 n_perm=max(n_perm, 0), perm_block=perm_block, backend="numpy",
-                                 source=src)
-                rows.append(dict(base, target=tname, brain_score=float(tres.scores[0]),
-                                 concat_r_diag=float(tres.concat_r[0]),
-                                 p_value=float(tres.pvalues[0]) if tres.pvalues is not None
-                                 else np.nan, n_valid=1, n_invalid=0,
-                                 alpha_median=float(np.median(tres.alphas)),
-                                 alpha_edge_fraction=tres.edge_fraction, warnings=""))
-    scores = pd.DataFrame(rows)
-    write_csv(out_dir / "scores.csv", scores)
-    if layer_rows:
-        write_csv(out_dir / "layer_scores.csv", pd.DataFrame(layer_rows))
-    write_npz(out_dir / "voxel_scores.npz", **voxel_scores)
-    save_nifti(mask_img, out_dir / "mask.nii.gz")
+def run_stage(job: Job, baselines=("wordrate",), fdr_q: float = 0.05, re_min_subjects: int = 6,
+              re_n_perm: int = 1000, client=None, subjects_per_unit: int = 8,
+              progress: bool = True) -> dict:
+    """Stage 05: fit every unit (serially, or on a Dask ``client``), then reduce.
 
-    # noise ceiling: leave-one-subject-out ISC per story/run with >= 2 subjects
-    nc_rows, nc_maps = [], []
-    for (story, run), lst in bold_by_run.items():
-        if len(lst) < 2:
-            continue
-        isc = noise_ceiling([y for _, y in lst])
-        wbm = noise_ceiling([whole_brain_mean(y) for _, y in lst])[:, 0]
-        for (sub, _), m, w in zip(lst, isc, wbm):
-            nc_rows.append(dict(subject=sub, story=story, run=run, isc_whole_brain_mean=float(w),
-                                isc_voxels_mean=float(np.nanmean(m)), synthetic_bold=synthetic))
-            voxel_scores[f"{sub}|{story}|{run}|noise_ceiling|0"] = m.astype(np.float32)
-            nc_maps.append(m)
-    nc = pd.DataFrame(nc_rows)
-    write_csv(out_dir / "noise_ceiling.csv", nc)
-    write_npz(out_dir / "voxel_scores.npz", **voxel_scores)
+    Writes ``scores.csv``, ``layer_scores.csv``, ``noise_ceiling.csv``, ``voxel_scores.npz``,
+    ``group.npz``, ``group_tests.csv`` and group maps under ``maps/``. Units that fail on bad input
+    are reported together (:class:`UnitsFailed`) after every other unit finished.
+    """
+    from . import reduction as red
+    from .cluster import map_units
+
+    st = job.settings
+    conditions = sorted(job.features) + [(b, 0) for b in baselines]
+    units = plan_units(job, conditions, subjects_per_unit)
+    status = map_units(fit_unit, job, units, client=client, desc="encoding units",
+                       progress=progress)
+    failed = [(u, s) for u, sts in zip(units, status) for s in sts if s["status"] == "failed"]
+    if failed:
+        lines = "\n".join(f"  {u.condition} seed {u.seed} {s['subject']}: {s['error']}"
+                          for u, s in failed)
+        raise UnitsFailed(f"{len(failed)} unit fits failed (the others are saved):\n{lines}")
+    synthetic = bool(job.runs["synthetic_bold"].any())
+    scores, layers, voxels = red.score_tables(job, conditions, synthetic)
+    nc, nc_maps = red.noise_ceilings(job, synthetic, fdr_q)
     group = {}
-    if nc_maps:
-        group["noise_ceiling"] = np.nanmean(nc_maps, 0).astype(np.float32)
-        save_map(group["noise_ceiling"], "group_noise_ceiling_isc.nii.gz")
-    # group maps: mean over subjects (runs averaged within subject) + block-permutation FDR
-    for c, by_sub in plans.items():
-        cond, seed = c.split("|")
-        subs = sorted(by_sub)
-        obs = np.mean([np.mean([voxel_scores[k] for k in voxel_scores
-                                if k.startswith(f"{s}|") and k.endswith(f"|{cond}|{seed}")], 0)
-                       for s in subs], 0)
-        _, p, n_done = group_permutation_test([by_sub[s] for s in subs], obs, n_perm,
-                                              perm_stop=perm_stop)
-        group[f"{cond}_seed{seed}_score"] = obs.astype(np.float32)
-        group[f"{cond}_seed{seed}_p"] = p
-        group[f"{cond}_seed{seed}_fdr05"] = fdr_bh(p, 0.05)
-        group[f"{cond}_seed{seed}_n_perm_run"] = n_done
-        save_map(obs, f"group_{cond}_seed-{seed}_r.nii.gz")
-        save_map(np.where(group[f"{cond}_seed{seed}_fdr05"], obs, 0),
-                 f"group_{cond}_seed-{seed}_r_fdr05.nii.gz")
-    plans.clear()
-    write_npz(out_dir / "group.npz", **group)
-    return {"scores": scores, "noise_ceiling": nc, "group": group,
-            "voxel_keys": sorted(voxel_scores)}
+    import nibabel as nib
+
+    mask_img = nib.load(job.mask_path)
+    n_sub = job.runs.subject.nunique()
+    for cond in st.perm_conditions:
+        seeds = sorted(s for c, s in job.features if c == cond)
+        if not seeds or st.null.n_perm <= 0:
+            continue
+        g = red.group_tests(job, cond, seeds, fdr_q, client)
+        if n_sub >= re_min_subjects:
+            g.update({f"re_{k}": v for k, v in
+                      red.random_effects(job, cond, seeds, n_perm=re_n_perm).items()})
+        group[cond] = g
+        red.save_map(g["score"], mask_img, Path(job.out_dir) / "maps" / f"group_{cond}_r.nii.gz")
+        red.save_map(np.where(g["fdr"], g["score"], 0), mask_img,
+                     Path(job.out_dir) / "maps" / f"group_{cond}_r_fdr.nii.gz")
+    if {"sft", "raw"} <= set(group) and n_sub >= re_min_subjects:
+        seeds_of = {c: sorted(s for cc, s in job.features if cc == c) for c in ("sft", "raw")}
+        group["delta"] = {f"re_{k}": v for k, v in red.random_effects(
+            job, "sft", seeds_of["sft"], b="raw", seeds_b=seeds_of["raw"],
+            n_perm=re_n_perm).items()}
+    tests = red.write_outputs(job.out_dir, scores, layers, voxels, nc, nc_maps, group)
+    return dict(scores=scores, layer_scores=layers, noise_ceiling=nc, group=group,
+                group_tests=tests,
+                units=pd.DataFrame([dict(condition=u.condition, seed=u.seed, **s)
+                                    for u, sts in zip(units, status) for s in sts]))

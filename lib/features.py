@@ -12,6 +12,15 @@ tokens of left context (all of them near the start of the story). Each token is 
 ``ceil(context / stride)`` times and windows run in batches -- instead of one forward pass per
 word. :func:`naive_activations` computes the same thing one word at a time and is the test
 reference.
+
+Every window starts with the model's document-start token (``<|endoftext|>`` where the vocabulary
+has it -- GPT-2, SmolLM2 --, else its BOS, else EOS), so no word is ever read at position 0: the
+first position of a causal LM is an attention sink with huge activations, and reading the story's
+first word there would make an onset regressor. A window is ``context + 1`` positions long.
+
+Cache entries are keyed by the model's fingerprint, layer, context, stride, pooling, the words,
+the start token, and the numerical environment (weights' dtype, device kind, torch and
+transformers versions): bf16-on-GPU and fp32-on-CPU activations never share an entry.
 """
 from __future__ import annotations
 
@@ -26,7 +35,7 @@ from .data import DataError
 from .models import LoadedModel, ModelError
 from .paths import Paths
 
-FEATURES_VERSION = 1
+FEATURES_VERSION = 2
 
 
 def tokenize_words(words: list[str], tokenizer) -> tuple[np.ndarray, np.ndarray]:
@@ -65,14 +74,35 @@ def plan_windows(n_tokens: int, context: int, stride: int) -> tuple[np.ndarray, 
     return starts, owner_start
 
 
+def start_token(tokenizer) -> int:
+    """The document-start token prepended to every window (see module docstring)."""
+    tid = tokenizer.convert_tokens_to_ids("<|endoftext|>") if "<|endoftext|>" in \
+        tokenizer.get_vocab() else None
+    for cand in (tid, tokenizer.bos_token_id, tokenizer.eos_token_id):
+        if cand is not None:
+            return int(cand)
+    raise ModelError("the tokenizer has no <|endoftext|>, BOS or EOS token to start windows with")
+
+
+def numerics(model: LoadedModel) -> dict:
+    """What decides the activations' numbers besides the weights (part of the cache key)."""
+    import torch
+    import transformers
+
+    p = next(model.model.parameters())
+    return {"dtype": str(p.dtype).replace("torch.", ""), "device": p.device.type,
+            "torch": torch.__version__.split("+")[0], "transformers": transformers.__version__,
+            "start_token": start_token(model.tokenizer)}
+
+
 def _check(model: LoadedModel, layer, context: int, pooling: str) -> list[int]:
     if pooling not in ("last", "mean"):
         raise ValueError(f"pooling must be 'last' or 'mean', got {pooling!r}")
     if context < 2:
         raise ValueError(f"context must be >= 2 tokens, got {context}")
-    if context > model.max_positions:
-        raise ModelError(f"context of {context} tokens exceeds {model.name}'s maximum of "
-                         f"{model.max_positions} positions")
+    if context + 1 > model.max_positions:
+        raise ModelError(f"context of {context} tokens (+1 start token) exceeds {model.name}'s "
+                         f"maximum of {model.max_positions} positions")
     if layer == "all":
         return list(range(model.n_layers + 1))
     layer = int(layer)
@@ -130,13 +160,14 @@ def windowed_activations(model: LoadedModel, words: list[str], layer=8, context:
                                                                  stride, pooling)
     by_window = {s: np.flatnonzero(word_win == s) for s in starts}
     todo = [s for s in starts if len(by_window[s])]
+    bos = [start_token(model.tokenizer)]
     for i in tqdm(range(0, len(todo), batch_size), desc=f"activations {model.tag}",
                   disable=not progress, leave=False):
         chunk = todo[i:i + batch_size]
-        hs = _forward(model, [ids[s:s + context] for s in chunk], layers)
+        hs = _forward(model, [np.r_[bos, ids[s:s + context]] for s in chunk], layers)
         for j, s in enumerate(chunk):
-            for w in by_window[s]:
-                out[:, w] = _pool(hs[:, j], starts_tok[w] - s, ends[w] - s, pooling)
+            for w in by_window[s]:   # +1: position 0 holds the start token
+                out[:, w] = _pool(hs[:, j], starts_tok[w] - s + 1, ends[w] - s + 1, pooling)
     res = {"activations": out if layer == "all" else out[0],
            "n_tokens": (ends - starts_tok).astype(np.int32),
            "context_start": word_win.astype(np.int64), "layers": np.asarray(layers)}
@@ -149,38 +180,45 @@ def naive_activations(model: LoadedModel, words: list[str], layer=8, context: in
     """Reference: one forward pass per word over exactly the same context as the windowed path."""
     layers, ids, ends, starts_tok, _, word_win, out = _plan(model, words, layer, context, stride,
                                                             pooling)
+    bos = [start_token(model.tokenizer)]
     for w in tqdm(range(len(words)), desc="naive", disable=not progress, leave=False):
         s = word_win[w]
-        hs = _forward(model, [ids[s:ends[w]]], layers)
-        out[:, w] = _pool(hs[:, 0], starts_tok[w] - s, ends[w] - s, pooling)
+        hs = _forward(model, [np.r_[bos, ids[s:ends[w]]]], layers)
+        out[:, w] = _pool(hs[:, 0], starts_tok[w] - s + 1, ends[w] - s + 1, pooling)
     return {"activations": out if layer == "all" else out[0]}
 
 
-def activations_path(root: Path, tag: str, story: str, layer, context: int, pooling: str) -> Path:
-    return Path(root) / tag / f"{story}_layer-{layer}_ctx-{context}_{pooling}.npz"
+def activations_path(root: Path, tag: str, story: str, layer, context: int, pooling: str,
+                     env: dict | None = None) -> Path:
+    """``<root>/<model_tag>/<story>_layer-<L>_ctx-<C>_<pooling>[_<dtype>-<device>].npz``."""
+    num = f"_{env['dtype']}-{env['device']}" if env else ""
+    return Path(root) / tag / f"{story}_layer-{layer}_ctx-{context}_{pooling}{num}.npz"
 
 
 def story_activations(model: LoadedModel, transcript: pd.DataFrame, story: str, cache_root: Path,
                       layer=8, context: int = 256, stride: int | None = None,
                       pooling: str = "last", batch_size: int = 8,
-                      column: str = "text") -> tuple[dict[str, np.ndarray], bool]:
-    """Cached activations for one story. Returns (arrays, cache_hit).
+                      column: str = "text") -> tuple[dict[str, np.ndarray], bool, Path]:
+    """Cached activations for one story. Returns (arrays, cache_hit, path).
 
-    Keyed by the model's fingerprint, layer, context, stride, pooling and the transcript's words;
-    stored at ``<cache_root>/<model_tag>/<story>_layer-<L>_ctx-<C>_<pooling>.npz`` with a JSON
-    sidecar. A corrupt entry (bytes not matching the sidecar's hash) is recomputed.
+    Keyed by the model's fingerprint, layer, context, stride, pooling, the transcript's words and
+    :func:`numerics` (dtype, device kind, library versions, start token);
+    stored at :func:`activations_path` (dtype and device in the name) with a JSON sidecar. A corrupt entry (bytes not matching the sidecar's hash) is recomputed.
     """
     words = transcript[column].astype(str).tolist()
     if not words:
         raise DataError(f"empty transcript for story {story!r}")
     stride = stride or max(1, context // 2)
 
-    def key_for(lay):
-        return key_of(FEATURES_VERSION, model.fingerprint, str(lay), context, stride, pooling, words)
+    env = numerics(model)
 
-    path = activations_path(cache_root, model.tag, story, layer, context, pooling)
+    def key_for(lay):
+        return key_of(FEATURES_VERSION, model.fingerprint, str(lay), context, stride, pooling,
+                      words, env)
+
+    path = activations_path(cache_root, model.tag, story, layer, context, pooling, env)
     compute = lambda: windowed_activations(model, words, layer, context, stride, pooling, batch_size)
-    all_path = activations_path(cache_root, model.tag, story, "all", context, pooling)
+    all_path = activations_path(cache_root, model.tag, story, "all", context, pooling, env)
     if layer != "all" and is_fresh(all_path, key_for("all")):
         def compute():  # every layer is cached already: slice it instead of running the model
             with np.load(all_path) as z:
@@ -188,10 +226,11 @@ def story_activations(model: LoadedModel, transcript: pd.DataFrame, story: str, 
             d["activations"] = d["activations"][list(d["layers"]).index(int(layer))]
             d["layers"] = np.asarray([int(layer)])
             return d
-    return cached_npz(path, key_for(layer), compute,
-                      model=model.name, model_tag=model.tag, fingerprint=model.fingerprint,
-                      story=story, layer=str(layer), context=context, stride=stride,
-                      pooling=pooling, n_words=len(words))
+    arrays, hit = cached_npz(path, key_for(layer), compute,
+                             model=model.name, model_tag=model.tag, fingerprint=model.fingerprint,
+                             story=story, layer=str(layer), context=context, stride=stride,
+                             pooling=pooling, n_words=len(words), **env)
+    return arrays, hit, path
 
 
 # --------------------------------------------------------------------------- stage runner
@@ -211,17 +250,13 @@ def extract_for(model: LoadedModel, stories: list[str], transcripts_dir: Path, c
         tr = read_transcript(Path(transcripts_dir) / f"{story}.tsv")
         all_path = ""
         if all_layers:
-            story_activations(model, tr, story, cache_root, **{**kw, "layer": "all"})
-            all_path = Paths.from_env().rel(activations_path(
-                cache_root, model.tag, story, "all", kw.get("context", 256),
-                kw.get("pooling", "last")))
-        _, hit = story_activations(model, tr, story, cache_root, **kw)
+            all_path = Paths.rel(story_activations(model, tr, story, cache_root,
+                                                   **{**kw, "layer": "all"})[2])
+        _, hit, path = story_activations(model, tr, story, cache_root, **kw)
         rows.append(dict(condition=condition, story=story, seed=seed, model=model.name,
                          model_tag=model.tag, fingerprint=model.fingerprint,
-                         path=Paths.from_env().rel(activations_path(
-                             cache_root, model.tag, story, kw.get("layer", 8),
-                             kw.get("context", 256), kw.get("pooling", "last"))),
-                         all_layers_path=all_path, leaky=leaky, cache_hit=hit))
+                         path=Paths.rel(path), all_layers_path=all_path, leaky=leaky,
+                         cache_hit=hit))
     return rows
 
 

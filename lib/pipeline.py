@@ -25,6 +25,9 @@ from .paths import ROOT, Paths
 
 STAGES = ["01_data", "02_transcripts", "03_features", "04_sft", "05_brain_score", "06_compare"]
 REPORT = "total"
+#: folders a stage rewrites whole: emptied before it reruns, so no stale map or figure of an
+#: earlier run survives next to the new ones (caches named here are kept).
+STAGE_FOLDERS = {"05_brain_score": ("brain_score", {"units"}), "06_compare": ("compare", set())}
 
 
 class StageFailed(RuntimeError):
@@ -142,6 +145,7 @@ def run(params: dict, run_name: str | None = None, force: bool = False, only: li
         t0 = time.time()
         if verbose:
             print(f"[{stage}] running ...", flush=True)
+        clear_outputs(run_dir, stage)
         execute(stage, params, out_nb, root)
         write_sidecar(out_nb, key, seconds=round(time.time() - t0, 1))
         if verbose:
@@ -158,6 +162,20 @@ def run(params: dict, run_name: str | None = None, force: bool = False, only: li
             print(f"[{REPORT}] done in {time.time() - t0:.0f} s -> {report_path} and "
                   f"{report_path.with_suffix('.html')}", flush=True)
     return run_dir
+
+
+def clear_outputs(run_dir: Path, stage: str) -> None:
+    """Empty the folder ``stage`` rewrites (see STAGE_FOLDERS), keeping its caches."""
+    import shutil
+
+    if stage not in STAGE_FOLDERS:
+        return
+    name, keep = STAGE_FOLDERS[stage]
+    folder = Path(run_dir) / name
+    for p in folder.iterdir() if folder.is_dir() else []:
+        if p.name in keep:
+            continue
+        shutil.rmtree(p) if p.is_dir() else p.unlink()
 
 
 def export_html(nb_path: Path) -> Path:

@@ -69,3 +69,56 @@ def run_header(run_dir: str | Path, params: dict) -> pd.DataFrame:
 def load_params(run_dir: str | Path) -> dict:
     p = Path(run_dir) / "params.json"
     return json.loads(p.read_text()) if p.exists() else {}
+
+
+def method_table(run_dir: str | Path, params: dict) -> pd.DataFrame:
+    """What was done, in one table: the score definition, folds, gap, null, ceiling and tests."""
+    from .ridge import DEFAULT_DELAYS, default_gap
+
+    run_dir = Path(run_dir)
+    sc_path = run_dir / "brain_score" / "scores.csv"
+    scheme = gap = "?"
+    if sc_path.exists():
+        sc = pd.read_csv(sc_path, usecols=["fold_scheme", "gap"])
+        scheme = "; ".join(sorted(sc.fold_scheme.unique()))
+        gap = ", ".join(str(g) for g in sorted(sc.gap.unique()))
+    delays = params.get("delays", list(DEFAULT_DELAYS))
+    n_perm = params.get("n_perm", 1000)
+    rows = [
+        ("features", f"{params.get('model', '?')} layer {params.get('layer', '?')}, "
+                     f"{params.get('context_tokens', '?')}-token windows starting with "
+                     f"<|endoftext|>, {params.get('pooling', 'last')} sub-word token; text style "
+                     f"{params.get('text_style', 'words')}"),
+        ("word -> TR", f"{params.get('aggregation', 'sum')} of the words starting in the TR; "
+                       f"FIR delays {delays} TRs"),
+        ("TRs scored", f"from story onset + {params.get('trim_after_onset', 6)} TRs to the last "
+                       f"word + {params.get('tail_trs', 8)} TRs, every run z-scored"),
+        ("folds", f"{scheme} (leave one story out when a subject heard several; repeats of a "
+                  f"story held out together)"),
+        ("gap", f"{gap} TRs of story time dropped between training and test blocks "
+                f"(default max(delay) + 25 = {default_gap(delays)})"),
+        ("penalty", f"one per target from {len(params.get('alphas') or range(10))} alphas, "
+                    f"chosen on {params.get('inner_folds', 4)} blocked inner folds (same gap), "
+                    f"each standardised on its own fit rows"),
+        ("brain score", "Pearson r of prediction vs held-out BOLD, per fold; mean over folds; "
+                        "runs within a story averaged, stories equally, seeds averaged; the r of "
+                        "concatenated predictions is a diagnostic column only"),
+        ("chance level", "the same model on the same features shifted in time by half the story"
+                         " (chance_score, next to every score)"),
+        ("group null", f"{params.get('null_method', 'block')} permutation of story time "
+                       f"({params.get('perm_block', 30)}-TR blocks), the same for every subject, "
+                       f"alphas reused (calibrated: docs/validity.md), {n_perm} permutations with "
+                       f"Besag-Clifford stopping at 10 exceedances; BH-FDR q = "
+                       f"{params.get('fdr_q', 0.05)}"),
+        ("noise ceiling", "leave-one-subject-out ISC of z-scored BOLD, Spearman-Brown corrected "
+                          "to one subject's ceiling; repeat-based sqrt(r(run-1, run-2)) where a "
+                          "story was heard twice; normalised scores only where the ceiling >= "
+                          "min_ceiling (NaN elsewhere, counted)"),
+        ("across subjects", "the subject is the unit: exact sign-flip permutation test, BCa "
+                            "bootstrap 95% CI, Wilcoxon and paired t, Cohen's d_z; with n "
+                            "subjects no sign test can go below p = 2 / 2^n"),
+        ("voxel summaries", "voxels_reliable: group ISC significant (BH-FDR) against independent "
+                            "circular shifts of each subject; voxels_top10pct: the other subjects' "
+                            "noise ceiling; voxels_mean: the whole mask -- no model's map selects"),
+    ]
+    return pd.DataFrame(rows, columns=["step", "what was done"]).set_index("step")

@@ -7,11 +7,16 @@ a story must not have been trained on that story:
   its model trains on every other corpus story. A scored story is always scored with the model of
   the fold that held it out. Stories whose text overlaps a held-out story (near-duplicates such as
   pieman / piemanpni, >5% shared word 4-grams) are held out with it.
-* ``leaky``: one model on every story, scored stories included -- the seed's behaviour, labelled
-  ``leaky`` everywhere it appears.
-* ``control``: the same budget on control text (the training stories' words shuffled within
-  sentences, or within 20-word chunks where there is no punctuation), so that "any extra training"
-  can be told apart from "training on narrative language".
+* ``leaky``: one model on every story, scored stories included, labelled ``-leaky`` everywhere
+  it appears (``sft-leaky``, ``control-leaky``, ...).
+
+Two controls get the same budget (steps x batch x block) as ``sft``, seeded with the run's seed:
+
+* ``control``: the training stories' words shuffled within each utterance (corpus line): same
+  vocabulary and topics, no syntax -- "any extra training" vs "training on language";
+* ``scrambled``: the training stories' utterances shuffled across all training stories: grammar
+  and vocabulary kept, narrative content destroyed -- so ``sft - scrambled`` asks what *narrative*
+  adds, and does not merely measure damage done to a word-shuffled control.
 
 Training records train loss per step and validation loss / perplexity on the held-out stories
 before and after, writes checkpoints, resumes from the last one, and saves the model with
@@ -109,28 +114,60 @@ def check_no_leak(folds: list[dict]) -> None:
 
 
 # --------------------------------------------------------------------------- control text
-def control_text(text: str, seed: int = 0) -> str:
-    """Same words, order shuffled within each sentence (or 20-word chunk when unpunctuated)."""
-    rng = np.random.default_rng(seed)
+CONTROLS = ("control", "scrambled")
+
+
+def _rng(seed: int, *salt) -> np.random.Generator:
+    return np.random.default_rng([int(seed)] + [int(key_of(x)[:8], 16) for x in salt])
+
+
+def _units(text: str) -> list[str]:
+    """Utterance lines; a text without line breaks falls back to sentences, then 20-word chunks."""
+    lines = [ln for ln in text.strip().split("\n") if ln.strip()]
+    if len(lines) > 1:
+        return lines
     out = []
     for sent in re.split(r"(?<=[.!?])\s+", text.strip()):
         w = sent.split()
-        chunks = [w[i:i + 20] for i in range(0, len(w), 20)] if len(w) > 40 else [w]
-        for c in chunks:
-            c = list(c)
-            rng.shuffle(c)
-            out.extend(c)
-    return " ".join(out)
+        out += [" ".join(w[i:i + 20]) for i in range(0, len(w), 20)]
+    return out
+
+
+def control_text(text: str, seed: int = 0, story: str = "") -> str:
+    """Same words, order shuffled within each utterance (seeded by the run seed and story)."""
+    rng = _rng(seed, "control", story)
+    out = []
+    for u in _units(text):
+        w = u.split()
+        rng.shuffle(w)
+        out.append(" ".join(w))
+    return "\n".join(out)
+
+
+def scrambled_texts(texts: dict[str, str], seed: int = 0) -> dict[str, str]:
+    """Every utterance of every training story, shuffled across stories (seeded by the run seed),
+    as one text: grammar kept, narrative gone."""
+    rng = _rng(seed, "scrambled")
+    lines = [u for s in sorted(texts) for u in _units(texts[s])]
+    order = rng.permutation(len(lines))
+    return {"scrambled": "\n".join(lines[i] for i in order)}
+
+
+def condition_name(kind: str, leaky: bool) -> str:
+    """The label a model's activations and scores carry (``sft``, ``control-leaky``, ...)."""
+    return f"{kind}-leaky" if leaky else kind
 
 
 # --------------------------------------------------------------------------- blocks
 def make_blocks(texts: list[str], tokenizer, block_size: int, source: str = "training text"
                 ) -> np.ndarray:
     """Concatenate texts (EOS between) and cut into (n_blocks, block_size) token ids."""
+    from .transcripts import flatten
+
     ids: list[int] = []
     eos = tokenizer.eos_token_id
     for t in texts:
-        ids.extend(tokenizer(t, add_special_tokens=False)["input_ids"])
+        ids.extend(tokenizer(flatten(t), add_special_tokens=False)["input_ids"])
         if eos is not None:
             ids.append(eos)
     n = len(ids) // block_size
@@ -287,19 +324,22 @@ def model_dir(models_root: Path, base_tag: str, kind: str, fold: str, seed: int)
 
 # --------------------------------------------------------------------------- stage runner
 def run_stage(corpus: dict[str, str], scored: list[str], cfg: SFTConfig, models_root: Path,
-              mode: str = "heldout", control: bool = True, seeds=(0,), n_folds: int | None = None,
+              mode: str = "heldout", controls=CONTROLS, seeds=(0,), n_folds: int | None = None,
               progress: bool = True) -> tuple[list[dict], pd.DataFrame]:
     """Train every model the comparison needs. Returns (folds, table of trained models).
 
-    Per fold and seed: ``sft`` (story text, the fold's training stories), ``control`` (the same
-    stories' words shuffled within sentences, same budget); with ``mode="leaky"`` one ``leaky`` model
-    on every story instead of the folds' ``sft`` models.
+    Per fold and seed: ``sft`` on the fold's training stories and each of ``controls`` with the
+    same budget (see module docstring); ``mode="leaky"`` trains them on every story instead,
+    labelled ``-leaky``.
     """
     from .models import model_tag
 
     missing = [s for s in scored if s not in corpus]
     if missing:
         raise DataError(f"scored stories {missing} are not in the SFT corpus")
+    unknown = set(controls) - set(CONTROLS)
+    if unknown:
+        raise ValueError(f"unknown SFT controls {sorted(unknown)}; choose from {CONTROLS}")
     folds = plan_folds(scored, corpus, mode, n_folds)
     check_no_leak(folds)
     rows = []
@@ -307,17 +347,20 @@ def run_stage(corpus: dict[str, str], scored: list[str], cfg: SFTConfig, models_
     for fold in folds:
         train_texts = {s: corpus[s] for s in fold["train_stories"]}
         eval_texts = {s: corpus[s] for s in fold["score_stories"]}
-        kinds = [("leaky" if fold["leaky"] else "sft", train_texts)]
-        if control:
-            kinds.append(("control", {s: control_text(t, seed=i)
-                                      for i, (s, t) in enumerate(sorted(train_texts.items()))}))
         for seed in seeds:
+            kinds = [("sft", train_texts)]
+            if "control" in controls:
+                kinds.append(("control", {s: control_text(t, seed, s)
+                                          for s, t in sorted(train_texts.items())}))
+            if "scrambled" in controls:
+                kinds.append(("scrambled", scrambled_texts(train_texts, seed)))
             for kind, texts in kinds:
                 c = SFTConfig(**{**asdict(cfg), "seed": int(seed)})
-                d = model_dir(models_root, base_tag, kind, fold["fold"], seed)
-                m = train(c, texts, d, eval_texts, kind=kind, label=f"{kind} {fold['fold']}",
+                cond = condition_name(kind, fold["leaky"])
+                d = model_dir(models_root, base_tag, cond, fold["fold"], seed)
+                m = train(c, texts, d, eval_texts, kind=kind, label=f"{cond} {fold['fold']}",
                           progress=progress)
-                rows.append(dict(kind=kind, fold=fold["fold"], seed=int(seed),
+                rows.append(dict(kind=kind, condition=cond, fold=fold["fold"], seed=int(seed),
                                  path=Paths.from_env().rel(d),
                                  score_stories=",".join(fold["score_stories"]),
                                  train_stories=",".join(fold["train_stories"]),

@@ -1,10 +1,12 @@
-"""The embedded ``narratives-mini`` dataset: REAL pieman stimuli, SYNTHETIC BOLD.
+"""The embedded ``narratives-mini`` dataset: REAL stimuli (pieman; tunnel on request), SYNTHETIC
+BOLD.
 
 A BIDS tree laid out like OpenNeuro ds002345 is written under ``data/narratives-mini`` in seconds,
 deterministically from a seed. BOLD lives on nilearn's bundled MNI152 brain mask at a coarse grid.
-Every voxel gets noise with realistic temporal structure (AR(1) + a shared global fluctuation + slow
-drift); voxels in bilateral superior temporal boxes also get a planted stimulus-driven signal: the
-HRF-convolved word rate and letter count of the real pieman words (nilearn's SPM HRF). The planted
+Every voxel gets noise as smooth as real BOLD (:func:`realistic_noise`: AR(1) with phi 0.85-0.95 per
+voxel + a shared global AR(0.95) fluctuation + slow drift); voxels in bilateral superior temporal
+boxes also get a planted stimulus-driven signal: the HRF-convolved word rate and letter count of
+the real words (nilearn's SPM HRF). The planted
 truth (mask, generating weights, SNR, the r each voxel's signal has with its BOLD) is saved under
 ``derivatives/synthetic-truth`` so tests can check that it is recovered. Everything derived from
 this tree says "synthetic BOLD".
@@ -19,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from .cache import atomic_path, key_of, write_json, write_text
-from .data import TR_S, story_timing
+from .data import TR_S, last_word_tr, story_timing
 from .paths import Paths
 from .transcripts import assign_trs, read_alignment
 
@@ -52,12 +54,46 @@ def stimulus_regressors(words: pd.DataFrame, n_trs: int, tr: float = TR_S,
 
 
 def _ar1(rng, n, m, phi):
+    """Unit-variance AR(1) noise, (n, m); ``phi`` a number or one value per column."""
+    phi = np.broadcast_to(np.asarray(phi, np.float32), (m,))
     e = rng.standard_normal((n, m)).astype(np.float32)
     out = np.empty_like(e)
-    out[0] = e[0] / np.sqrt(1 - phi ** 2)
+    out[0] = e[0]
+    scale = np.sqrt(1 - phi ** 2)
     for t in range(1, n):
-        out[t] = phi * out[t - 1] + e[t]
-    return out * np.sqrt(1 - phi ** 2)  # unit variance
+        out[t] = phi * out[t - 1] + scale * e[t]
+    return out
+
+
+def _drift(rng, n, m, tr=TR_S):
+    """Slow drift: random cosines with periods of 150-600 s (below the 128 s high-pass of real
+    preprocessing, i.e. what is left of scanner drift), unit variance per column."""
+    t = np.arange(n)[:, None] * tr
+    out = np.zeros((n, m), np.float32)
+    for _ in range(3):
+        period = rng.uniform(150, 600, m)
+        out += (rng.standard_normal(m) * np.cos(2 * np.pi * t / period
+                                                 + rng.uniform(0, 2 * np.pi, m))).astype(np.float32)
+    return out / np.maximum(out.std(0), 1e-6)
+
+
+def smooth_null_features(rng, n: int, p: int = 64, phi: float = 0.9, delays=(1, 2, 3, 4, 5)
+                         ) -> np.ndarray:
+    """Features independent of any BOLD but as smooth as LM features summed per TR and delayed:
+    AR(``phi``) units with FIR ``delays`` (neighbouring rows share most delayed copies)."""
+    from .spaces import make_delays
+
+    return make_delays(_ar1(rng, n, p, phi), delays)
+
+
+def realistic_noise(rng, n: int, m: int, phi_range=(0.85, 0.95)) -> np.ndarray:
+    """Noise as smooth as real BOLD: per-voxel AR(1) with phi in ``phi_range`` + a shared global
+    AR(0.95) fluctuation + slow drift, scaled to unit variance per voxel."""
+    phi = rng.uniform(*phi_range, size=m)
+    noise = 0.8 * _ar1(rng, n, m, phi)
+    noise += 0.45 * _ar1(rng, n, 1, 0.95)
+    noise += 0.3 * _drift(rng, n, m)
+    return noise / noise.std(0)
 
 
 def planted_mask(mask_img) -> np.ndarray:
@@ -75,19 +111,45 @@ def planted_mask(mask_img) -> np.ndarray:
     return out
 
 
+N_TRS_OF = {"pieman": 300, "tunnel": 1040}
+EVENTS_OF = {"pieman": PIEMAN_EVENTS, "tunnel": [(3.0, 1534.0, "story", "tunnel_audio.wav")]}
+
+
+def _story_truth(story: str, paths: Paths, n_trs: int):
+    """Real words of ``story``, its timing (trim convention of lib.data) and its regressors."""
+    src = paths.stimuli / story
+    words = read_alignment(src / "align.csv")
+    audio = story_timing(story, paths, n_trs=n_trs).audio_start_s
+    timing = story_timing(story, paths, n_trs=n_trs,
+                          last_word_tr=last_word_tr(src / "align.csv", audio))
+    assign_trs(words, timing, n_trs, src / "align.csv")  # checks the words fit the scan
+    S, names = stimulus_regressors(words, n_trs, TR_S, timing.audio_start_s)
+    return src, timing, S, names
+
+
 def make_mini(out: str | Path | None = None, seed: int = 0, resolution_mm: int = 6,
-              subjects: list[str] | None = None, n_trs: int = N_TRS,
+              subjects: list[str] | None = None, n_trs: int | None = None,
               r_range: tuple[float, float] = (0.3, 0.6), paths: Paths | None = None,
-              force: bool = False) -> Path:
-    """Write the narratives-mini BIDS tree (skipped when one with the same key exists)."""
+              force: bool = False, stories: list[str] | None = None, runs: int = 1) -> Path:
+    """Write the narratives-mini BIDS tree (skipped when one with the same key exists).
+
+    ``stories`` (default pieman) use their real stimuli and scan lengths (pieman 300 TRs, tunnel
+    1040; ``n_trs`` overrides pieman's); ``runs`` > 1 gives every subject that many hearings of
+    pieman (repeats share the stimulus-locked signal, not the noise), as sub-002..005 have in the
+    real dataset. ``resolution_mm`` sets the MNI grid (6 mm default; 3 mm is the real
+    derivative's voxel size).
+    """
     import nibabel as nib
     from nilearn.datasets import load_mni152_brain_mask
+    from tqdm.auto import tqdm
 
     paths = paths or Paths.from_env()
     out = Path(out) if out else paths.data / "narratives-mini"
     subjects = subjects or SUBJECTS
-    params = dict(seed=seed, resolution_mm=resolution_mm, subjects=subjects, n_trs=n_trs,
-                  r_range=list(r_range), version=3)
+    stories = list(stories or [STORY])
+    lengths = {st: (n_trs if n_trs and st == STORY else N_TRS_OF.get(st, n_trs)) for st in stories}
+    params = dict(seed=seed, resolution_mm=resolution_mm, subjects=subjects, n_trs=lengths,
+                  r_range=list(r_range), stories=stories, runs=runs, version=4)
     key = key_of(params)
     stamp = out / "derivatives" / "synthetic-truth" / "truth.json"
     if not force and stamp.exists():
@@ -103,12 +165,8 @@ def make_mini(out: str | Path | None = None, seed: int = 0, resolution_mm: int =
     if tmp.exists():
         shutil.rmtree(tmp)
     rng = np.random.default_rng(seed)
-
-    src = paths.stimuli / STORY
-    words = read_alignment(src / "align.csv")
-    timing = story_timing(STORY, paths, n_trs=n_trs)
-    assign_trs(words, timing, n_trs, src / "align.csv")  # checks the words fit the scan
-    S, names = stimulus_regressors(words, n_trs, TR_S, timing.audio_start_s)
+    info = {st: _story_truth(st, paths, lengths[st]) for st in stories}
+    names = info[stories[0]][3]
 
     mask_img = load_mni152_brain_mask(resolution=resolution_mm)
     brain = mask_img.get_fdata() > 0
@@ -121,62 +179,74 @@ def make_mini(out: str | Path | None = None, seed: int = 0, resolution_mm: int =
     snr = target_r ** 2 / (1 - target_r ** 2)        # signal variance / noise variance
 
     write_json(tmp / "dataset_description.json", {
-        "Name": f"narratives-mini ({SYNTHETIC_LABEL}; real pieman stimuli from ds002345)",
+        "Name": f"narratives-mini ({SYNTHETIC_LABEL}; real stimuli from ds002345)",
         "BIDSVersion": "1.6.0", "DatasetType": "raw", "Synthetic": True,
         "GeneratedBy": [{"Name": "lib.synthetic.make_mini", "Parameters": params}],
         "SourceDatasets": [{"URL": "https://openneuro.org/datasets/ds002345"}],
     })
-    pd.DataFrame({"participant_id": subjects, "task": STORY, "synthetic": True}).to_csv(
-        tmp / "participants.tsv", sep="\t", index=False)
-    g = tmp / "stimuli" / "gentle" / STORY
-    g.mkdir(parents=True)
-    for f in ("align.csv", "transcript.txt"):
-        shutil.copy(src / f, g / f)
-    write_json(tmp / f"task-{STORY}_bold.json", {"RepetitionTime": TR_S, "TaskName": STORY})
+    pd.DataFrame({"participant_id": subjects, "task": ",".join(stories), "synthetic": True}
+                 ).to_csv(tmp / "participants.tsv", sep="\t", index=False)
+    for st, (src, _, _, _) in info.items():
+        g = tmp / "stimuli" / "gentle" / st
+        g.mkdir(parents=True)
+        for f in ("align.csv", "transcript.txt"):
+            if (src / f).exists():
+                shutil.copy(src / f, g / f)
+        write_json(tmp / f"task-{st}_bold.json", {"RepetitionTime": TR_S, "TaskName": st})
 
-    truth_r = np.zeros((len(subjects), n_pl), np.float32)
-    from tqdm.auto import tqdm
-
+    scans = [(st, k) for st in stories for k in (range(1, runs + 1) if st == STORY else [0])]
+    truth_r = {f"realised_r_{st}_run-{k}": np.zeros((len(subjects), n_pl), np.float32)
+               for st, k in scans}
+    subject_w = np.zeros((len(subjects),) + w_shared.shape)
     for si, sub in enumerate(tqdm(subjects, desc="narratives-mini (synthetic BOLD)", leave=False)):
         w = w_shared + 0.3 * rng.standard_normal(w_shared.shape)   # subjects differ a little
-        sig = S @ w
-        sig /= sig.std(0)
-        noise = 0.8 * _ar1(rng, n_trs, n_vox, phi=0.5)
-        noise += 0.5 * _ar1(rng, n_trs, 1, phi=0.9)                # shared global fluctuation
-        noise += 0.3 * np.outer(np.linspace(-1, 1, n_trs), rng.standard_normal(n_vox))  # drift
-        noise /= noise.std(0)
-        bold = noise
-        bold[:, planted] = np.sqrt(snr) * sig + noise[:, planted]
-        sl = timing.kept_slice(n_trs)
-        truth_r[si] = [np.corrcoef(sig[sl, k], bold[sl, planted][:, k])[0, 1] for k in range(n_pl)]
-        vol = np.zeros(brain.shape + (n_trs,), np.float32)
-        vol[brain] = (1000.0 + 20.0 * bold).T
+        subject_w[si] = w
         func = tmp / sub / "func"
         func.mkdir(parents=True)
-        base = f"{sub}_task-{STORY}_run-1"
-        img = nib.Nifti1Image(vol, mask_img.affine)
-        img.header.set_zooms(img.header.get_zooms()[:3] + (TR_S,))
-        img.header.set_xyzt_units("mm", "sec")
-        nib.save(img, func / f"{base}_bold.nii.gz")
-        pd.DataFrame(PIEMAN_EVENTS, columns=["onset", "duration", "trial_type", "stim_file"]).to_csv(
-            func / f"{base}_events.tsv", sep="\t", index=False)
+        for st, k in scans:
+            _, timing, S, _ = info[st]
+            n = lengths[st]
+            sig = S @ w
+            sig /= sig.std(0)
+            bold = realistic_noise(rng, n, n_vox)
+            noise_pl = bold[:, planted]
+            bold[:, planted] = np.sqrt(snr) * sig + noise_pl
+            sl = timing.kept_slice(n)
+            truth_r[f"realised_r_{st}_run-{k}"][si] = [
+                np.corrcoef(sig[sl, j], bold[sl, planted][:, j])[0, 1] for j in range(n_pl)]
+            vol = np.zeros(brain.shape + (n,), np.float32)
+            vol[brain] = (1000.0 + 20.0 * bold).T
+            base = f"{sub}_task-{st}" + (f"_run-{k}" if k else "")
+            img = nib.Nifti1Image(vol, mask_img.affine)
+            img.header.set_zooms(img.header.get_zooms()[:3] + (TR_S,))
+            img.header.set_xyzt_units("mm", "sec")
+            nib.save(img, func / f"{base}_bold.nii.gz")
+            pd.DataFrame(EVENTS_OF.get(st, PIEMAN_EVENTS),
+                         columns=["onset", "duration", "trial_type", "stim_file"]).to_csv(
+                func / f"{base}_events.tsv", sep="\t", index=False)
 
     truth = tmp / "derivatives" / "synthetic-truth"
     truth.mkdir(parents=True)
     nib.save(nib.Nifti1Image(brain.astype(np.uint8), mask_img.affine), truth / "brain_mask.nii.gz")
     nib.save(nib.Nifti1Image(planted3d.astype(np.uint8), mask_img.affine),
              truth / "planted_mask.nii.gz")
-    np.savez(truth / "truth.npz", weights=w_shared, target_r=target_r, snr=snr,
-             realised_r=truth_r, regressors=S, planted_in_mask=planted)
+    first = f"realised_r_{scans[0][0]}_run-{scans[0][1]}"
+    np.savez(truth / "truth.npz", weights=w_shared, subject_weights=subject_w,
+             target_r=target_r, snr=snr,
+             realised_r=truth_r[first], regressors=info[stories[0]][2], planted_in_mask=planted,
+             **truth_r, **{f"regressors_{st}": v[2] for st, v in info.items()})
     write_json(truth / "truth.json", {
         "key": key, "label": SYNTHETIC_LABEL, "params": params, "regressors": names,
         "n_voxels": n_vox, "n_planted": n_pl, "subjects": subjects,
-        "mean_target_r": float(target_r.mean()), "mean_realised_r": float(truth_r.mean()),
+        "kept_trs": {st: [v[1].trim_start, lengths[st] - v[1].trim_end] for st, v in info.items()},
+        "mean_target_r": float(target_r.mean()),
+        "mean_realised_r": float(truth_r[first].mean()),
         "notes": "BOLD = sqrt(snr) * (HRF-convolved word rate/letters @ weights) + noise in "
-                 "planted voxels, noise elsewhere; realised_r = corr(signal, BOLD) on kept TRs.",
+                 "planted voxels, noise elsewhere; noise = per-voxel AR(1) (phi 0.85-0.95) + "
+                 "global AR(0.95) + slow drift; realised_r = corr(signal, BOLD) on kept TRs.",
     })
-    write_text(tmp / "README", f"narratives-mini: {SYNTHETIC_LABEL}. Stimuli are the real pieman "
-                               f"files of OpenNeuro ds002345; BOLD is generated by "
+    write_text(tmp / "README", f"narratives-mini: {SYNTHETIC_LABEL}. Stimuli are the real files "
+                               f"of OpenNeuro ds002345; BOLD is generated by "
                                f"lib.synthetic.make_mini {params}.\n")
     tmp.rename(out)
     return out
@@ -193,3 +263,16 @@ def load_truth(root: str | Path) -> dict:
     meta["brain_mask_img"] = nib.load(str(t / "brain_mask.nii.gz"))
     meta["planted_mask_img"] = nib.load(str(t / "planted_mask.nii.gz"))
     return meta
+
+
+def truth_for_run(run_dir: str | Path) -> dict:
+    """Planted truth of the synthetic dataset a pipeline run analysed (from its manifest)."""
+    from .data import read_manifest
+
+    m = read_manifest(Path(run_dir) / "data" / "data_manifest.csv")
+    first = Path(m.bold_path.iloc[0])
+    root = next((p for p in first.parents if (p / "derivatives" / "synthetic-truth").exists()),
+                None)
+    if root is None:
+        raise FileNotFoundError(f"{first}: not part of a synthetic dataset (no synthetic-truth)")
+    return load_truth(root)

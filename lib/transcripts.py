@@ -9,6 +9,15 @@ Conventions (documented in the README and tested):
   and the next found word's onset ``b`` gets equal slices of [a, b]. Missing words before the first
   (after the last) found word take its onset (offset). The ``aligned`` column says which is which.
 * Word -> TR: ``tr_index = floor((onset + audio_start_s) / TR)`` (the TR in which the word starts).
+* Text style (``text_style``), the same for the text a model reads when it is scored and the text
+  it is fine-tuned on: ``words`` (default) = Gentle's words as spoken, cased, without punctuation
+  (every story has them); ``punctuated`` = each word with the punctuation that follows it in the
+  official transcript -- only stories with a ``transcript.txt`` can then be used, scored or
+  trained on (the committed copy has 4 of 26).
+* Utterances: the SFT corpus keeps one utterance per line, split where the speaker pauses for at
+  least ``pause_s`` (0.5 s: ~9 words per line in pieman, about a clause). The lines let stage 04
+  shuffle words within utterances (control) or utterances across stories (scrambled control);
+  models read the text with the line breaks turned into spaces (:func:`flatten`).
 """
 from __future__ import annotations
 
@@ -198,11 +207,20 @@ def assign_trs(words: pd.DataFrame, timing: StoryTiming, n_trs: int,
     return tr
 
 
-def story_transcript(alignment_path: str | Path, transcript_path: str | Path | None = None
-                     ) -> pd.DataFrame:
-    """Timed words of a story: word (with transcript punctuation when available), times, flag."""
+TEXT_STYLES = ("words", "punctuated")
+PAUSE_S = 0.5
+
+
+def story_transcript(alignment_path: str | Path, transcript_path: str | Path | None = None,
+                     text_style: str = "words") -> pd.DataFrame:
+    """Timed words of a story: word, the text the model reads (see ``text_style``), times, flag."""
+    if text_style not in TEXT_STYLES:
+        raise ValueError(f"text_style must be one of {TEXT_STYLES}, got {text_style!r}")
     df = read_alignment(alignment_path)
-    if transcript_path and Path(transcript_path).exists():
+    if text_style == "punctuated":
+        if not transcript_path or not Path(transcript_path).exists():
+            raise DataError(f"{alignment_path}: text_style 'punctuated' needs the story's "
+                            f"transcript.txt next to it ({transcript_path or 'none given'})")
         df["text"] = attach_punctuation(df["word"].tolist(),
                                         Path(transcript_path).read_text(encoding="utf-8"))
     else:
@@ -227,8 +245,18 @@ def read_transcript(path: str | Path) -> pd.DataFrame:
 
 
 # --------------------------------------------------------------------------- SFT corpus
-def story_text(words: pd.DataFrame) -> str:
-    return " ".join(words["text"].astype(str))
+def story_text(words: pd.DataFrame, pause_s: float = PAUSE_S) -> str:
+    """The story's text, one utterance per line (a new line where the pause before a word is at
+    least ``pause_s``)."""
+    text = words["text"].astype(str).to_numpy()
+    gaps = words["onset"].to_numpy(float)[1:] - words["offset"].to_numpy(float)[:-1]
+    cuts = np.r_[0, np.flatnonzero(gaps >= pause_s) + 1, len(text)]
+    return "\n".join(" ".join(text[a:b]) for a, b in zip(cuts[:-1], cuts[1:]) if b > a)
+
+
+def flatten(text: str) -> str:
+    """Text as a model reads it: utterance lines joined by single spaces."""
+    return " ".join(text.split())
 
 
 def write_corpus(texts: dict[str, str], path: str | Path) -> pd.DataFrame:
@@ -305,27 +333,30 @@ def gentle_align(audio: str | Path, transcript: str | Path, url: str = "http://l
 
 # --------------------------------------------------------------------------- stage runner
 def build_transcripts(manifest: pd.DataFrame, out_dir: str | Path, corpus_sources=(),
-                      corpus_path: str | Path | None = None) -> dict:
+                      corpus_path: str | Path | None = None, text_style: str = "words",
+                      pause_s: float = PAUSE_S) -> dict:
     """Stage 02: ``<out_dir>/<story>.tsv`` for every story in the manifest (checked against each
     run's TR count), and the SFT corpus ``train_narratives.txt`` from every story with an alignment
     (manifest stories + the ``corpus_sources`` folders of ``<story>/align.csv``).
 
-    Returns {"stories": table of scored stories, "corpus": corpus index}.
+    Returns {"stories": table of scored stories, "corpus": corpus index, "skipped": corpus stories
+    left out (``punctuated`` style without a transcript)}.
     """
     out_dir = Path(out_dir)
-    rows, texts = [], {}
+    rows, texts, skipped = [], {}, []
     for story, runs in manifest.groupby("story"):
         first = runs.iloc[0]
         if not first["alignment_path"]:
             raise DataError(f"story {story!r}: no alignment in the manifest")
-        df = story_transcript(first["alignment_path"], first["transcript_path"] or None)
+        df = story_transcript(first["alignment_path"], first["transcript_path"] or None,
+                              text_style)
         from .data import timing_of_row
 
         for _, r in runs.iterrows():  # every run must hold the words
             tr = assign_trs(df, timing_of_row(r), int(r["n_trs"]), first["alignment_path"])
         df["tr"] = tr
         write_transcript(df, out_dir / f"{story}.tsv")
-        texts[story] = story_text(df)
+        texts[story] = story_text(df, pause_s)
         rows.append(dict(story=story, n_words=len(df), n_not_found=int((~df["aligned"]).sum()),
                          n_unk=int((df["aligned_word"] == "<unk>").sum()),
                          first_tr=int(tr.min()), last_tr=int(tr.max()),
@@ -336,7 +367,9 @@ def build_transcripts(manifest: pd.DataFrame, out_dir: str | Path, corpus_source
             if story in texts:
                 continue
             tpath = align.parent / "transcript.txt"
-            df = story_transcript(align, tpath if tpath.exists() else None)
-            texts[story] = story_text(df)
+            if text_style == "punctuated" and not tpath.exists():
+                skipped.append(story)
+                continue
+            texts[story] = story_text(story_transcript(align, tpath, text_style), pause_s)
     corpus = write_corpus(texts, corpus_path or out_dir / "train_narratives.txt")
-    return {"stories": pd.DataFrame(rows), "corpus": corpus}
+    return {"stories": pd.DataFrame(rows), "corpus": corpus, "skipped": skipped}

@@ -20,12 +20,15 @@
 # Parses the Gentle alignments, interpolates the times of words Gentle did not find in the audio
 # (linearly, between the found neighbours), assigns each word to the TR in which it starts
 # (`floor((onset + audio_start) / TR)`), and writes `transcripts/<story>.tsv` plus the SFT corpus
-# `train_narratives.txt` (every story with an alignment; an index file gives each story's span so
-# stage 04 can hold stories out).
+# `train_narratives.txt` (every story with an alignment, one utterance per line; an index file gives
+# each story's span so stage 04 can hold stories out). The text a model reads is the same when it is
+# fine-tuned and when it is scored (`text_style`).
 
 # %% tags=["parameters"]
 run_dir = "results/mini"
 corpus_from_committed = True      # add the 26 committed Narratives alignments to the SFT corpus
+text_style = "words"              # words (as spoken, no punctuation) | punctuated (needs transcripts)
+pause_s = 0.5                     # a pause this long starts a new utterance line in the corpus
 
 # %%
 from pathlib import Path
@@ -39,7 +42,11 @@ from lib.paths import Paths
 run = Path(run_dir)
 manifest = data.read_manifest(run / "data" / "data_manifest.csv")
 sources = [Paths.from_env().stimuli] if corpus_from_committed else []
-res = transcripts.build_transcripts(manifest, run / "transcripts", corpus_sources=sources)
+res = transcripts.build_transcripts(manifest, run / "transcripts", corpus_sources=sources,
+                                   text_style=text_style, pause_s=pause_s)
+if res["skipped"]:
+    print(f"left out of the SFT corpus (no transcript for text_style={text_style!r}): "
+          f"{', '.join(res['skipped'])}")
 res["stories"]
 
 # %% [markdown]

@@ -18,9 +18,11 @@
 # # 03 · Language-model activations
 #
 # Hidden states of one layer for every word, from overlapping windows of `context_tokens` tokens
-# (each word sees between half and all of them as left context), pooled over the word's sub-word
-# tokens. Cached under `data/derived/activations/<model_tag>/` keyed by model fingerprint, layer,
-# context, pooling and the words. Baselines: the same architecture with random weights.
+# (each word sees between half and all of them as left context; every window starts with the
+# model's `<|endoftext|>` token, so no word is read at the attention-sink position 0), pooled over
+# the word's sub-word tokens. Cached under `data/derived/activations/<model_tag>/` keyed by model
+# fingerprint, layer, context, pooling, the words, dtype, device and library versions. Baseline:
+# the same architecture with random weights.
 
 # %% tags=["parameters"]
 run_dir = "results/mini"
@@ -32,21 +34,19 @@ batch_size = 8
 baselines = ["random"]            # random-init model of the same architecture
 layer_profile = False             # also cache every layer (stage 05 then scores each layer)
 device = "auto"
-threads = 2
+threads = "auto"                  # one thread count for every pool; auto: the CPUs available
 
 # %%
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
-
-from lib import data, features
+from lib import cluster as cl, data, features
 from lib.cache import write_csv
 from lib.models import load_model
 from lib.paths import Paths
 
-torch.set_num_threads(threads)
+cl.limit_threads(cl.thread_count(threads))
 run = Path(run_dir)
 manifest = data.read_manifest(run / "data" / "data_manifest.csv")
 stories = sorted(manifest.loc[~manifest.excluded, "story"].unique())
@@ -65,6 +65,7 @@ for b in baselines:
     else:
         raise ValueError(f"unknown baseline {b!r}")
 index = pd.DataFrame(rows, columns=features.INDEX_COLUMNS)
+write_csv(run / "features" / "base_index.csv", index)           # stage 04 adds its models to it
 write_csv(run / "features" / "activations_index.csv", index)
 index
 

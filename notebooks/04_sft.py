@@ -18,10 +18,12 @@
 # # 04 · Fine-tuning (SFT) without leakage
 #
 # Causal-LM fine-tuning on Narratives text. **Story-held-out** by default: the model that scores a
-# story never saw it (nor a near-duplicate such as `piemanpni` for `pieman`). A **control** model gets
-# the same budget on the same words shuffled within sentences. `sft_mode = "leaky"` trains on every
-# story, scored ones included, and is labelled `leaky` everywhere. The fine-tuned models' activations
-# are extracted here with the same settings as stage 03.
+# story never saw it (nor a near-duplicate such as `piemanpni` for `pieman`). Two controls get the
+# same budget, seeded with the run's seed: **control** (words shuffled within each utterance: no
+# syntax) and **scrambled** (utterances shuffled across all training stories: grammar kept,
+# narrative gone). `sft_mode = "leaky"` trains on every story, scored ones included, and every model
+# of such a run is labelled `-leaky`. The fine-tuned models' activations are extracted here with
+# the same settings as stage 03.
 
 # %% tags=["parameters"]
 run_dir = "results/mini"
@@ -31,7 +33,7 @@ context_tokens = 256
 pooling = "last"
 batch_size = 8
 sft_mode = "heldout"              # heldout | leaky
-sft_control = True
+sft_controls = ["control", "scrambled"]   # word-shuffled and utterance-scrambled controls
 sft_steps = 24
 sft_lr = 5e-5
 sft_batch_size = 2
@@ -40,22 +42,21 @@ sft_seeds = [0]
 sft_method = "full"               # full | lora
 layer_profile = False
 device = "auto"
-threads = 2
+threads = "auto"
 
 # %%
 from dataclasses import asdict
 from pathlib import Path
 
 import pandas as pd
-import torch
 
-from lib import data, features, sft
+from lib import cluster as cl, data, features, sft
 from lib.cache import write_csv, write_json
 from lib.models import load_model
 from lib.paths import Paths
 from lib.transcripts import read_corpus
 
-torch.set_num_threads(threads)
+cl.limit_threads(cl.thread_count(threads))
 run = Path(run_dir)
 paths = Paths.from_env()
 manifest = data.read_manifest(run / "data" / "data_manifest.csv")
@@ -65,7 +66,7 @@ cfg = sft.SFTConfig(base_model=model, steps=sft_steps, lr=sft_lr, batch_size=sft
                     block_size=sft_block_size, method=sft_method,
                     device=None if device == "auto" else device)
 folds, trained = sft.run_stage(corpus, scored, cfg, paths.models, mode=sft_mode,
-                               control=sft_control, seeds=sft_seeds)
+                               controls=sft_controls, seeds=sft_seeds)
 write_csv(run / "sft" / "models.csv", trained)
 write_json(run / "sft" / "folds.json", {"mode": sft_mode, "config": asdict(cfg), "folds": folds})
 pd.DataFrame(folds)[["fold", "score_stories", "heldout", "leaky"]]
@@ -74,7 +75,7 @@ pd.DataFrame(folds)[["fold", "score_stories", "heldout", "leaky"]]
 # ## Training record: loss and held-out perplexity before → after
 
 # %%
-trained[["kind", "fold", "seed", "train_tokens_seen", "train_loss_first", "train_loss_last",
+trained[["condition", "fold", "seed", "train_tokens_seen", "train_loss_first", "train_loss_last",
          "val_ppl_before", "val_ppl_after", "seconds", "device"]]
 
 # %%
@@ -83,7 +84,8 @@ import matplotlib.pyplot as plt
 fig, ax = plt.subplots(figsize=(6, 3))
 for r in trained.itertuples():
     h = pd.read_csv(Path(r.path) / "train_history.csv")
-    ax.plot(h.step, h.train_loss.rolling(5, min_periods=1).mean(), label=f"{r.kind} {r.fold} s{r.seed}")
+    ax.plot(h.step, h.train_loss.rolling(5, min_periods=1).mean(),
+            label=f"{r.condition} {r.fold} s{r.seed}")
 ax.set(xlabel="step", ylabel="train loss (5-step mean)", title="SFT training loss")
 ax.legend(frameon=False, fontsize=7)
 plt.show()
@@ -97,13 +99,11 @@ kw = dict(layer=layer, context=context_tokens, pooling=pooling, batch_size=batch
 rows = []
 for r in trained.itertuples():
     lm = load_model(r.path, device=device)
-    cond = "leaky" if r.leaky else r.kind
     rows += features.extract_for(lm, r.score_stories.split(","), run / "transcripts",
-                                 paths.activations, cond, seed=r.seed, leaky=bool(r.leaky), **kw)
+                                 paths.activations, r.condition, seed=r.seed, leaky=bool(r.leaky),
+                                 **kw)
     del lm
-index_path = run / "features" / "activations_index.csv"
-index = features.read_index(index_path)
-index = index[~index.condition.isin(["sft", "control", "leaky"])]
-index = pd.concat([index, pd.DataFrame(rows, columns=features.INDEX_COLUMNS)], ignore_index=True)
-write_csv(index_path, index)
+base = features.read_index(run / "features" / "base_index.csv")    # stage 03's models
+index = pd.concat([base, pd.DataFrame(rows, columns=features.INDEX_COLUMNS)], ignore_index=True)
+write_csv(run / "features" / "activations_index.csv", index)
 index

@@ -18,96 +18,120 @@
 # # 05 · Encoding models and brain scores
 #
 # Ridge regression from delayed word features (sum per TR, FIR delays 1–5 TRs, zero-padded within
-# the run) to BOLD, in contiguous cross-validation folds with a gap of `max(delays)` TRs between
-# training and test, features and BOLD standardised on training data, one penalty per target
-# chosen on a contiguous inner validation block. **Brain score = mean over folds of the per-fold
-# Pearson r** on held-out TRs. Targets: the whole-brain mean BOLD per TR, every voxel (maps), ROI
-# means. Group maps get a block-permutation null (BOLD shuffled in blocks, the same shuffles for
-# every subject) and Benjamini–Hochberg FDR. The noise ceiling is the leave-one-subject-out ISC.
+# each run) to BOLD. **Folds**: leave one story out when a subject heard several stories; within
+# one story, contiguous blocks of story time held out in every hearing at once, with a **gap** of
+# `max(delays) + 25` TRs dropped from training on each side (the measured value that removes the
+# autocorrelation leak: docs/validity.md). The penalty is chosen per target on blocked **inner
+# folds** (same gap), each standardised on its own fit rows. **Brain score = mean over folds of
+# the per-fold Pearson r** on held-out TRs, per run; **chance score** = the same with the features
+# shifted in time by half the story. Targets: every voxel, the whole-brain mean BOLD per TR, ROI
+# means. Group tests: block permutation of story time (30-TR blocks, the same for every subject),
+# Besag–Clifford sequential stopping, Benjamini–Hochberg FDR; with enough subjects a random-effects
+# map (nilearn, TFCE). Noise ceiling: leave-one-subject-out ISC corrected by Spearman–Brown, and the
+# repeat-based ceiling where a subject heard a story twice.
 
 # %% tags=["parameters"]
 run_dir = "results/mini"
 delays = [1, 2, 3, 4, 5]
-aggregation = "sum"               # sum | mean of the word activations in a TR
+aggregation = "sum"               # sum | mean | lanczos
 # alphas: the ridge penalty grid; empty means logspace(-1, 8, 10)
 alphas = []
 n_folds = 5
+inner_folds = 4
+gap = None                        # TRs between training and test blocks; None: max(delays) + 25
 n_perm = 1000
-perm_block = 10
+null_method = "block"             # block (of story time) | shift (circular, at least 30 TRs)
+perm_block = 30
 perm_conditions = ["raw", "sft"]
-ridge_backend = "torch"           # numpy | torch (CUDA when present, else CPU)
+chance = True                     # also fit time-mismatched features (the empirical chance level)
+fdr_q = 0.05
+re_min_subjects = 6               # random-effects maps need at least this many subjects
+ridge_backend = "numpy"           # numpy | torch (CUDA when present, else CPU)
 mask = "auto"                     # a NIfTI path, or auto
 roi_labels = "auto"               # a labels NIfTI in the BOLD grid, auto (planted mask for mini), or None
 device = "auto"
-threads = 2
+threads = "auto"
+cluster = "none"                  # none | local | slurm | tcp://host:port (see lib/cluster.py)
+workers = 2
+slurm = {}
 
 # %%
 from pathlib import Path
 
 import numpy as np
-import torch
-from threadpoolctl import threadpool_limits
 
-from lib import data, encoding, features
+from lib import cluster as cl, data, encoding, features
+from lib.inference import NullSpec
+from lib.ridge import DEFAULT_ALPHAS
 
-torch.set_num_threads(threads)
+n_threads = cl.thread_count(threads)
+cl.limit_threads(n_threads)
 run = Path(run_dir)
-out = run / "brain_score"
 manifest = data.read_manifest(run / "data" / "data_manifest.csv")
 index = features.read_index(run / "features" / "activations_index.csv")
 mask_img = encoding.brain_mask(manifest, mask)
-labels = roi_labels
-if roi_labels == "auto":
-    first = Path(manifest.bold_path.iloc[0])
-    cand = [p / "derivatives" / "synthetic-truth" / "planted_mask.nii.gz" for p in first.parents]
-    labels = next((c for c in cand if c.exists()), None)
-with threadpool_limits(threads):
-    res = encoding.run_stage(
-        manifest, run / "transcripts", index, out, mask_img, delays=delays,
-        aggregation=aggregation, alphas=np.asarray(alphas) if len(alphas) else encoding.DEFAULT_ALPHAS,
-        n_folds=n_folds, n_perm=n_perm, perm_block=perm_block, perm_conditions=perm_conditions,
-        backend=ridge_backend, device=None if device == "auto" else device, roi_labels=labels)
+labels = encoding.roi_labels_for(manifest, roi_labels)
+settings = encoding.Settings(
+    delays=tuple(delays), aggregation=aggregation,
+    alphas=tuple(alphas) if len(alphas) else tuple(DEFAULT_ALPHAS), n_folds=n_folds,
+    inner_folds=inner_folds, gap=gap,
+    null=NullSpec(n_perm=n_perm, method=null_method, block=perm_block),
+    perm_conditions=tuple(perm_conditions), chance=chance, backend=ridge_backend,
+    device=None if device == "auto" else device)
+job = encoding.make_job(manifest, run / "transcripts", index, run / "brain_score", mask_img,
+                        settings, labels)
+with cl.client_for(cluster, n_threads, dict(workers=workers, slurm=slurm)) as client:
+    res = encoding.run_stage(job, fdr_q=fdr_q, re_min_subjects=re_min_subjects, client=client)
 scores = res["scores"]
 print(f"{len(scores)} scores; mask has {int((mask_img.get_fdata() > 0).sum())} voxels; "
-      f"{'SYNTHETIC BOLD' if manifest.synthetic_bold.any() else 'real BOLD'}")
+      f"{'SYNTHETIC BOLD' if manifest.synthetic_bold.any() else 'real BOLD'}; "
+      f"folds: {scores.fold_scheme.iloc[0]}")
 
 # %% [markdown]
-# ## Whole-brain-mean target, per subject and condition (p from the block permutation)
+# ## Whole-brain mean and ROI targets, per subject and run (chance level beside each score)
 
 # %%
-scores[scores.target == "whole_brain_mean"].pivot_table(
-    index=["subject", "story", "run"], columns="condition", values="brain_score").round(3)
+scores[scores.target != "voxels_mean"].pivot_table(
+    index=["target", "subject", "story", "run"], columns="condition",
+    values=["brain_score", "chance_score"]).round(3)
 
 # %% [markdown]
-# ## Mean voxel score and ROI scores
+# ## Mean voxel score per run
 
 # %%
-scores[scores.target != "whole_brain_mean"].pivot_table(
-    index=["target", "subject"], columns="condition", values="brain_score").round(3)
+scores[scores.target == "voxels_mean"].pivot_table(
+    index=["subject", "story", "run"], columns="condition",
+    values=["brain_score", "chance_score"]).round(3)
 
 # %% [markdown]
-# ## Noise ceiling (leave-one-subject-out ISC)
+# ## Group tests of the summary targets (block permutation, the same shuffles for every subject)
 
 # %%
-res["noise_ceiling"]
+res["group_tests"] if "group_tests" in res else None
 
 # %% [markdown]
-# ## Group map of the raw model, FDR-thresholded
+# ## Noise ceiling (LOSO ISC, Spearman–Brown corrected; repeat-based where a story was heard twice)
+
+# %%
+nc = res["noise_ceiling"]
+nc.pivot_table(index=["subject", "story", "run"], columns=["ceiling_kind", "target"],
+               values="noise_ceiling").round(3) if len(nc) else "fewer than 2 subjects per story"
+
+# %% [markdown]
+# ## Group map of each permuted condition, FDR-thresholded
 
 # %%
 from lib import plots
 
-g = res["group"]
-for cond in ("raw", "sft"):
-    key = f"{cond}_seed0_score"
-    if key in g:
-        sig = g[f"{cond}_seed0_fdr05"]
-        img = plots.to_img(np.where(sig, g[key], 0), mask_img)
-        plots.glass_brain(img, f"{cond}: group brain score, FDR q<0.05 ({int(sig.sum())} voxels)"
-                          + (" [synthetic BOLD]" if manifest.synthetic_bold.any() else ""))
+for cond, g in res["group"].items():
+    if "fdr" in g:
+        img = plots.to_img(np.where(g["fdr"], g["score"], 0), mask_img)
+        plots.glass_brain(img, f"{cond}: group brain score, FDR q<{fdr_q} ({int(g['fdr'].sum())} "
+                          f"voxels)" + (" [synthetic BOLD]" if manifest.synthetic_bold.any() else ""))
 
 # %% [markdown]
-# Warnings raised while fitting (alpha at the grid edge, constant voxels), if any:
+# Warnings raised while fitting (alpha at the grid edge, constant voxels), and units:
 
 # %%
-scores.loc[scores.warnings.astype(str).str.len() > 0, ["subject", "condition", "target", "warnings"]]
+scores.loc[scores.warnings.astype(str).str.len() > 0,
+           ["subject", "condition", "target", "alpha_edge_fraction", "warnings"]].drop_duplicates()

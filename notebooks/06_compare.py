@@ -17,23 +17,27 @@
 # %% [markdown]
 # # 06 · Does fine-tuning change brain scores?
 #
-# Paired comparisons across subjects (the unit of inference; runs, stories and seeds averaged
-# within subject first): number of subjects improved, mean Δ with a bootstrap 95% CI, paired
-# Wilcoxon and t tests, Cohen's d_z, and noise-ceiling-normalised versions. Voxel summaries: the mask
-# mean, the top 10% voxels of the raw model chosen on the *other* subjects, and the ROI. Maps: raw,
-# SFT and Δ, thresholded by the group block-permutation FDR of stage 05.
+# Paired comparisons across subjects, the unit of inference (runs averaged within a story, stories
+# equally, then seeds). For every contrast: subjects improved, mean Δ with a BCa bootstrap 95% CI,
+# exact sign-flip permutation p (and Wilcoxon, t, Cohen's d_z), with the smallest p the sign tests
+# can reach for this number of subjects. Each measure three ways: the brain score r, r above its
+# chance level (time-mismatched features), and r / noise ceiling. Voxel summaries select voxels
+# without any model's map — `voxels_reliable`: group ISC significant (FDR) against circular shifts;
+# `voxels_top10pct`: the other subjects' noise ceiling — so they favour neither model.
 
 # %% tags=["parameters"]
 run_dir = "results/mini"
 top_frac = 0.1
 fdr_q = 0.05
+min_ceiling = 0.1                 # normalised scores only where the ceiling is at least this
 
 # %%
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pandas as pd
-import nibabel as nib
+from IPython.display import Markdown, display
 
 from lib import compare, plots
 from lib.cache import save_nifti, write_csv
@@ -43,58 +47,54 @@ out = run / "compare"
 st = compare.load_stage05(run / "brain_score")
 mask_img = nib.load(str(run / "brain_score" / "mask.nii.gz"))
 synthetic = bool(st["scores"].synthetic_bold.astype(str).str.lower().eq("true").any())
-roi = st["scores"].target.str.startswith("roi-").any()
 planted = None
 if synthetic:
-    from lib.data import read_manifest
-    from lib.synthetic import load_truth
+    from lib.synthetic import truth_for_run
 
-    m = read_manifest(run / "data" / "data_manifest.csv")
-    root = next(p for p in Path(m.bold_path.iloc[0]).parents
-                if (p / "derivatives" / "synthetic-truth").exists())
-    planted = load_truth(root)["planted_in_mask"].astype(bool)
-tab = compare.subject_table(st, top_frac, planted)
-deltas, stats = compare.contrast_table(tab)
-_, stats_norm = compare.contrast_table(tab, value="normalised_score")
+    planted = truth_for_run(run)["planted_in_mask"].astype(bool)
+tab = compare.subject_table(st, top_frac, planted, min_ceiling)
+stats = pd.concat([compare.contrast_table(tab, value=m)[1] for m in compare.MEASURES],
+                  ignore_index=True)
+deltas = compare.contrast_table(tab)[0]
 write_csv(out / "subject_scores.csv", tab)
 write_csv(out / "delta_subjects.csv", deltas)
-write_csv(out / "stats.csv", pd.concat([stats, stats_norm.dropna(subset=["mean_delta"])]))
+write_csv(out / "stats.csv", stats)
 print("SYNTHETIC BOLD" if synthetic else "real BOLD", "->", out)
 
 # %% [markdown]
 # ## Δ brain score (SFT − raw and controls), statistics across subjects
 
 # %% tags=["report"]
-cols = ["contrast", "target", "n_subjects", "n_improved", "mean_delta", "ci95_low", "ci95_high",
-        "p_wilcoxon", "p_t", "cohens_dz"]
+cols = ["contrast", "target", "measure", "n_subjects", "n_improved", "mean_delta", "ci95_low",
+        "ci95_high", "p_sign_flip", "p_wilcoxon", "p_t", "cohens_dz", "p_min_attainable"]
 delta_table = stats[[c for c in cols if c in stats]].round(4)
 write_csv(out / "delta_table.csv", delta_table)
-delta_table
+headline = compare.headline(stats, synthetic=synthetic)
+display(Markdown(f"**{headline}**"))
+delta_table[delta_table.measure == "brain_score"]
 
 # %% [markdown]
-# ## Noise-ceiling-normalised Δ
+# ## The same Δ above chance and normalised by the noise ceiling
 
 # %%
-stats_norm.dropna(subset=["mean_delta"])[[c for c in cols if c in stats_norm]].round(4)
+delta_table[delta_table.measure != "brain_score"].dropna(subset=["mean_delta"])
 
 # %% [markdown]
 # ## Per subject: raw → SFT
 
 # %% tags=["report"]
-fig = plots.paired_scores(tab, "whole_brain_mean", "raw", "sft", synthetic)
-plots.save(fig, out / "paired_whole_brain_mean.png")
-target = "planted_roi_voxels" if planted is not None else "voxels_top10pct_loso"
-fig = plots.paired_scores(tab, target, "raw", "sft", synthetic)
-plots.save(fig, out / f"paired_{target}.png")
+for target in ("whole_brain_mean", "voxels_reliable"):
+    fig = plots.paired_scores(tab, target, "raw", "sft", synthetic)
+    plots.save(fig, out / f"paired_{target}.png")
 
 # %% [markdown]
-# ## Distribution of Δ over voxels
+# ## Distribution of Δ over voxels (SFT − raw, seeds averaged as in the Δ table)
 
 # %% tags=["report"]
 g = st["group"]
 sig = None
-if "raw_seed0_fdr05" in g:
-    sig = g["raw_seed0_fdr05"] | g.get("sft_seed0_fdr05", np.zeros_like(g["raw_seed0_fdr05"]))
+if "raw_fdr" in g:
+    sig = g["raw_fdr"] | g.get("sft_fdr", np.zeros_like(g["raw_fdr"]))
 vd = compare.voxel_delta(st["voxels"], "sft", "raw")
 vsum = compare.voxel_delta_summary(vd, sig)
 write_csv(out / "voxel_delta_summary.csv", vsum)
@@ -104,23 +104,23 @@ vsum
 
 # %% [markdown]
 # ## Brain maps
-# Group-mean brain score of the raw and fine-tuned models (FDR q < 0.05, block permutation), and
+# Group-mean brain score of the raw and fine-tuned models (FDR q < `fdr_q`, block permutation), and
 # Δ (SFT − raw) shown in voxels significant for either model.
 
 # %% tags=["report"]
 tag = " [synthetic BOLD]" if synthetic else ""
 imgs = {}
 for cond in ("raw", "sft"):
-    if f"{cond}_seed0_score" in g:
-        s = np.where(g[f"{cond}_seed0_fdr05"], g[f"{cond}_seed0_score"], 0)
-        imgs[cond] = plots.to_img(s, mask_img)
+    if f"{cond}_score" in g:
+        imgs[cond] = plots.to_img(np.where(g[f"{cond}_fdr"], g[f"{cond}_score"], 0), mask_img)
 if vd:
     dmean = np.nanmean(list(vd.values()), 0)
     imgs["delta"] = plots.to_img(np.where(sig, dmean, 0) if sig is not None else dmean, mask_img)
 vmax = max([float(np.abs(i.get_fdata()).max()) for k, i in imgs.items() if k != "delta"] + [1e-3])
 for k, img in imgs.items():
     save_nifti(img, out / f"group_{k}.nii.gz")
-    title = f"{k}: group brain score (FDR q<{fdr_q}){tag}" if k != "delta" else f"Δ sft − raw{tag}"
+    title = (f"{k}: group brain score (FDR q<{fdr_q}){tag}" if k != "delta"
+             else f"Δ sft − raw in significant voxels{tag}")
     fig = plots.stat_map(img, title, vmax=vmax if k != "delta" else None)
     plots.save(fig, out / f"map_{k}.png")
     fig = plots.glass_brain(img, title, vmax=vmax if k != "delta" else None)
@@ -135,18 +135,29 @@ if "delta" in imgs:
     plots.save_view_img(imgs["delta"], out / "view_delta.html", f"Δ sft − raw{tag}")
 
 # %% [markdown]
+# ## Random-effects maps (nilearn second level, TFCE, FWE) — when there are enough subjects
+
+# %% tags=["report"]
+re_keys = sorted(k for k in g if "_re_" in k and "logp" in k)
+if re_keys:
+    for k in re_keys:
+        fig = plots.glass_brain(plots.to_img(g[k], mask_img), f"{k} (-log10 FWE p){tag}")
+        plots.save(fig, out / f"re_{k}.png")
+else:
+    n = st["scores"].subject.nunique()
+    print(f"{n} subjects: too few for a random-effects map (the profile's re_min_subjects)")
+
+# %% [markdown]
 # ## Layer profile (when every layer was extracted: `layer_profile: true`)
 
 # %% tags=["report"]
 lp_path = run / "brain_score" / "layer_scores.csv"
 if lp_path.exists():
-    lp = pd.read_csv(lp_path)
-    lp = lp.groupby(["subject", "condition", "layer", "target"], as_index=False)["brain_score"].mean()
+    lp = compare.subject_scores(pd.read_csv(lp_path), keys=["layer"])
     write_csv(out / "layer_profile.csv", lp)
     for target in sorted(lp.target.unique()):
         fig = plots.layer_profile(lp[lp.target == target], synthetic)
-        fig.axes[0].set_title(f"Layer profile: {target}" + (" [synthetic BOLD]" if synthetic else ""),
-                              fontsize=10)
+        fig.axes[0].set_title(f"Layer profile: {target}{tag}", fontsize=10)
         plots.save(fig, out / f"layer_profile_{target}.png")
 else:
     print("no layer profile in this run (layer_profile: false)")

@@ -46,6 +46,12 @@ if synthetic:
 header
 
 # %% [markdown]
+# ## Methods in one table
+
+# %%
+report.method_table(run, params)
+
+# %% [markdown]
 # ## Stage notebooks
 
 # %%
@@ -60,16 +66,25 @@ compare.sft_summary(run / "sft" / "models.csv")
 
 # %% [markdown]
 # ## Δ brain score across subjects
-# Contrasts: `sft − raw` (the question), `control − raw` (same budget on shuffled words),
-# `sft − control` (narrative language beyond any extra training), and sanity checks `raw − random`
-# and `raw − wordrate`. The subject is the unit; p-values are paired Wilcoxon / t across subjects.
-# Targets: `whole_brain_mean` (the mean BOLD over the mask per TR), `voxels_mean` (mean voxel score),
-# `voxels_top10pct_loso` (top 10% voxels of the raw model, chosen on the other subjects), `roi-N`
-# (mean BOLD of label N of the ROI image; in narratives-mini label 1 is the planted superior-temporal
-# mask) and `planted_roi_voxels` (mean voxel score inside the planted mask; synthetic data only).
+# Contrasts: `sft − raw` (the question), `control − raw` and `scrambled − raw` (same budget on
+# word-shuffled / utterance-scrambled text), `sft − control` and `sft − scrambled` (what narrative
+# language adds beyond any extra training), and sanity checks `raw − random` and `raw − wordrate`.
+# The subject is the unit. Targets: `whole_brain_mean` (the mean BOLD over the mask per TR),
+# `voxels_mean` (mean voxel score over the mask), `voxels_reliable` and `voxels_top10pct` (voxels
+# selected by the other subjects' noise ceiling), `roi-N` (mean BOLD of label N; in narratives-mini
+# label 1 is the planted superior-temporal mask) and `planted_roi_voxels` (synthetic data only).
 
 # %%
-pd.read_csv(run / "compare" / "delta_table.csv")
+stats = pd.read_csv(run / "compare" / "stats.csv")
+display(Markdown(f"**{compare.headline(stats, synthetic=synthetic)}**"))
+dt = pd.read_csv(run / "compare" / "delta_table.csv")
+dt[dt.measure == "brain_score"]
+
+# %% [markdown]
+# The same contrasts above the chance level and normalised by the noise ceiling:
+
+# %%
+dt[dt.measure != "brain_score"].dropna(subset=["mean_delta"])
 
 # %% [markdown]
 # ## Per-subject scores
@@ -84,8 +99,7 @@ tab.pivot_table(index=["target", "subject"], columns="condition", values="brain_
 # %%
 from IPython.display import Image
 
-names = ["paired_whole_brain_mean.png", "paired_planted_roi_voxels.png",
-         "paired_voxels_top10pct_loso.png", "delta_distribution.png"]
+names = ["paired_whole_brain_mean.png", "paired_voxels_reliable.png", "delta_distribution.png"]
 names += sorted(p.name for p in (run / "compare").glob("layer_profile_*.png"))
 for name in names:
     p = run / "compare" / name

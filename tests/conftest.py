@@ -61,3 +61,44 @@ def pieman_words():
     from lib.transcripts import story_transcript
 
     return story_transcript(STIMULI / "pieman" / "align.csv", STIMULI / "pieman" / "transcript.txt")
+
+
+# --------------------------------------------------------------------------- stage-05 helpers
+def fake_index(run_dir, stories, rng_seed=0):
+    """Word vectors that carry word rate and letters (what the planted signal is made of)."""
+    import numpy as np
+    import pandas as pd
+
+    from lib import transcripts
+
+    rows = []
+    rng = np.random.default_rng(rng_seed)
+    for story in stories:
+        words = transcripts.read_transcript(run_dir / "transcripts" / f"{story}.tsv")
+        letters = words.word.astype(str).str.len().to_numpy(float)
+        acts = np.column_stack([np.ones(len(words)), letters, rng.standard_normal((len(words), 6))])
+        p = run_dir / "acts" / f"{story}.npz"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(p, activations=acts.astype(np.float32))
+        rows.append(dict(condition="raw", story=story, seed=0, model="fake", model_tag="fake",
+                         fingerprint="0", path=str(p), all_layers_path="", leaky=False,
+                         cache_hit=False))
+    return pd.DataFrame(rows)
+
+
+def stage05_job(root, run_dir, paths, n_perm=100, **kw):
+    """A stage-05 job on a narratives-mini tree with fake word vectors (word rate, letters)."""
+    import nibabel as nib
+
+    from lib import data, encoding, transcripts
+    from lib.inference import NullSpec
+
+    m = data.build_manifest(root, stories=["pieman"], include_excluded=True, paths=paths)
+    transcripts.build_transcripts(m, run_dir / "transcripts")
+    idx = fake_index(run_dir, ["pieman"])
+    st = encoding.Settings(null=NullSpec(n_perm=n_perm), perm_conditions=("raw",), **kw)
+    mask = nib.load(str(root / "derivatives/synthetic-truth/brain_mask.nii.gz"))
+    return encoding.make_job(m, run_dir / "transcripts", idx, run_dir / "brain_score", mask, st,
+                             root / "derivatives/synthetic-truth/planted_mask.nii.gz")
+
+

@@ -1,47 +1,95 @@
+"""Stage-06 summaries: aggregation within subject, model-neutral voxel selection, Δ statistics."""
 import numpy as np
 import pandas as pd
 import pytest
-from scipy import stats
 
 from lib import compare
 
 
-def test_paired_stats_matches_scipy():
-    a = np.array([0.30, 0.25, 0.40, 0.35, 0.20])
-    b = np.array([0.28, 0.26, 0.33, 0.30, 0.19])
-    s = compare.paired_stats(a, b)
-    d = a - b
-    assert s["n_subjects"] == 5 and s["n_improved"] == 4
-    assert s["mean_delta"] == pytest.approx(d.mean())
-    assert s["p_t"] == pytest.approx(stats.ttest_rel(a, b).pvalue)
-    assert s["p_wilcoxon"] == pytest.approx(stats.wilcoxon(d).pvalue)
-    assert s["cohens_dz"] == pytest.approx(d.mean() / d.std(ddof=1))
-    assert s["ci95_low"] <= d.mean() <= s["ci95_high"]
+def _st(maps: dict, ceilings: dict, stories=(("pieman", 1),)):
+    """A stage-05 result from per-subject maps {condition: {subject: map}} (synthetic)."""
+    voxels, rows = {}, []
+    for cond, by_sub in maps.items():
+        for sub, m in by_sub.items():
+            for story, run in stories:
+                voxels[f"{sub}|{story}|{run}|{cond}|0"] = m
+                voxels[f"{sub}|{story}|{run}|{cond}~chance|0"] = np.zeros_like(m)
+                for target, v in (("voxels_mean", m.mean()), ("whole_brain_mean", m[:10].mean())):
+                    rows.append(dict(subject=sub, story=story, run=run, condition=cond, seed=0,
+                                     target=target, brain_score=v, chance_score=0.0,
+                                     synthetic_bold=True))
+    for sub, c in ceilings.items():
+        voxels[f"{sub}|pieman|1|noise_ceiling|0"] = c
+        voxels[f"{sub}|pieman|1|isc_reliable|0"] = (c > 0.3).astype(np.float32)
+    return dict(scores=pd.DataFrame(rows), voxels=voxels, noise_ceiling=pd.DataFrame(), group={})
 
 
-def test_loso_selection_ignores_own_subject():
-    ref = {"s1": np.array([1.0, 0, 0, 0]), "s2": np.array([0, 1.0, 0, 0]),
-           "s3": np.array([0, 1.0, 0, 0])}
-    tgt = {k: np.array([10.0, 20.0, 30.0, 40.0]) for k in ref}
-    out = compare.loso_top_mean(ref, tgt, frac=0.25)
-    assert out["s1"] == 20.0      # chosen by s2+s3, not by s1's own peak at voxel 0
-    assert out["s2"] in (10.0, 20.0)
+def _world(rng, n_sub=6, v=2000):
+    ceiling = rng.uniform(0, 0.6, v)
+    base = {f"sub-{i:02d}": (0.5 * ceiling + rng.normal(0, 0.03, v)).astype(np.float32)
+            for i in range(n_sub)}
+    ceil = {s: (ceiling + rng.normal(0, 0.05, v)).astype(np.float32) for s in base}
+    return base, ceil
 
 
-def test_contrast_table_runs_averaged_within_subject():
+def test_identical_models_give_exactly_zero_delta():
+    base, ceil = _world(np.random.default_rng(0))
+    tab = compare.subject_table(_st({"raw": base, "sft": dict(base)}, ceil))
+    deltas, stats = compare.contrast_table(tab)
+    assert len(stats) and (deltas.delta == 0).all()
+    assert (stats.mean_delta == 0).all() and (stats.n_improved == 0).all()
+    for measure in compare.MEASURES:
+        _, s = compare.contrast_table(tab, value=measure)
+        assert (s.mean_delta.fillna(0) == 0).all()
+
+
+@pytest.mark.parametrize("noisy", ["raw", "sft"])
+def test_top_voxel_delta_has_no_systematic_sign(noisy):
+    """One model = the other + a chance fit to the shared stimulus (the same noise map in every
+    subject). Selecting voxels by the other subjects' noise ceiling leaves Δ unbiased in both
+    orders; selecting by the raw model's map (the old rule) biases Δ(sft - raw) negative."""
+    rng = np.random.default_rng(1)
+    new, old = [], []
+    for _ in range(20):
+        base, ceil = _world(rng)
+        eta = rng.normal(0, 0.02, 2000).astype(np.float32)
+        noisy_maps = {s: m + eta for s, m in base.items()}
+        maps = {"raw": noisy_maps, "sft": base} if noisy == "raw" else \
+            {"raw": base, "sft": noisy_maps}
+        tab = compare.subject_table(_st(maps, ceil))
+        t = tab[tab.target == "voxels_top10pct"].pivot(index="subject", columns="condition",
+                                                        values="brain_score")
+        new.append((t.sft - t.raw).mean())
+        crit = compare.others_ceiling(maps["raw"])         # the old, model-based selection
+        a, b = compare.top_mean(crit, maps["sft"]), compare.top_mean(crit, maps["raw"])
+        old.append(np.mean([a[s] - b[s] for s in a]))
+    assert abs(np.mean(new)) < 0.002, np.mean(new)
+    if noisy == "raw":
+        assert np.mean(old) < -0.01                        # what raw-map selection did
+
+
+def test_runs_averaged_within_story_then_stories_equally():
     rows = []
-    for sub, base in [("a", 0.1), ("b", 0.2), ("c", 0.3)]:
-        for run, noise in [(1, 0.0), (2, 0.02)]:
-            rows.append(dict(subject=sub, condition="raw", target="whole_brain_mean",
-                             brain_score=base + noise))
-            rows.append(dict(subject=sub, condition="sft", target="whole_brain_mean",
-                             brain_score=base + noise + 0.05))
-    tab = pd.DataFrame(rows).groupby(["subject", "condition", "target"],
-                                     as_index=False)["brain_score"].mean()
-    deltas, st = compare.contrast_table(tab)
-    assert len(deltas) == 3 and np.allclose(deltas.delta, 0.05)
-    row = st.set_index("contrast").loc["sft - raw"]
-    assert row.n_subjects == 3 and row.n_improved == 3 and row.mean_delta == pytest.approx(0.05)
+    for run, story, v in [(1, "pieman", 0.1), (2, "pieman", 0.3), (1, "tunnel", 0.6)]:
+        rows.append(dict(subject="a", story=story, run=run, condition="raw", seed=0,
+                         target="whole_brain_mean", brain_score=v))
+    s = compare.subject_scores(pd.DataFrame(rows))
+    assert s.brain_score.iloc[0] == pytest.approx((0.2 + 0.6) / 2)   # not (0.1+0.3+0.6)/3
+
+
+def test_subject_maps_follow_the_same_rule():
+    vox = {"a|pieman|1|raw|0": np.array([0.1]), "a|pieman|2|raw|0": np.array([0.3]),
+           "a|tunnel|1|raw|0": np.array([0.6]), "a|pieman|1|raw|1": np.array([0.0]),
+           "a|pieman|2|raw|1": np.array([0.0]), "a|tunnel|1|raw|1": np.array([0.0])}
+    assert compare.subject_maps(vox, "raw")["a"][0] == pytest.approx(0.2)  # seeds averaged last
+
+
+def test_selection_uses_only_other_subjects():
+    ceil = {"s1": np.array([1.0, 0, 0, 0]), "s2": np.array([0, 1.0, 0, 0]),
+            "s3": np.array([0, 1.0, 0, 0])}
+    tgt = {k: np.array([10.0, 20.0, 30.0, 40.0]) for k in ceil}
+    out = compare.top_mean(compare.others_ceiling(ceil), tgt, frac=0.25)
+    assert out["s1"] == 20.0      # chosen by s2 + s3, not by s1's own peak at voxel 0
 
 
 def test_voxel_delta_summary():
@@ -49,3 +97,13 @@ def test_voxel_delta_summary():
     s = compare.voxel_delta_summary(d, np.array([True, True, False, False]))
     a = s.set_index("subject").loc["a"]
     assert a.n_voxels == 3 and a.n_improved == 2 and a.n_improved_significant == 1
+
+
+def test_headline_says_the_test_and_its_limit():
+    base, ceil = _world(np.random.default_rng(3), n_sub=5)
+    tab = compare.subject_table(_st({"raw": base, "sft": {s: m + 0.01 for s, m in
+                                                          base.items()}}, ceil))
+    _, stats = compare.contrast_table(tab)
+    h = compare.headline(stats, synthetic=True)
+    assert "5 of 5 subjects improved" in h and "sign-flip p = 0.0625" in h
+    assert "smallest p possible with 5 subjects is 0.0625" in h and "SYNTHETIC" in h

@@ -26,7 +26,7 @@ def test_manifest_of_mini(mini, paths):
     row = df.set_index("subject").loc["sub-001"]
     assert row.excluded and "scan_exclude.json" in row.exclusion_reason
     assert not df.set_index("subject").loc["sub-002"].excluded
-    assert (df.trim_start == 10).all() and (df.trim_end == 8).all()
+    assert (df.trim_start == 16).all() and (df.trim_end == 5).all()
     assert (df.audio_start_s == 0).all()
 
 
@@ -62,8 +62,20 @@ def test_mini_is_deterministic_and_labelled(mini, paths, tmp_path):
 def test_story_timing_from_metadata(paths):
     t = data.story_timing("tunnel", paths)
     assert t.audio_start_s == 3.0 and t.onset_tr == 2 and t.duration_tr == 1023
-    p = data.story_timing("pieman", paths)
-    assert (p.audio_start_s, p.trim_start, p.trim_end) == (0.0, 10, 8)
+    p = data.story_timing("pieman", paths, n_trs=300)
+    assert p.audio_start_s == 0.0 and p.kept_slice(300) == slice(16, 299)  # story end for the last word
+
+
+def test_trims_drop_the_onset_and_keep_the_haemodynamic_tail(mini, paths):
+    """Narratives ISC convention: 6 TRs after story onset dropped; kept up to the last word's TR
+    + tail_trs (pieman: onset TR 10, last word at TR 286). Both are parameters."""
+    m = data.build_manifest(mini, stories=["pieman"], paths=paths)
+    row = m.iloc[0]
+    assert (row.trim_start, row.n_trs - row.trim_end) == (16, 295)
+    m2 = data.build_manifest(mini, stories=["pieman"], paths=paths, trim_after_onset=0,
+                             tail_trs=3)
+    assert (m2.iloc[0].trim_start, 300 - m2.iloc[0].trim_end) == (10, 290)
+    assert data.last_word_tr(mini / "stimuli/gentle/pieman/align.csv", 0.0) == 286
 
 
 def test_missing_bold_file(tmp_path):

@@ -37,41 +37,83 @@ def test_windows_cover_every_token_once_as_owner():
     assert np.all(j[j >= 64] - owner[j >= 64] >= 32)
 
 
+def test_every_window_starts_with_the_start_token(tiny, pieman_words, monkeypatch):
+    """No word is read at position 0 (the attention sink): every sequence the model sees begins
+    with <|endoftext|>, and the story's first word is read at position 1."""
+    seen = []
+    real = features._forward
+
+    def spy(model, batch, layers):
+        seen.extend(batch)
+        return real(model, batch, layers)
+
+    monkeypatch.setattr(features, "_forward", spy)
+    words = pieman_words.text.tolist()[:120]
+    a = features.windowed_activations(tiny, words, layer=1, context=32, progress=False)
+    eot = tiny.tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    assert features.start_token(tiny.tokenizer) == eot == 50256
+    assert seen and all(int(b[0]) == eot for b in seen)
+    ids = tiny.tokenizer(words[0], add_special_tokens=False)["input_ids"]
+    h = real(tiny, [np.r_[eot, ids]], [1])[0, 0]
+    np.testing.assert_allclose(a["activations"][0], h[len(ids)], atol=1e-5)
+
+
 def test_cache_hit_computes_nothing(tiny, pieman_words, tmp_path, monkeypatch):
     tr = pieman_words.head(120)
-    a, hit = features.story_activations(tiny, tr, "pieman", tmp_path, layer=1, context=32)
+    a, hit, _ = features.story_activations(tiny, tr, "pieman", tmp_path, layer=1, context=32)
     assert not hit
     monkeypatch.setattr(features, "windowed_activations",
                         lambda *a, **k: (_ for _ in ()).throw(AssertionError("recomputed")))
-    b, hit = features.story_activations(tiny, tr, "pieman", tmp_path, layer=1, context=32)
+    b, hit, _ = features.story_activations(tiny, tr, "pieman", tmp_path, layer=1, context=32)
     assert hit
     np.testing.assert_array_equal(a["activations"], b["activations"])
 
 
 def test_corrupt_cache_entry_is_recomputed(tiny, pieman_words, tmp_path):
     tr = pieman_words.head(80)
-    a, _ = features.story_activations(tiny, tr, "pieman", tmp_path, layer=1, context=32)
-    path = features.activations_path(tmp_path, tiny.tag, "pieman", 1, 32, "last")
+    a, _, path = features.story_activations(tiny, tr, "pieman", tmp_path, layer=1, context=32)
     raw = bytearray(path.read_bytes())
     raw[-100:] = b"\0" * 100
     path.write_bytes(bytes(raw))
-    b, hit = features.story_activations(tiny, tr, "pieman", tmp_path, layer=1, context=32)
+    b, hit, _ = features.story_activations(tiny, tr, "pieman", tmp_path, layer=1, context=32)
     assert not hit
     np.testing.assert_allclose(a["activations"], b["activations"], atol=1e-6)
 
 
 def test_cache_key_changes_with_words(tiny, pieman_words, tmp_path):
     features.story_activations(tiny, pieman_words.head(50), "pieman", tmp_path, layer=1, context=32)
-    _, hit = features.story_activations(tiny, pieman_words.head(51), "pieman", tmp_path, layer=1,
-                                        context=32)
+    _, hit, _ = features.story_activations(tiny, pieman_words.head(51), "pieman", tmp_path,
+                                           layer=1, context=32)
     assert not hit
+
+
+def test_cache_never_mixes_numerics(paths, pieman_words, tmp_path, monkeypatch):
+    """bf16 and fp32 activations of the same model never share a cache entry, nor do two
+    library versions."""
+    import copy
+
+    import torch
+    import transformers
+
+    from lib.models import load_model
+
+    m32 = load_model("tiny-gpt2", device="cpu", paths=paths)
+    m16 = copy.copy(m32)
+    m16.model = copy.deepcopy(m32.model).to(torch.bfloat16)
+    tr = pieman_words.head(40)
+    _, hit32, p32 = features.story_activations(m32, tr, "pieman", tmp_path, layer=1, context=32)
+    _, hit16, p16 = features.story_activations(m16, tr, "pieman", tmp_path, layer=1, context=32)
+    assert not hit16 and p16 != p32 and "bfloat16-cpu" in p16.name and "float32-cpu" in p32.name
+    assert features.story_activations(m32, tr, "pieman", tmp_path, layer=1, context=32)[1]
+    monkeypatch.setattr(transformers, "__version__", "0.0.0-other")
+    assert not features.story_activations(m32, tr, "pieman", tmp_path, layer=1, context=32)[1]
 
 
 def test_bad_inputs(tiny, pieman_words):
     words = pieman_words.text.tolist()[:20]
     with pytest.raises(ModelError, match="layer 9 is out of range.*2 layers"):
         features.windowed_activations(tiny, words, layer=9, context=32, progress=False)
-    with pytest.raises(ModelError, match="context of 1000 tokens exceeds .*256"):
+    with pytest.raises(ModelError, match=r"context of 1000 tokens \(\+1 start token\) exceeds .*256"):
         features.windowed_activations(tiny, words, layer=1, context=1000, progress=False)
     with pytest.raises(DataError, match="empty transcript"):
         features.windowed_activations(tiny, [], layer=1, context=32, progress=False)

@@ -40,10 +40,23 @@ def test_leaky_mode_is_labelled(corpus):
         sft.plan_folds(["pieman"], corpus, "everything")
 
 
-def test_control_text_keeps_the_words():
-    t = "The cat sat on the mat. Then it slept for a while, happily! Done."
-    c = sft.control_text(t, seed=1)
+def test_control_text_keeps_the_words_and_follows_the_run_seed():
+    t = "the cat sat on the mat\nthen it slept for a while happily\ndone and gone away now"
+    c = sft.control_text(t, seed=1, story="a")
     assert Counter(c.split()) == Counter(t.split()) and c != t
+    for line_c, line_t in zip(c.split("\n"), t.split("\n")):      # shuffled within utterances
+        assert Counter(line_c.split()) == Counter(line_t.split())
+    assert sft.control_text(t, seed=1, story="a") == c
+    assert sft.control_text(t, seed=2, story="a") != c
+
+
+def test_scrambled_control_keeps_utterances_and_mixes_stories():
+    texts = {"a": "\n".join(f"a{i} x y" for i in range(30)),
+             "b": "\n".join(f"b{i} x y" for i in range(30))}
+    s1 = sft.scrambled_texts(texts, seed=0)["scrambled"].split("\n")
+    assert sorted(s1) == sorted(texts["a"].split("\n") + texts["b"].split("\n"))
+    assert s1[:30] != texts["a"].split("\n")                      # stories interleaved
+    assert sft.scrambled_texts(texts, seed=1)["scrambled"].split("\n") != s1
 
 
 def test_text_shorter_than_one_block(tiny):
@@ -93,12 +106,22 @@ def test_sft_lowers_training_loss_and_resumes(corpus, tmp_path, paths):
     assert len(hist) == 21 and np.isfinite(m2["train_loss_last"])
 
 
-def test_run_stage_trains_sft_and_control(corpus, tmp_path):
+def test_run_stage_trains_sft_and_controls(corpus, tmp_path):
     cfg = sft.SFTConfig(base_model="tiny-gpt2", steps=3, lr=1e-3, batch_size=2, block_size=32,
                         device="cpu")
     small = {k: v[:3000] for k, v in corpus.items()}
     folds, table = sft.run_stage(small, ["pieman"], cfg, tmp_path, mode="heldout",
-                                 control=True, seeds=[0, 1], progress=False)
-    assert sorted(table.kind.unique()) == ["control", "sft"] and len(table) == 4
+                                 seeds=[0, 1], progress=False)
+    assert sorted(table.condition.unique()) == ["control", "scrambled", "sft"] and len(table) == 6
     assert not table.leaky.any()
     assert all("pieman" not in t.split(",") for t in table.train_stories)
+
+
+def test_leaky_models_are_labelled_and_kept_apart(corpus, tmp_path):
+    """In leaky mode every model says so, and the control does not overwrite the SFT model."""
+    cfg = sft.SFTConfig(base_model="tiny-gpt2", steps=2, lr=1e-3, batch_size=2, block_size=32,
+                        device="cpu")
+    small = {k: v[:2000] for k, v in corpus.items()}
+    _, table = sft.run_stage(small, ["pieman"], cfg, tmp_path, mode="leaky", progress=False)
+    assert sorted(table.condition) == ["control-leaky", "scrambled-leaky", "sft-leaky"]
+    assert table.leaky.all() and table.path.nunique() == 3

@@ -80,10 +80,20 @@ def test_words_off_the_scan(paths, pieman_words):
         transcripts.assign_trs(pieman_words, timing, 200, "pieman/align.csv")
 
 
-def test_punctuation_from_transcript(pieman_words):
-    assert "Ram," in pieman_words.text.tolist()
-    assert pieman_words.word.tolist()[:3] == ["I", "began", "my"]
-    assert len(pieman_words) == 957
+def test_text_styles(pieman_words):
+    assert pieman_words.text.tolist() == pieman_words.word.tolist()     # default: words
+    punct = transcripts.story_transcript(STIMULI / "pieman" / "align.csv",
+                                         STIMULI / "pieman" / "transcript.txt", "punctuated")
+    assert "Ram," in punct.text.tolist() and len(punct) == 957
+    with pytest.raises(data.DataError, match="needs the story's transcript.txt"):
+        transcripts.story_transcript(STIMULI / "tunnel" / "align.csv", None, "punctuated")
+
+
+def test_utterance_lines_split_at_pauses(pieman_words):
+    text = transcripts.story_text(pieman_words)
+    lines = text.split("\n")
+    assert 80 < len(lines) < 120                                 # ~9 words per line at 0.5 s
+    assert transcripts.flatten(text) == " ".join(pieman_words.text)
 
 
 def test_corpus_index_roundtrip(tmp_path):
@@ -100,6 +110,17 @@ def test_build_transcripts(mini, paths, tmp_path):
     assert set(res["corpus"].story) >= {"pieman", "piemanpni", "tunnel", "black"}
     t = transcripts.read_transcript(tmp_path / "tr" / "pieman.tsv")
     assert t.tr.min() == 10 and t.tr.max() == 286
+    # the text a model is fine-tuned on is the text it is scored on, for every style
+    corpus = transcripts.read_corpus(tmp_path / "tr" / "train_narratives.txt")
+    assert transcripts.flatten(corpus["pieman"]) == " ".join(t.text.astype(str))
+    res = transcripts.build_transcripts(m, tmp_path / "tp", [paths.stimuli],
+                                        text_style="punctuated")
+    corpus = transcripts.read_corpus(tmp_path / "tp" / "train_narratives.txt")
+    t = transcripts.read_transcript(tmp_path / "tp" / "pieman.tsv")
+    assert "Ram," in t.text.tolist()
+    assert transcripts.flatten(corpus["pieman"]) == " ".join(t.text.astype(str))
+    assert set(corpus) == {"pieman", "lucy", "merlin", "notthefallintact"}
+    assert "tunnel" in res["skipped"]
 
 
 # ----------------------------------------------------------------- Gentle client vs local server

@@ -1,0 +1,128 @@
+"""Validity of the brain-score statistics on null data as smooth as real BOLD (run by hand; the
+numbers go to docs/validity.md).
+
+    python bench/validity.py                 # every table (about 10 minutes on 2 cores)
+    python bench/validity.py --only leak     # one table: leak | null | planted
+
+leak:    mean held-out r of features independent of BOLD, by gap and by kind of data
+         (the chance level a cross-validation scheme leaves; it should be ~0);
+null:    false-positive rate at p < 0.05 of the permutation null, one subject and the group
+         mean of 3 subjects, by null method (block length / circular shift);
+planted: recovery of the planted signal of narratives-mini with the generating regressors.
+"""
+import argparse
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from lib import inference as inf  # noqa: E402
+from lib import ridge  # noqa: E402
+from lib.synthetic import _ar1, realistic_noise, smooth_null_features  # noqa: E402
+
+DELAYS = (1, 2, 3, 4, 5)
+
+
+def bold(kind, rng, n, m):
+    return _ar1(rng, n, m, 0.9) if kind == "AR(0.9)" else realistic_noise(rng, n, m)
+
+
+def feats(kind, rng, n):
+    if kind == "AR(0.9)":
+        return smooth_null_features(rng, n, phi=0.9)
+    if kind == "AR(0.95)":
+        return smooth_null_features(rng, n, phi=0.95)
+    # white per TR, like per-unit z-scored LM features; smooth only through the delays
+    return smooth_null_features(rng, n, phi=0.0)
+
+
+def leak(n_sets=12):
+    print("\n| features | BOLD | gap (TRs) | mean held-out r | SE |")
+    print("|---|---|---|---|---|")
+    for fk in ("AR(0.9)", "AR(0.95)", "white+delays"):
+        for bk in ("AR(0.9)", "realistic"):
+            for gap in (5, 10, 20, 30, 40):
+                rs = []
+                for s in range(n_sets):
+                    rng = np.random.default_rng(10_000 + s)
+                    X, Y = feats(fk, rng, 279), bold(bk, rng, 279, 300)
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        rs.append(ridge.fit_score(X, Y, gap=gap).scores.mean())
+                print(f"| {fk} | {bk} | {gap} | {np.mean(rs):+.4f} | "
+                      f"{np.std(rs) / np.sqrt(n_sets):.4f} |", flush=True)
+
+
+def null(n_sets=4):
+    print("\n| null | one subject: FPR at p<0.05 | group of 3: FPR | seconds |")
+    print("|---|---|---|---|")
+    specs = [("block 10 TRs", inf.NullSpec(n_perm=400, block=10)),
+             ("block 20 TRs", inf.NullSpec(n_perm=400, block=20)),
+             ("block 30 TRs (default)", inf.NullSpec(n_perm=400, block=30)),
+             ("block 45 TRs", inf.NullSpec(n_perm=400, block=45)),
+             ("circular shift >= 30 TRs", inf.NullSpec(n_perm=400, method="shift"))]
+    for name, spec in specs:
+        t0 = time.time()
+        single, group = [], []
+        for s in range(n_sets):
+            rng = np.random.default_rng(20_000 + s)
+            D = ridge.prepare(smooth_null_features(rng, 279), delays=DELAYS)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                fits = [ridge.score(D, realistic_noise(rng, 279, 600), null=spec)
+                        for _ in range(3)]
+            for r in fits:
+                p = inf.permutation_test([[r.null_plan]], r.scores, spec)[1]
+                single.append(np.mean(p < 0.05))
+            obs = np.mean([r.scores for r in fits], 0)
+            p = inf.permutation_test([[r.null_plan] for r in fits], obs, spec)[1]
+            group.append(np.mean(p < 0.05))
+        print(f"| {name} | {np.mean(single):.3f} | {np.mean(group):.3f} | "
+              f"{time.time() - t0:.0f} |", flush=True)
+
+
+def planted():
+    import os
+    import tempfile
+
+    os.environ.setdefault("NARRATIVES_ROOT", tempfile.mkdtemp())
+    from lib.data import load_bold
+    from lib.synthetic import load_truth, make_mini
+
+    root = make_mini(Path(os.environ["NARRATIVES_ROOT"]) / "mini", resolution_mm=8,
+                     subjects=["sub-001", "sub-002", "sub-003"])
+    t = load_truth(root)
+    lo, hi = t["kept_trs"]["pieman"]
+    X = t["regressors"][lo:hi]
+    print("\n| gap | recovered r (planted voxels) | oracle r, same blocks | difference |")
+    print("|---|---|---|---|")
+    for gap in (5, 25):
+        rec, orc = [], []
+        for i, sub in enumerate(t["subjects"]):
+            Y = load_bold(root / f"{sub}/func/{sub}_task-pieman_run-1_bold.nii.gz",
+                          t["brain_mask_img"])[lo:hi][:, t["planted_in_mask"]]
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                rec.append(ridge.fit_score(X, Y, gap=gap).scores.mean())
+            sig = X @ t["subject_weights"][i]
+            folds = ridge.blocked_folds(ridge.Layout.single(len(X)), 5, gap)
+            orc.append(np.mean([ridge.np_pearson(sig[te], Y[te]) for _, te in folds]))
+        print(f"| {gap} | {np.mean(rec):.4f} | {np.mean(orc):.4f} | "
+              f"{np.mean(rec) - np.mean(orc):+.4f} |")
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--only", choices=["leak", "null", "planted"])
+    a = ap.parse_args()
+    from lib.cluster import limit_threads, thread_count
+
+    limit_threads(thread_count("auto"))
+    for name, fn in (("leak", leak), ("null", null), ("planted", planted)):
+        if a.only in (None, name):
+            fn()

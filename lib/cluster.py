@@ -1,0 +1,182 @@
+"""Where units of work run: in this process, on a local Dask cluster, on SLURM, or on an existing
+Dask scheduler -- chosen by the profile key ``cluster``.
+
+* ``none`` (default): serially, in this process (the units are the same functions).
+* ``local``: a ``dask.distributed.LocalCluster`` of ``workers`` processes with ``threads_per_worker``
+  threads; every BLAS/OpenMP/torch pool inside a worker is capped at its thread count so
+  workers x threads never exceeds the CPUs this process may use (:func:`available_cpus`).
+* ``slurm``: ``dask_jobqueue.SLURMCluster`` built from the profile's ``slurm`` block (queue,
+  cores, memory, walltime, processes, gpus, job_extra_directives, ...), scaled to ``jobs``.
+* ``tcp://host:port``: join an existing scheduler.
+
+Units are plain functions of files in, files out (``fit(job, unit)``), so all four run the same
+code. A worker that dies mid-task loses nothing: its task is retried on another worker
+(``retries``); results written by units are atomic and keyed by their inputs, so a rerun
+recomputes only what is missing.
+"""
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from typing import Callable, Iterable
+
+from tqdm.auto import tqdm
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (affinity / cgroup aware where the OS says so)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS, Windows
+        return max(1, os.cpu_count() or 1)
+
+
+def thread_count(threads: int | str | None = "auto") -> int:
+    """The one thread setting for every pool: ``auto`` = the CPUs available, else the number
+    asked for (never more than available)."""
+    n = available_cpus()
+    if threads in (None, "auto", 0):
+        return n
+    return max(1, min(int(threads), n))
+
+
+def limit_threads(n: int) -> None:
+    """Cap every thread pool of this process (BLAS, OpenMP, torch) at ``n``; also sets the
+    environment for child processes. Call before heavy work starts."""
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                "NUMEXPR_NUM_THREADS", "VECLIB_MAXIMUM_THREADS"):
+        os.environ[var] = str(n)
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(n)
+    except ImportError:
+        pass
+    try:
+        import torch
+
+        torch.set_num_threads(n)
+    except (ImportError, RuntimeError):
+        pass
+
+
+def map_units(fn: Callable, job, units: Iterable, client=None, desc: str = "units",
+              progress: bool = True, retries: int = 2) -> list:
+    """``[fn(job, u) for u in units]``, serially or on ``client`` (a dask.distributed Client)."""
+    units = list(units)
+    if client is None:
+        out = []
+        for u in tqdm(units, desc=desc, disable=not progress):
+            out.append(fn(job, u))
+        return out
+    from dask.distributed import as_completed
+
+    job_f = client.scatter(job, broadcast=True)
+    futures = [client.submit(fn, job_f, u, pure=False, retries=retries,
+                             key=f"{desc}-{i}-{getattr(u, 'condition', '')}") for i, u in
+               enumerate(units)]
+    done = {}
+    bar = tqdm(total=len(futures), desc=desc, disable=not progress)
+    for fut in as_completed(futures):
+        done[fut.key] = fut.result()
+        bar.update(1)
+    bar.close()
+    return [done[f.key] for f in futures]
+
+
+def gather_calls(client, fn: Callable, args_list: list[tuple]) -> list:
+    """``[fn(*a) for a in args_list]`` -- on the cluster in parallel when there is a client
+    (arguments may be futures: the work then runs where their data lives)."""
+    if client is None:
+        return [fn(*a) for a in args_list]
+    return client.gather([client.submit(fn, *a, pure=False) for a in args_list])
+
+
+def _worker_threads(n: int):
+    """A WorkerPlugin capping every thread pool of a Dask worker at ``n``."""
+    from distributed import WorkerPlugin
+
+    class LimitThreads(WorkerPlugin):
+        name = "narratives-limit-threads"
+
+        def setup(self, worker):
+            limit_threads(n)
+
+    return LimitThreads()
+
+
+def _env(n: int) -> dict:
+    return {v: str(n) for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
+
+
+def slurm_cluster(slurm: dict, threads: int | None = None):
+    """A ``dask_jobqueue.SLURMCluster`` from the profile's ``slurm`` block (not started: scale it).
+
+    Keys: queue, account, cores, processes, memory, walltime, gpus (per job), job_extra_directives,
+    local_directory, python, interface. Each worker process gets cores / processes threads and
+    caps its BLAS/OpenMP pools there (``job_script_prologue``); with gpus each worker advertises
+    a ``GPU`` resource so GPU units run one per GPU.
+    """
+    from dask_jobqueue import SLURMCluster
+
+    cores = int(slurm.get("cores", 8))
+    processes = int(slurm.get("processes", 1))
+    per = threads or max(1, cores // processes)
+    extra = list(slurm.get("job_extra_directives", []))
+    gpus = int(slurm.get("gpus", 0))
+    if gpus:
+        extra.append(f"--gres=gpu:{gpus}")
+    kw = dict(queue=slurm.get("queue"), account=slurm.get("account"), cores=cores,
+              processes=processes, memory=str(slurm.get("memory", "32GB")),
+              walltime=str(slurm.get("walltime", "04:00:00")), job_extra_directives=extra,
+              job_script_prologue=[f"export {k}={v}" for k, v in _env(per).items()],
+              worker_extra_args=(["--resources", f"GPU={max(1, gpus // processes)}"]
+                                 if gpus else []))
+    for k in ("local_directory", "python", "interface", "log_directory"):
+        if slurm.get(k):
+            kw[k] = slurm[k]
+    return SLURMCluster(**{k: v for k, v in kw.items() if v is not None})
+
+
+def make_client(spec, threads: int | str = "auto", profile: dict | None = None):
+    """(client, cluster) for ``spec``: ``local``, ``slurm`` or a scheduler address."""
+    import dask
+    from distributed import Client, LocalCluster
+
+    profile = profile or {}
+    n = thread_count(threads)
+    if spec == "local":
+        workers = max(1, min(int(profile.get("workers", 2)), n))
+        per = max(1, n // workers)            # workers x threads never exceeds the CPUs
+        with dask.config.set({"distributed.nanny.pre-spawn-environ": _env(per)}):
+            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                   dashboard_address=profile.get("dashboard", ":0"),
+                                   resources=profile.get("resources"))
+        client = Client(cluster)
+        client.register_plugin(_worker_threads(per))
+    elif spec == "slurm":
+        cluster = slurm_cluster(profile.get("slurm", {}))
+        cluster.scale(jobs=int(profile.get("slurm", {}).get("jobs", 1)))
+        client = Client(cluster)
+    elif isinstance(spec, str) and "://" in spec:
+        cluster, client = None, Client(spec)
+    else:
+        raise ValueError(f"cluster must be none, local, slurm or a scheduler address "
+                         f"(tcp://host:8786), got {spec!r}")
+    print(f"Dask dashboard: {client.dashboard_link}", flush=True)
+    return client, cluster
+
+
+@contextmanager
+def client_for(spec=None, threads: int | str = "auto", profile: dict | None = None):
+    """A Dask client for ``spec`` (see module docstring), or None for the serial path."""
+    if spec in (None, "none", "serial", False):
+        yield None
+        return
+    client, cluster = make_client(spec, threads, profile or {})
+    try:
+        yield client
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()

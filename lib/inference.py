@@ -1,0 +1,419 @@
+"""Inference: permutation nulls of brain scores, FDR, noise ceilings, tests across subjects.
+
+Permutation null of a brain score (:class:`NullSpec`, :class:`NullPlan`): the BOLD rows of a fit are
+reordered -- in blocks of story time (``block``: the order inside each block is kept, the first
+block starts at a random phase so block edges move between permutations) or by a circular shift of
+at least ``min_shift`` TRs (``shift``) -- and the held-out predictions are recomputed from the same
+fold decompositions with each target's chosen alpha. Repeated hearings of a story get the same
+reordering, and every subject gets the same reorderings (seeded by story name), so a group score's
+null keeps the subjects' shared, stimulus-locked structure. Reusing the observed alphas is
+calibrated on data as smooth as real BOLD (``tests/test_inference.py``, docs/validity.md).
+
+p-values: ``(1 + #null >= observed) / (1 + permutations run)``; with sequential stopping after
+``h`` exceedances (Besag & Clifford 1991) a target stops at the permutation L where its h-th
+exceedance occurs and gets p = h / L.
+
+Subject-level statistics (the subject is the unit): exact sign-flip permutation test of the mean
+difference, BCa bootstrap CI (``scipy.stats.bootstrap``), Wilcoxon and t tests, Cohen's d_z, and
+the smallest p-value each test can reach with n subjects.
+"""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+
+from .ridge import Backend, Design, aggregate_runs, pearson_cols, _run_masks, _standardised
+
+
+# --------------------------------------------------------------------------- permutations
+@dataclass(frozen=True)
+class NullSpec:
+    """How to build the permutation null of a brain score."""
+    n_perm: int = 1000
+    method: str = "block"        # block | shift
+    block: int = 30              # TRs per block (method = block)
+    min_shift: int = 30          # smallest circular shift in TRs (method = shift)
+    perm_batch: int = 100
+    perm_stop: int | None = 10   # Besag-Clifford: stop a target after this many exceedances
+
+    def __post_init__(self):
+        if self.method not in ("block", "shift"):
+            raise ValueError(f"null method must be 'block' or 'shift', got {self.method!r}")
+
+
+def _story_seed(seed: int, name) -> np.random.Generator:
+    h = int(hashlib.sha256(str(name).encode()).hexdigest()[:8], 16)
+    return np.random.default_rng([int(seed), h])
+
+
+def story_orders(n: int, spec: NullSpec, rng: np.random.Generator) -> np.ndarray:
+    """(n_perm, n) reorderings of a story's n kept TRs."""
+    out = np.empty((spec.n_perm, n), np.int64)
+    if spec.method == "shift":
+        if n <= 2 * spec.min_shift:
+            raise ValueError(f"{n} TRs are too few for circular shifts of >= {spec.min_shift}")
+        shifts = rng.integers(spec.min_shift, n - spec.min_shift + 1, spec.n_perm)
+        for j, s in enumerate(shifts):
+            out[j] = np.roll(np.arange(n), s)
+        return out
+    L = max(1, int(spec.block))
+    for j in range(spec.n_perm):
+        phase = int(rng.integers(L))
+        cuts = np.r_[0, np.arange(phase or L, n, L), n]
+        blocks = [np.arange(a, b) for a, b in zip(cuts[:-1], cuts[1:]) if b > a]
+        out[j] = np.concatenate([blocks[i] for i in rng.permutation(len(blocks))])
+    return out
+
+
+def layout_orders(layout, spec: NullSpec, seed: int = 0, story_names=None) -> np.ndarray:
+    """(n_perm, n_rows) row reorderings of a whole design: each story reordered by its own
+    (name-seeded) orders, the same for every run (repeat) of the story."""
+    names = story_names or {}
+    P = np.empty((spec.n_perm, len(layout)), np.int64)
+    for s in np.unique(layout.story):
+        rows = np.flatnonzero(layout.story == s)
+        pos = layout.pos[rows]
+        n = int(pos.max()) + 1
+        orders = story_orders(n, spec, _story_seed(seed, names.get(int(s), int(s))))
+        for run in np.unique(layout.run[rows]):
+            rr = rows[layout.run[rows] == run]
+            lookup = np.full(n, -1)
+            lookup[layout.pos[rr]] = rr
+            if (lookup < 0).any():
+                raise ValueError("a run does not cover every position of its story")
+            P[:, rr] = lookup[orders[:, layout.pos[rr]]]
+    return P
+
+
+@dataclass
+class NullPlan:
+    """What the permutation null of one fit needs: its design, targets and chosen alphas."""
+    design: Design
+    Y: np.ndarray
+    valid: np.ndarray        # (t,) targets that were fitted
+    best: np.ndarray         # (n_folds, t) index of each target's alpha in each fold
+    spec: NullSpec
+    seed: int = 0
+    batch_targets: int = 20000
+
+    def __post_init__(self):
+        names = dict(enumerate(self.design.layout.names))
+        self.orders = layout_orders(self.design.layout, self.spec, self.seed, names)
+
+    def batch(self, b0: int, b1: int, cols: np.ndarray) -> np.ndarray:
+        """Null scores (aggregated like the observed score) of permutations b0..b1 for ``cols``."""
+        D = self.design
+        P = self.orders[b0:b1]
+        acc = np.zeros((D.n_runs, len(P), len(cols)), np.float64)
+        cnt = np.zeros(D.n_runs)
+        for f, fd in enumerate(D.folds):
+            for run in np.unique(D.layout.run[fd.test]):
+                cnt[run] += 1
+            for c0 in range(0, len(cols), self.batch_targets):
+                c = cols[c0:c0 + self.batch_targets]
+                Yc = _standardised(D.B, self.Y, c)
+                for run, rr in _fold_null(D.B, fd, D.alphas, self.best[f, c], Yc, P,
+                                          D.layout).items():
+                    acc[run][:, c0:c0 + len(c)] += rr
+        run_null = acc / np.maximum(cnt, 1)[:, None, None]
+        run_null[cnt == 0] = np.nan
+        return aggregate_runs(run_null, D.layout.run_story()).astype(np.float32)
+
+
+def _fold_null(B: Backend, fd, alphas, best, Yc, P, layout, max_bytes: int = 1 << 27):
+    """Null per-fold r per run {run: (c, t)} for reorderings P (c, n), reusing the decomposition.
+
+    For an order P the held-out prediction is H_a Y[P[train]] (H_a the fold's hat matrix with
+    the target's alpha; no re-centring needed since H_a 1 = 0 for centred features), written as
+    one matrix product per alpha group: [H_a S_1; ...; H_a S_c] @ Y with S_j selecting P_j[train].
+    """
+    n, n_te = Yc.shape[0], len(fd.test)
+    masks = _run_masks(layout, fd.test)
+    out = {run: np.zeros((len(P), Yc.shape[1]), np.float32) for run in masks}
+    step = max(1, int(max_bytes // (4 * n_te * n)))
+    for c0 in range(0, len(P), step):
+        Pc = P[c0:c0 + step]
+        c = len(Pc)
+        rows = Pc[:, fd.train]
+        Yte = Yc[B.idx(Pc[:, fd.test])]                        # (c, n_test, t)
+        jj = np.arange(c)[:, None, None]
+        ii = np.arange(n_te)[None, :, None]
+        for a_i in np.unique(best):
+            sel_np = np.flatnonzero(best == a_i)
+            sel = B.idx(sel_np)
+            H = B.to_numpy(fd.outer.hat(alphas[a_i]))
+            M = np.zeros((c, n_te, n), np.float32)
+            M[jj, ii, rows[:, None, :]] = H[None]
+            pred = (B.asarray(M).reshape(c * n_te, n) @ Yc[:, sel]).reshape(c, n_te, -1)
+            for run, m in masks.items():
+                mi = B.idx(m)
+                r = pearson_cols(B, pred[:, mi], Yte[:, mi][:, :, sel])
+                out[run][c0:c0 + c, sel_np] = B.to_numpy(r)
+    return out
+
+
+def subject_null(plans: list, b0: int, b1: int, cols: np.ndarray) -> np.ndarray:
+    """A subject's null scores: the mean over its plans (e.g. one per seed)."""
+    return np.mean([pl.batch(b0, b1, cols) for pl in plans], 0)
+
+
+def permutation_test(plans: list[list[NullPlan]], observed: np.ndarray, spec: NullSpec,
+                     batch_fn=None, valid: np.ndarray | None = None):
+    """p-values of a group score = mean over subjects of (mean over that subject's plans).
+
+    ``plans[s]`` holds subject s's NullPlans (e.g. one per seed); a single fit is ``[[plan]]``.
+    Permutation j is applied to every plan. ``batch_fn(b0, b1, cols)`` may replace the plans
+    with a function returning each subject's null scores (the plans then live elsewhere, e.g. on
+    Dask workers, and ``valid`` says which targets were fitted). Returns (null (n_perm, t), NaN
+    after a target stopped; p-values; permutations run per target).
+    """
+    n_perm = spec.n_perm
+    t = len(observed)
+    null = np.full((n_perm, t), np.nan, np.float32)
+    exceed = np.zeros(t, np.int64)
+    n_done = np.zeros(t, np.int64)
+    stopped_p = np.full(t, np.nan)
+    active = np.isfinite(observed).copy()
+    if valid is not None:
+        active &= valid
+    for sub in plans:
+        for pl in sub:
+            active &= pl.valid
+    if batch_fn is None:
+        def batch_fn(b0, b1, cols):
+            return [subject_null(sub, b0, b1, cols) for sub in plans]
+    h = spec.perm_stop
+    batch = spec.perm_batch if h else n_perm
+    for b0 in range(0, n_perm, batch):
+        cols = np.flatnonzero(active)
+        if len(cols) == 0:
+            break
+        b1 = min(n_perm, b0 + batch)
+        g = np.mean(batch_fn(b0, b1, cols), 0)
+        hits = g >= observed[cols][None]
+        if h:
+            cum = exceed[cols][None] + np.cumsum(hits, 0)
+            reached = cum >= h
+            stop = reached.any(0)
+            first = reached.argmax(0)
+            L = n_done[cols] + first + 1
+            stopped_p[cols[stop]] = h / L[stop]
+            upto = np.where(stop, first + 1, b1 - b0)
+            live = np.arange(b1 - b0)[:, None] < upto[None]
+            g = np.where(live, g, np.nan)
+            exceed[cols] += (hits & live).sum(0)
+            n_done[cols] += upto
+            active[cols[stop]] = False
+        else:
+            exceed[cols] += hits.sum(0)
+            n_done[cols] += b1 - b0
+        null[b0:b1, cols] = g
+    p = (1 + exceed) / np.maximum(1, 1 + n_done)
+    p = np.where(np.isfinite(stopped_p), stopped_p, p).astype(np.float64)
+    p[~np.isfinite(observed) | (n_done == 0)] = np.nan
+    return null, p, n_done
+
+
+def fdr_bh(p: np.ndarray, q: float = 0.05) -> np.ndarray:
+    """Benjamini-Hochberg: boolean mask of discoveries at level q (NaN p-values are never)."""
+    from scipy.stats import false_discovery_control
+
+    p = np.asarray(p, float)
+    ok = np.isfinite(p)
+    out = np.zeros(p.shape, bool)
+    if ok.any():
+        out[ok] = false_discovery_control(p[ok], method="bh") <= q
+    return out
+
+
+# --------------------------------------------------------------------------- noise ceilings
+def zscore_time(y: np.ndarray) -> np.ndarray:
+    y = np.asarray(y, np.float64)
+    sd = y.std(0)
+    return (y - y.mean(0)) / np.where(sd > 0, sd, 1.0)
+
+
+def isc_loso(Ys: list[np.ndarray]) -> np.ndarray:
+    """Leave-one-subject-out ISC (n_subjects, t): each subject's series vs the mean of the
+    others', every subject z-scored over time first (so no subject dominates the mean)."""
+    from .ridge import np_pearson
+
+    if len(Ys) < 2:
+        raise ValueError("the noise ceiling needs at least 2 subjects on the same story")
+    if len({y.shape for y in Ys}) != 1:
+        raise ValueError(f"subjects' BOLD differ in shape: {sorted({y.shape for y in Ys})}")
+    Z = np.stack([zscore_time(y) for y in Ys])
+    total = Z.sum(0)
+    return np.stack([np_pearson(Z[i], (total - Z[i]) / (len(Ys) - 1))
+                     for i in range(len(Ys))]).astype(np.float32)
+
+
+def isc_reliability(Zs: list[np.ndarray], n_iter: int = 1000, seed: int = 0,
+                    chunk: int = 1000) -> tuple[np.ndarray, np.ndarray]:
+    """Mean pairwise ISC and its p-value per target against independent circular shifts of
+    every subject (the joint null: each permutation shifts all subjects, then the whole statistic
+    is recomputed -- shifting one subject against a fixed mean of the others ignores that
+    leave-one-out ISCs share subjects and is anti-conservative, 15% at p < 0.05 on AR(0.9) noise).
+
+    The statistic needs only each pair's correlation at each relative lag, computed for every lag
+    at once with the FFT; a permutation is then a lookup. ``Zs``: (n, t) series of the subjects
+    (z-scored here). Returns (mean pairwise ISC (t,), p (t,)).
+    """
+    Zs = [zscore_time(z).astype(np.float32) for z in Zs]
+    k, (n, t) = len(Zs), Zs[0].shape
+    if k < 2:
+        raise ValueError("ISC reliability needs at least 2 subjects")
+    rng = np.random.default_rng(seed)
+    shifts = rng.integers(0, n, (n_iter, k))
+    pairs = [(i, j) for i in range(k) for j in range(i + 1, k)]
+    lag = np.stack([(shifts[:, i] - shifts[:, j]) % n for i, j in pairs], 1)   # (n_iter, P)
+    obs, p = np.zeros(t, np.float32), np.zeros(t)
+    step = max(1, chunk // max(1, len(pairs) // 16))
+    for c0 in range(0, t, step):
+        F = [np.fft.rfft(z[:, c0:c0 + step], axis=0) for z in Zs]
+        C = np.stack([np.fft.irfft(np.conj(F[i]) * F[j], n=n, axis=0) / n for i, j in pairs])
+        o = C[:, 0].mean(0)
+        exceed = np.zeros(C.shape[2])
+        for b0 in range(0, n_iter, 100):
+            nl = C[np.arange(len(pairs))[None, :], lag[b0:b0 + 100]].mean(1)   # (b, chunk)
+            exceed += (nl >= o[None] - 1e-9).sum(0)
+        obs[c0:c0 + step] = o
+        p[c0:c0 + step] = (1 + exceed) / (1 + n_iter)
+    return obs, p
+
+
+def ceiling_from_isc(r_loso: np.ndarray, n_subjects: int) -> np.ndarray:
+    """Noise ceiling (the r a perfect stimulus model can reach for one subject) from the LOSO ISC.
+
+    With y_i = s + e_i and pairwise reliability rho = var(s) / var(y), the mean of the other
+    N - 1 subjects has reliability rho_{N-1} = (N-1) rho / (1 + (N-2) rho) (Spearman-Brown) and
+    r_loso = sqrt(rho * rho_{N-1}); solved for rho, the ceiling is corr(y_i, s) = sqrt(rho).
+    It no longer depends on N (LOSO ISC itself underestimates it, more so for few subjects).
+    Targets with r_loso <= 0 have no ceiling (NaN), never a clipped value.
+    """
+    r = np.asarray(r_loso, np.float64)
+    k = float(n_subjects)
+    r2 = r * r
+    rho = (r2 * (k - 2) + np.sqrt(r2 * r2 * (k - 2) ** 2 + 4 * (k - 1) * r2)) / (2 * (k - 1))
+    with np.errstate(invalid="ignore"):
+        return np.where(r > 0, np.sqrt(np.clip(rho, 0, 1)), np.nan).astype(np.float32)
+
+
+def repeat_ceiling(y1: np.ndarray, y2: np.ndarray) -> np.ndarray:
+    """Ceiling of one run from two hearings of the same story by the same subject: sqrt of the
+    run-to-run correlation (NaN where it is <= 0)."""
+    from .ridge import np_pearson
+
+    r = np_pearson(zscore_time(y1), zscore_time(y2))
+    with np.errstate(invalid="ignore"):
+        return np.where(r > 0, np.sqrt(np.clip(r, 0, 1)), np.nan).astype(np.float32)
+
+
+def normalised(scores: np.ndarray, ceiling: np.ndarray, min_ceiling: float = 0.1) -> np.ndarray:
+    """Score / ceiling where the ceiling is at least ``min_ceiling`` (NaN elsewhere, counted by
+    the callers -- never clipped)."""
+    ceiling = np.asarray(ceiling, float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(ceiling >= min_ceiling, np.asarray(scores, float) / ceiling, np.nan)
+
+
+# --------------------------------------------------------------------------- across subjects
+def p_min_attainable(n: int) -> float:
+    """Smallest two-sided p an exact sign-based test (sign-flip, Wilcoxon) can give with n."""
+    return float(min(1.0, 2.0 / 2 ** n)) if n else np.nan
+
+
+def sign_flip_test(d: np.ndarray, n_mc: int = 100_000, seed: int = 0) -> float:
+    """Two-sided sign-flip permutation p-value of mean(d) = 0: exact (all 2^n sign patterns) for
+    n <= 16, Monte Carlo (with the observed pattern counted) above."""
+    d = np.asarray(d, float)
+    d = d[np.isfinite(d)]
+    n = len(d)
+    if n == 0 or not np.any(d):
+        return np.nan if n == 0 else 1.0
+    obs = abs(d.mean())
+    if n <= 16:
+        signs = np.array(list(itertools.product((1.0, -1.0), repeat=n)))
+        stats = np.abs(signs @ d) / n
+        return float(np.mean(stats >= obs - 1e-12 * max(1.0, obs)))
+    rng = np.random.default_rng(seed)
+    signs = rng.choice((-1.0, 1.0), size=(n_mc, n))
+    stats = np.abs(signs @ d) / n
+    return float((1 + np.sum(stats >= obs - 1e-12 * max(1.0, obs))) / (1 + n_mc))
+
+
+def bca_ci(d: np.ndarray, seed: int = 0, n_resamples: int = 10000) -> tuple[float, float]:
+    """BCa bootstrap 95% CI of the mean (scipy.stats.bootstrap); NaN when undefined."""
+    from scipy import stats
+
+    d = np.asarray(d, float)
+    d = d[np.isfinite(d)]
+    if len(d) < 3 or np.ptp(d) == 0:
+        return (float(d[0]), float(d[0])) if len(d) and np.ptp(d) == 0 else (np.nan, np.nan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = stats.bootstrap((d,), np.mean, confidence_level=0.95, method="BCa",
+                              n_resamples=n_resamples, random_state=seed)
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+def paired_stats(a: np.ndarray, b: np.ndarray, seed: int = 0) -> dict:
+    """Paired comparison of a vs b across subjects (Δ = a - b), the subject as the unit."""
+    from scipy import stats
+
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    ok = np.isfinite(a) & np.isfinite(b)
+    d = a[ok] - b[ok]
+    n = len(d)
+    out = dict(n_subjects=n, n_improved=int((d > 0).sum()),
+               mean_delta=float(np.mean(d)) if n else np.nan,
+               median_delta=float(np.median(d)) if n else np.nan,
+               p_sign_flip=sign_flip_test(d, seed=seed), p_min_attainable=p_min_attainable(n))
+    lo, hi = bca_ci(d, seed)
+    out.update(ci95_low=lo, ci95_high=hi)
+    if n >= 2:
+        sd = d.std(ddof=1)
+        out["cohens_dz"] = float(d.mean() / sd) if sd > 0 else np.nan
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            t = stats.ttest_rel(a[ok], b[ok])
+        out.update(t=float(t.statistic), p_t=float(t.pvalue))
+    if n >= 1 and np.any(d != 0):
+        w = stats.wilcoxon(d)
+        out.update(wilcoxon_W=float(w.statistic), p_wilcoxon=float(w.pvalue))
+    return out
+
+
+def random_effects_map(zmaps: np.ndarray, mask_img, n_perm: int = 1000, tfce: bool = True,
+                       seed: int = 0) -> dict:
+    """Second-level one-sample test across subjects (nilearn's ``non_parametric_inference``:
+    sign flipping, max-statistic FWE correction; TFCE when asked).
+
+    ``zmaps`` is (n_subjects, n_voxels) inside ``mask_img``: Fisher-z brain scores, or their
+    differences between two models. Returns arrays over the mask: the t map and FWE-corrected
+    ``-log10 p`` maps (voxel level, and TFCE when computed).
+    """
+    import nibabel as nib
+    import pandas as pd
+    from nilearn.glm.second_level import non_parametric_inference
+
+    mask = np.asarray(mask_img.get_fdata()) > 0
+    imgs = []
+    for m in zmaps:
+        vol = np.zeros(mask.shape, np.float32)
+        vol[mask] = np.nan_to_num(m)
+        imgs.append(nib.Nifti1Image(vol, mask_img.affine))
+    design = pd.DataFrame({"intercept": np.ones(len(imgs))})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = non_parametric_inference(imgs, design_matrix=design, mask=mask_img, n_perm=n_perm,
+                                       two_sided_test=False, random_state=seed, tfce=tfce,
+                                       threshold=None)
+    res = {}
+    for k, img in (out.items() if isinstance(out, dict) else [("logp_max_t", out)]):
+        res[k] = np.asarray(img.get_fdata())[mask].astype(np.float32)
+    return res

@@ -1,0 +1,232 @@
+"""Stage 05 reduction: per-subject unit results -> tables, maps, noise ceilings, group tests.
+
+Nothing here refits a model. Scores come from the unit files (:mod:`lib.encoding`); the noise
+ceiling streams each story-run's BOLD over subjects twice (a running sum, then each subject against
+the others), so memory holds one subject plus the sum; the group permutation test rebuilds each
+subject's null plan from its saved alphas.
+
+Aggregation everywhere: runs are averaged within a story, then stories with equal weight, then
+seeds (:func:`lib.ridge.aggregate_runs`); the group score is the mean over subjects.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .cache import save_nifti, write_csv, write_npz
+from .encoding import Job, _labels, _mask, load_result, null_plans, run_targets, summary_names
+from .inference import ceiling_from_isc, fdr_bh, permutation_test, random_effects_map, \
+    repeat_ceiling, zscore_time
+from .ridge import aggregate_runs, np_pearson
+
+
+def _run_story(meta: dict) -> np.ndarray:
+    names = list(dict.fromkeys(s for s, _ in meta["runs"]))
+    return np.array([names.index(s) for s, _ in meta["runs"]])
+
+
+def subject_map(arrays: dict, meta: dict, key: str = "run_scores") -> np.ndarray:
+    """A subject's score per target: runs within story, then stories equally."""
+    return aggregate_runs(arrays[key], _run_story(meta))
+
+
+def score_tables(job: Job, conditions: list[tuple[str, int]], synthetic: bool
+                 ) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """(scores, layer scores, voxel maps). Voxel keys: ``subject|story|run|condition|seed``;
+    chance maps under ``<condition>~chance``."""
+    names = summary_names(job)
+    n_sum = len(names)
+    rows, layer_rows, voxels = [], [], {}
+    for cond, seed in conditions:
+        for sub in sorted(job.runs.subject.unique()):
+            arrays, meta = load_result(job, cond, seed, sub)
+            rs, valid = arrays["run_scores"], arrays["valid"]
+            ch = arrays.get("chance_run_scores")
+            alphas = arrays["fold_alphas"]
+            base = dict(subject=sub, condition=cond, seed=seed, model_tag=job.model_tags.get(
+                (cond, seed), cond), fold_scheme=meta["scheme"], gap=meta["gap"],
+                synthetic_bold=synthetic)
+            vox = slice(0, rs.shape[1] - n_sum)
+            for i, (story, run) in enumerate(meta["runs"]):
+                voxels[f"{sub}|{story}|{run}|{cond}|{seed}"] = rs[i, vox].astype(np.float32)
+                if ch is not None:
+                    voxels[f"{sub}|{story}|{run}|{cond}~chance|{seed}"] = ch[i, vox]
+                r = dict(base, story=story, run=run)
+                ok = valid[vox]
+                rows.append(dict(r, target="voxels_mean", brain_score=float(np.nanmean(
+                    rs[i, vox][ok])), chance_score=float(np.nanmean(ch[i, vox][ok]))
+                    if ch is not None else np.nan, concat_r_diag=float(np.nanmean(
+                        arrays["concat_r"][vox][ok])), n_valid=int(ok.sum()),
+                    n_invalid=int(meta["n_invalid"]), alpha_median=float(np.nanmedian(
+                        alphas[:, vox][:, ok])), alpha_edge_fraction=meta["edge_fraction"],
+                    warnings=" | ".join(meta["warnings"])))
+                for j, name in enumerate(names):
+                    c = rs.shape[1] - n_sum + j
+                    rows.append(dict(r, target=name, brain_score=float(rs[i, c]),
+                                     chance_score=float(ch[i, c]) if ch is not None else np.nan,
+                                     concat_r_diag=float(arrays["concat_r"][c]), n_valid=1,
+                                     n_invalid=0, alpha_median=float(np.median(alphas[:, c])),
+                                     alpha_edge_fraction=meta["edge_fraction_summary"][j],
+                                     warnings=""))
+                if "layer_scores" in arrays:
+                    for layer, ls in enumerate(arrays["layer_scores"]):
+                        for j, name in enumerate(names):
+                            layer_rows.append(dict(base, story=story, run=run, layer=layer,
+                                                   target=name, brain_score=float(ls[i, j])))
+    return pd.DataFrame(rows), pd.DataFrame(layer_rows), voxels
+
+
+# --------------------------------------------------------------------------- noise ceiling
+def noise_ceilings(job: Job, synthetic: bool, fdr_q: float = 0.05, n_iter: int = 1000,
+                   max_subjects: int = 20) -> tuple[pd.DataFrame, dict]:
+    """Per (story, run) with >= 2 subjects: LOSO ISC of z-scored BOLD and the Spearman-Brown
+    corrected ceiling (:func:`lib.inference.ceiling_from_isc`), and which voxels respond
+    reliably to the story: group ISC significant at FDR ``fdr_q`` against independent circular
+    shifts of every subject (:func:`lib.inference.isc_reliability`, at most ``max_subjects`` of
+    them, chosen at random) -- a model-free selection (``isc_reliable``). Per subject with two
+    hearings of a story: the repeat-based ceiling. Returns (table, voxel maps)."""
+    from .inference import isc_reliability
+    mask = _mask(job)
+    labels = _labels(job, mask)
+    names = summary_names(job)
+    n_sum = len(names)
+    rows, maps = [], {}
+    for (story, run), g in job.runs.groupby(["story", "run"]):
+        g = g.sort_values("subject")
+        if len(g) < 2:
+            continue
+        total = None
+        for r in g.itertuples():          # pass 1: running sum of z-scored series
+            z = zscore_time(run_targets(job, r, mask, labels))
+            total = z if total is None else total + z
+        n = len(g)
+        iscs, chosen = {}, set(np.random.default_rng(0).permutation(g.subject)[:max_subjects])
+        for r in g.itertuples():          # pass 2: each subject against the mean of the others
+            z = zscore_time(run_targets(job, r, mask, labels))
+            iscs[r.subject] = np_pearson(z, (total - z) / (n - 1)).astype(np.float32)
+        Zs = [run_targets(job, r, mask, labels)[:, :-n_sum] for r in g.itertuples()
+              if r.subject in chosen]
+        reliable = fdr_bh(isc_reliability(Zs, n_iter)[1], fdr_q)
+        for r in g.itertuples():
+            isc = iscs[r.subject]
+            ceil = ceiling_from_isc(isc, n)
+            maps[f"{r.subject}|{story}|{run}|isc_loso|0"] = isc[:-n_sum]
+            maps[f"{r.subject}|{story}|{run}|noise_ceiling|0"] = ceil[:-n_sum]
+            maps[f"{r.subject}|{story}|{run}|isc_reliable|0"] = reliable.astype(np.float32)
+            for j, name in enumerate(names + ["voxels_median"]):
+                c = (isc.size - n_sum + j) if j < n_sum else None
+                rows.append(dict(subject=r.subject, story=story, run=int(run), n_subjects=n,
+                                 target=name, ceiling_kind="isc_loso_spearman_brown",
+                                 n_reliable_voxels=int(reliable.sum()),
+                                 isc_loso=float(isc[c]) if c is not None else
+                                 float(np.nanmedian(isc[:-n_sum])),
+                                 noise_ceiling=float(ceil[c]) if c is not None else
+                                 float(np.nanmedian(ceil[:-n_sum])),
+                                 synthetic_bold=synthetic))
+    for (sub, story), g in job.runs.groupby(["subject", "story"]):
+        if len(g) < 2:
+            continue
+        a, b = (run_targets(job, r, mask, labels) for r in list(g.sort_values("run")
+                                                                 .itertuples())[:2])
+        if a.shape != b.shape:
+            continue
+        rc = repeat_ceiling(a, b)
+        maps[f"{sub}|{story}|repeat|repeat_ceiling|0"] = rc[:-n_sum]
+        for j, name in enumerate(names):
+            rows.append(dict(subject=sub, story=story, run=-1, n_subjects=1, target=name,
+                             ceiling_kind="repeat_run1_run2", isc_loso=np.nan,
+                             noise_ceiling=float(rc[rc.size - n_sum + j]),
+                             synthetic_bold=synthetic))
+    return pd.DataFrame(rows), maps
+
+
+# --------------------------------------------------------------------------- group tests
+def group_tests(job: Job, condition: str, seeds: list[int], fdr_q: float = 0.05,
+                client=None) -> dict:
+    """Group permutation test of the group-mean score (every voxel and summary target) of
+    ``condition`` averaged over ``seeds``: p-values, FDR over voxels, permutations run.
+
+    Serially, every subject's null plan is held here; with a Dask ``client`` each subject's plan
+    is built and kept on a worker, and only the batches of null scores travel."""
+    from .inference import subject_null
+
+    names = summary_names(job)
+    subs = sorted(job.runs.subject.unique())
+    obs, valid = [], None
+    for sub in subs:
+        res = [load_result(job, condition, s, sub) for s in seeds]
+        obs.append(np.mean([subject_map(*r) for r in res], 0))
+        for arrays, _ in res:
+            valid = arrays["valid"] if valid is None else valid & arrays["valid"]
+    obs = np.mean(obs, 0)
+    if client is None:
+        cache: dict = {}
+        plans = [null_plans(job, condition, seeds, s, cache) for s in subs]
+        _, p, n_done = permutation_test(plans, obs, job.settings.null)
+    else:
+        futures = [client.submit(null_plans, job, condition, seeds, s, pure=False)
+                   for s in subs]
+
+        def batch_fn(b0, b1, cols):
+            return client.gather([client.submit(subject_null, f, b0, b1, cols, pure=False)
+                                  for f in futures])
+
+        _, p, n_done = permutation_test([], obs, job.settings.null, batch_fn, valid)
+        client.cancel(futures)
+    n_sum = len(names)
+    vox_p = p[:-n_sum]
+    return dict(score=obs[:-n_sum].astype(np.float32), p=vox_p,
+                fdr=fdr_bh(vox_p, fdr_q), n_perm_run=n_done[:-n_sum],
+                summary=pd.DataFrame(dict(condition=condition, target=names,
+                                          group_score=obs[-n_sum:], p_value=p[-n_sum:],
+                                          n_perm_run=n_done[-n_sum:],
+                                          n_subjects=len(subs),
+                                          seeds=",".join(map(str, seeds)))))
+
+
+def random_effects(job: Job, a: str, seeds: list[int], b: str | None = None,
+                   seeds_b: list[int] | None = None, n_perm: int = 1000) -> dict:
+    """nilearn second-level one-sample test across subjects of condition ``a`` (or of a - b)
+    on Fisher-z maps (TFCE), each subject's map averaged over its seeds first."""
+    import nibabel as nib
+
+    n_sum = len(summary_names(job))
+    subs = sorted(job.runs.subject.unique())
+
+    def smap(cond, sub):
+        m = np.mean([subject_map(*load_result(job, cond, s, sub))
+                     for s in (seeds if cond == a else seeds_b or [0])], 0)
+        return np.arctanh(np.clip(np.nan_to_num(m[:-n_sum]), -0.999999, 0.999999))
+
+    zmaps = np.stack([smap(a, s) - (smap(b, s) if b else 0) for s in subs])
+    return random_effects_map(zmaps, nib.load(job.mask_path), n_perm=n_perm, tfce=True)
+
+
+def save_map(vec: np.ndarray, mask_img, path) -> Path:
+    import nibabel as nib
+
+    mask = np.asarray(mask_img.get_fdata()) > 0
+    vol = np.zeros(mask.shape, np.float32)
+    vol[mask] = np.nan_to_num(np.asarray(vec, np.float32))
+    return save_nifti(nib.Nifti1Image(vol, mask_img.affine), path)
+
+
+def write_outputs(out_dir: Path, scores, layers, voxels, nc, nc_maps, group: dict) -> pd.DataFrame:
+    out_dir = Path(out_dir)
+    write_csv(out_dir / "scores.csv", scores)
+    if len(layers):
+        write_csv(out_dir / "layer_scores.csv", layers)
+    write_csv(out_dir / "noise_ceiling.csv", nc)
+    write_npz(out_dir / "voxel_scores.npz", **voxels, **nc_maps)
+    flat = {}
+    for cond, g in group.items():
+        for k, v in g.items():
+            if isinstance(v, np.ndarray):
+                flat[f"{cond}_{k}"] = v
+    write_npz(out_dir / "group.npz", **flat)
+    tests = [g["summary"] for g in group.values() if "summary" in g]
+    tests = pd.concat(tests, ignore_index=True) if tests else pd.DataFrame()
+    write_csv(out_dir / "group_tests.csv", tests)
+    return tests

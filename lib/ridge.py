@@ -1,0 +1,475 @@
+"""The ridge engine: blocked cross-validation, alpha selection on inner folds, fold scores.
+
+Numpy or torch (CPU or CUDA) through one tiny array-namespace shim; no pipeline knowledge.
+
+Rows are TRs. A :class:`Layout` says which run, story and position in the story (TR index after
+trimming) each row belongs to, and decides the folds (:func:`blocked_folds`):
+
+* two or more stories: leave one story out (every run of the held-out story is tested; runs are
+  separate scans, so no gap is needed);
+* one story (one run, or repeated hearings of it): ``n_folds`` contiguous blocks of story time.
+  A block is held out in every repeat at once, so the model never trains on the stimulus segment it
+  is tested on, and ``gap`` TRs of story time on each side of the block are dropped from training.
+
+The gap must cover the longest FIR delay (the delayed features of neighbouring TRs overlap) AND the
+autocorrelation of BOLD and features: with smooth features independent of AR(0.9) BOLD a gap of
+max(delay) = 5 TRs leaves a held-out r of +0.027 on pure noise (docs/validity.md). The default,
+:func:`default_gap`, is the measured value that removes that bias.
+
+Inside each outer training set the ridge penalty is chosen per target on ``inner_folds`` inner
+folds built the same way (blocked, with the same gap), each standardised on its own fit rows;
+validation r is averaged over inner folds. The outer model is refit on the whole outer training set
+(standardised on it) and predicts the test rows. Every fit reuses one eigendecomposition for all
+alphas: the kernel form ``X X^T`` when TRs < features, the primal ``X^T X`` otherwise.
+
+Targets need no standardisation: features are centred on the fit rows, so an offset in the target
+cannot change a prediction, and Pearson r ignores scale. Targets are standardised once over all
+rows only for float32 accuracy (a per-target affine map cannot change any fold's r).
+
+Brain score of a run = mean over folds of the per-fold Pearson r on that run's held-out rows. The r
+of concatenated held-out predictions (training mean added back) is kept as a diagnostic only.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+
+DEFAULT_ALPHAS = np.logspace(-1, 8, 10)
+DEFAULT_DELAYS = (1, 2, 3, 4, 5)
+#: TRs of story time beyond the longest delay dropped between training and test blocks; measured
+#: on smooth null features x AR(0.9) BOLD (docs/validity.md): +25 brings it to <= +0.0035 for every feature type tried.
+AUTOCORR_MARGIN = 25
+DEFAULT_INNER_FOLDS = 4
+ALPHA_TIE = 1e-4   # validation-r ties (float noise) go to the larger penalty
+
+
+class EngineError(ValueError):
+    """Inputs the engine cannot fit (too few TRs for the folds, no targets, ...)."""
+
+
+def default_gap(delays=DEFAULT_DELAYS) -> int:
+    """Gap (TRs) between training and test blocks for features carrying ``delays``."""
+    return int(max(max(delays), 0) + AUTOCORR_MARGIN)
+
+
+# --------------------------------------------------------------------------- layout & folds
+@dataclass(frozen=True)
+class Layout:
+    """Run, story and story position (kept-TR index) of every row of a design."""
+    run: np.ndarray
+    story: np.ndarray
+    pos: np.ndarray
+    names: tuple = ()     # story names (seed the permutation null; shared across subjects)
+
+    def __len__(self) -> int:
+        return len(self.run)
+
+    @classmethod
+    def single(cls, n: int) -> "Layout":
+        z = np.zeros(n, np.int64)
+        return cls(z, z.copy(), np.arange(n))
+
+    @classmethod
+    def of_runs(cls, lengths, stories=None) -> "Layout":
+        """Runs stacked in order; ``stories[i]`` names run i's story (default: every run its own
+        story, i.e. leave one run out)."""
+        lengths = [int(n) for n in lengths]
+        stories = list(range(len(lengths))) if stories is None else list(stories)
+        if len(stories) != len(lengths):
+            raise ValueError(f"{len(lengths)} runs but {len(stories)} story labels")
+        names = {s: i for i, s in enumerate(dict.fromkeys(stories))}
+        run = np.concatenate([np.full(n, i) for i, n in enumerate(lengths)])
+        story = np.concatenate([np.full(n, names[s]) for n, s in zip(lengths, stories)])
+        pos = np.concatenate([np.arange(n) for n in lengths])
+        return cls(run.astype(np.int64), story.astype(np.int64), pos.astype(np.int64),
+                   tuple(str(s) for s in names))
+
+    @property
+    def run_lengths(self) -> list[int]:
+        return np.bincount(self.run).tolist()
+
+    def run_story(self) -> np.ndarray:
+        """Story index of each run."""
+        out = np.zeros(self.run.max() + 1, np.int64)
+        out[self.run] = self.story
+        return out
+
+
+def blocked_folds(layout: Layout, n_folds: int = 5, gap: int = 20, rows=None
+                  ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(train, test) row indices: leave one story out, or contiguous blocks of story time with
+    ``gap`` TRs dropped from training on each side (see module docstring). ``rows`` restricts
+    the folds to a subset (inner folds inside an outer training set)."""
+    rows = np.arange(len(layout)) if rows is None else np.asarray(rows)
+    story, pos = layout.story[rows], layout.pos[rows]
+    stories = np.unique(story)
+    if len(stories) >= 2:
+        return [(rows[story != s], rows[story == s]) for s in stories]
+    if n_folds < 2:
+        raise EngineError("need at least 2 folds")
+    u = np.unique(pos)
+    if len(u) < 2 * n_folds:
+        raise EngineError(f"{len(u)} TRs of story time are too few for {n_folds} folds")
+    edges = np.linspace(0, len(u), n_folds + 1).round().astype(int)
+    folds = []
+    for a, b in zip(edges[:-1], edges[1:]):
+        lo, hi = u[a], u[b - 1]
+        test = rows[(pos >= lo) & (pos <= hi)]
+        train = rows[(pos < lo - gap) | (pos > hi + gap)]
+        if len(train) < 2:
+            raise EngineError(f"a gap of {gap} TRs leaves no training TRs around the test block "
+                              f"{lo}..{hi} ({len(u)} TRs of story time, {n_folds} folds)")
+        folds.append((train, test))
+    return folds
+
+
+# --------------------------------------------------------------------------- backends
+class Backend:
+    """The handful of array operations the engine needs, for numpy or torch."""
+
+    def __init__(self, name: str = "numpy", device: str | None = None, dtype: str = "float32"):
+        self.name = name
+        if name == "numpy":
+            self.xp, self.dtype, self.device = np, np.dtype(dtype), "cpu"
+        elif name == "torch":
+            import torch
+
+            self.xp = torch
+            self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+            self.dtype = getattr(torch, dtype)
+        else:
+            raise ValueError(f"backend must be 'numpy' or 'torch', got {name!r}")
+
+    def asarray(self, a, dtype=None):
+        if self.name == "numpy":
+            return np.asarray(a, dtype=dtype or self.dtype)
+        import torch
+
+        return torch.as_tensor(np.asarray(a), device=self.device).to(dtype or self.dtype)
+
+    def idx(self, i):
+        if self.name == "numpy":
+            return np.asarray(i)
+        import torch
+
+        return torch.as_tensor(np.asarray(i), device=self.device)
+
+    def to_numpy(self, a) -> np.ndarray:
+        if self.name == "numpy":
+            return np.asarray(a)
+        a = a.detach()
+        return (a.float() if a.is_floating_point() else a).cpu().numpy()
+
+    def zeros(self, shape):
+        if self.name == "numpy":
+            return np.zeros(shape, self.dtype)
+        return self.xp.zeros(shape, dtype=self.dtype, device=self.device)
+
+    def eigh(self, G):
+        """Eigendecomposition in float64 (Gram matrices square the condition number)."""
+        if self.name == "numpy":
+            lam, U = np.linalg.eigh(G.astype(np.float64))
+            return lam.astype(self.dtype), U.astype(self.dtype)
+        import torch
+
+        lam, U = torch.linalg.eigh(G.to(torch.float64))
+        return lam.to(self.dtype), U.to(self.dtype)
+
+    def mean0(self, a, keep=False):
+        return a.mean(0, keepdims=keep) if self.name == "numpy" else a.mean(0, keepdim=keep)
+
+
+def pearson_cols(B: Backend, p, y, eps: float = 1e-12):
+    """Column-wise Pearson r of p and y, shape (..., n, t) -> (..., t)."""
+    kd = {"keepdims": True} if B.name == "numpy" else {"keepdim": True}
+    p = p - p.mean(-2, **kd)
+    y = y - y.mean(-2, **kd)
+    return (p * y).sum(-2) / (((p * p).sum(-2) * (y * y).sum(-2)) ** 0.5 + eps)
+
+
+def np_pearson(p: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Column-wise Pearson r (numpy)."""
+    return pearson_cols(Backend("numpy", dtype="float64"), np.asarray(p, float),
+                        np.asarray(y, float))
+
+
+def zscore_on(B: Backend, a, rows, eps: float = 1e-8):
+    """Standardise the columns of ``a`` with the mean and sd of ``rows`` only."""
+    sub = a[B.idx(rows)]
+    mu = B.mean0(sub)
+    sd = B.mean0((sub - mu) ** 2) ** 0.5
+    return (a - mu) / B.xp.where(sd > eps, sd, B.xp.ones_like(sd))
+
+
+# --------------------------------------------------------------------------- decompositions
+@dataclass
+class Decomp:
+    """Spectral ridge on one fit set: prediction(alpha) = (A / (lam + alpha)) @ (Bm @ Y[fit])."""
+    fit: np.ndarray
+    pred_rows: np.ndarray
+    lam: object
+    A: object     # (n_pred, m): the rows to predict, projected
+    Bm: object    # (m, n_fit): maps fit targets into the eigenbasis
+
+    def project(self, B: Backend, Y):
+        return self.Bm @ Y[B.idx(self.fit)]
+
+    def predict(self, alpha: float, BY):
+        return (self.A / (self.lam + float(alpha))) @ BY
+
+    def hat(self, alpha: float):
+        """(n_pred, n_fit) matrix mapping fit targets to predictions."""
+        return (self.A / (self.lam + float(alpha))) @ self.Bm
+
+
+def decompose(B: Backend, X, fit: np.ndarray, pred_rows: np.ndarray) -> Decomp:
+    """Standardise X on ``fit`` rows, then one eigendecomposition serving every alpha."""
+    Xz = zscore_on(B, X, fit)
+    Xf, Xp = Xz[B.idx(fit)], Xz[B.idx(pred_rows)]
+    n, p = Xf.shape
+    if n <= p:      # kernel form: K = Xf Xf^T = U diag(lam) U^T
+        lam, U = B.eigh(Xf @ Xf.T)
+        return Decomp(fit, pred_rows, B.xp.clip(lam, 0, None), (Xp @ Xf.T) @ U, U.T)
+    lam, V = B.eigh(Xf.T @ Xf)   # primal: Xf^T Xf = V diag(lam) V^T
+    return Decomp(fit, pred_rows, B.xp.clip(lam, 0, None), Xp @ V, (Xf @ V).T)
+
+
+@dataclass
+class FoldDesign:
+    train: np.ndarray
+    test: np.ndarray
+    inner: list[Decomp]
+    outer: Decomp
+
+
+@dataclass
+class Design:
+    """Everything about a fit that depends on the features only: folds and decompositions.
+    Computed once, then applied to any number of target sets (subjects who heard the same
+    stories with the same TRs share it)."""
+    B: Backend
+    layout: Layout
+    folds: list[FoldDesign]
+    alphas: np.ndarray
+    gap: int
+    n_features: int
+    scheme: str
+
+    @property
+    def n_runs(self) -> int:
+        return int(self.layout.run.max()) + 1
+
+
+def prepare(X: np.ndarray, layout: Layout | None = None, *, delays=None, gap: int | None = None,
+            n_folds: int = 5, inner_folds: int = DEFAULT_INNER_FOLDS, alphas=DEFAULT_ALPHAS,
+            backend: str = "numpy", device: str | None = None, dtype: str = "float32",
+            folds=None, source: str = "") -> Design:
+    """Folds and decompositions for features ``X`` (n, p) that already carry their delays.
+
+    ``gap`` defaults to :func:`default_gap` of ``delays``; one of the two must be given so the
+    gap always matches the features (a direct caller cannot silently get a 5-TR gap).
+    """
+    where = f" ({source})" if source else ""
+    X = np.asarray(X, np.float32)
+    layout = layout or Layout.single(len(X))
+    if len(layout) != len(X):
+        raise EngineError(f"layout has {len(layout)} rows but features have {len(X)}{where}")
+    if gap is None:
+        if delays is None:
+            raise ValueError("give the FIR delays the features carry (delays=...) or an "
+                             "explicit gap=...: the gap must cover them")
+        gap = default_gap(delays)
+    if not np.any(X):
+        raise EngineError(f"all features are zero{where}")
+    B = Backend(backend, device, dtype)
+    Xb = B.asarray(X)
+    outer = folds or blocked_folds(layout, n_folds, gap)
+    scheme = ("leave-one-story-out" if len(np.unique(layout.story)) > 1 else
+              f"{len(outer)} contiguous blocks of story time, gap {gap} TRs")
+    fds = []
+    try:
+        for train, test in outer:
+            inner = [decompose(B, Xb, fit, val)
+                     for fit, val in blocked_folds(layout, inner_folds, gap, rows=train)]
+            fds.append(FoldDesign(train, test, inner, decompose(B, Xb, train, test)))
+    except EngineError as e:
+        raise EngineError(f"{e}{where}") from None
+    return Design(B, layout, fds, np.sort(np.asarray(alphas, np.float64)), int(gap), X.shape[1],
+                  scheme)
+
+
+# --------------------------------------------------------------------------- scoring
+@dataclass
+class EncodingResult:
+    """Per-target scores; arrays are numpy. ``valid`` marks targets that were fitted."""
+    scores: np.ndarray            # (t,) the brain score: runs averaged within story, stories equally
+    run_scores: np.ndarray        # (n_runs, t) mean over folds of the per-fold r of each run
+    fold_scores: np.ndarray       # (n_folds, n_runs, t) NaN where a fold does not test a run
+    alphas: np.ndarray            # (n_folds, t) chosen alpha per fold
+    valid: np.ndarray             # (t,) bool
+    concat_r: np.ndarray          # (t,) diagnostic: r of concatenated held-out predictions
+    n_invalid: int = 0
+    edge_fraction: float = 0.0    # share of alpha choices at a grid edge, better than the next
+    edge: np.ndarray | None = None    # (n_folds, t) those choices
+    null: np.ndarray | None = None       # (n_perm, t) permutation null of ``scores``
+    pvalues: np.ndarray | None = None
+    null_plan: object = None
+    info: dict = field(default_factory=dict)
+
+
+def aggregate_runs(run_values: np.ndarray, run_story: np.ndarray) -> np.ndarray:
+    """(n_runs, ...) -> (...): mean over runs within a story, then stories with equal weight."""
+    stories = np.unique(run_story)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean([np.nanmean(run_values[run_story == s], 0) for s in stories], 0)
+
+
+def _select_alpha(B: Backend, fd: FoldDesign, alphas, Y):
+    """Per target: index of the alpha with the best mean validation r over the inner folds
+    (ties within ALPHA_TIE go to the larger alpha), and whether that choice is a real edge: the
+    edge alpha beats its neighbour by more than ALPHA_TIE, so the best penalty may lie outside
+    the grid. (A plateau at the top is no edge: large penalties give proportional predictions
+    and equal r.)"""
+    xp = B.xp
+    rs = 0
+    for dec in fd.inner:
+        BY = dec.project(B, Y)
+        yv = Y[B.idx(dec.pred_rows)]
+        rs = rs + xp.stack([xp.nan_to_num(pearson_cols(B, dec.predict(a, BY), yv), nan=-1.0)
+                            for a in alphas])
+    rs = rs / len(fd.inner)
+    ok = rs >= xp.amax(rs, 0) - ALPHA_TIE
+    flipped = xp.flip(ok, (0,)).to(xp.uint8) if B.name == "torch" else ok[::-1]
+    best = B.to_numpy(len(alphas) - 1 - flipped.argmax(0))
+    if len(alphas) < 2:
+        return best, np.zeros(len(best), bool)
+    r = B.to_numpy(rs)
+    edge = ((best == 0) & (r[0] > r[1] + ALPHA_TIE)) | \
+        ((best == len(alphas) - 1) & (r[-1] > r[-2] + ALPHA_TIE))
+    return best, edge
+
+
+def _predict_grouped(B: Backend, dec: Decomp, alphas, best: np.ndarray, BY):
+    pred = B.zeros((len(dec.pred_rows), BY.shape[1]))
+    for a_i in np.unique(best):
+        sel = B.idx(np.flatnonzero(best == a_i))
+        pred[:, sel] = dec.predict(alphas[a_i], BY[:, sel])
+    return pred
+
+
+def _run_masks(layout: Layout, test: np.ndarray) -> dict[int, np.ndarray]:
+    runs = layout.run[test]
+    return {int(r): np.flatnonzero(runs == r) for r in np.unique(runs)}
+
+
+def score(design: Design, Y: np.ndarray, batch_targets: int = 20000, source: str = "",
+          null=None, seed: int = 0) -> EncodingResult:
+    """Cross-validated brain scores of ``design``'s features for targets ``Y`` (n, t).
+
+    ``null`` (a :class:`lib.inference.NullSpec`) attaches a permutation-null plan to the result
+    (``res.null_plan``); :func:`lib.inference.permutation_test` runs it.
+    """
+    where = f" ({source})" if source else ""
+    D, B = design, design.B
+    xp = B.xp
+    Y = np.asarray(Y, np.float32)
+    if len(Y) != len(D.layout):
+        raise EngineError(f"TR mismatch: features have {len(D.layout)} TRs but BOLD has "
+                          f"{len(Y)} TRs{where}")
+    if Y.ndim != 2 or Y.shape[1] == 0:
+        raise EngineError(f"no targets (empty mask?){where}")
+    t = Y.shape[1]
+    with np.errstate(invalid="ignore"):
+        valid = np.isfinite(Y).all(0) & (np.ptp(Y, axis=0) > 1e-6)
+    if not valid.any():
+        raise EngineError(f"every target is constant or NaN{where}")
+    vidx = np.flatnonzero(valid)
+    nf, nr = len(D.folds), D.n_runs
+    fold_scores = np.full((nf, nr, t), np.nan, np.float32)
+    fold_alpha = np.full((nf, t), np.nan, np.float64)
+    fold_best = np.full((nf, t), -1, np.int64)
+    fold_edge = np.zeros((nf, t), bool)
+    cs = {k: np.zeros(t, np.float64) for k in ("p", "pp", "y", "yy", "py")}
+    late_invalid = np.zeros(t, bool)
+    for s in range(0, len(vidx), batch_targets):
+        cols = vidx[s:s + batch_targets]
+        Yb = _standardised(B, Y, cols)
+        for f, fd in enumerate(D.folds):
+            sd = B.to_numpy(Yb[B.idx(fd.train)].std(0))
+            late_invalid[cols[sd <= 1e-6]] = True
+            best, fold_edge[f, cols] = _select_alpha(B, fd, D.alphas, Yb)
+            fold_alpha[f, cols] = D.alphas[best]
+            fold_best[f, cols] = best
+            BYo = fd.outer.project(B, Yb)
+            pred = _predict_grouped(B, fd.outer, D.alphas, best, BYo)
+            yt = Yb[B.idx(fd.test)]
+            for run, m in _run_masks(D.layout, fd.test).items():
+                mi = B.idx(m)
+                fold_scores[f, run, cols] = B.to_numpy(pearson_cols(B, pred[mi], yt[mi]))
+            # diagnostic: concatenated predictions with the training mean added back
+            full = pred + B.mean0(Yb[B.idx(fd.train)], keep=True)
+            for k, v in (("p", full.sum(0)), ("pp", (full * full).sum(0)), ("y", yt.sum(0)),
+                         ("yy", (yt * yt).sum(0)), ("py", (full * yt).sum(0))):
+                cs[k][cols] += B.to_numpy(v)
+    valid &= ~late_invalid
+    n_invalid = int((~valid).sum())
+    if n_invalid:
+        warnings.warn(f"{n_invalid} of {t} targets are constant or contain NaN and are left out "
+                      f"of fitting{where}; their scores are NaN", stacklevel=2)
+    fold_scores[..., ~valid] = np.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        run_scores = np.nanmean(fold_scores, 0)
+    scores = aggregate_runs(run_scores, D.layout.run_story())
+    concat_r = _concat_r(cs, sum(len(fd.test) for fd in D.folds))
+    concat_r[~valid] = np.nan
+    edge = float(fold_edge[:, valid].mean()) if valid.any() else 0.0
+    if edge > 0.2 and len(D.alphas) > 2:
+        warnings.warn(f"{edge:.0%} of alpha choices are at the edge of the grid "
+                      f"[{D.alphas[0]:g}, {D.alphas[-1]:g}] and beat the next penalty: the best "
+                      f"may lie outside it{where}", stacklevel=2)
+    res = EncodingResult(scores, run_scores, fold_scores, fold_alpha, valid, concat_r, n_invalid,
+                         edge, fold_edge, info=dict(n_folds=nf, gap=D.gap, scheme=D.scheme,
+                                         backend=B.name, n_trs=len(Y),
+                                         n_features=D.n_features,
+                                         inner_folds=len(D.folds[0].inner)))
+    if null is not None:
+        from .inference import NullPlan
+
+        res.null_plan = NullPlan(D, Y, valid, fold_best, null, seed, batch_targets)
+    return res
+
+
+def _standardised(B: Backend, Y: np.ndarray, cols: np.ndarray):
+    """Columns ``cols`` of Y standardised over ALL rows in float64 (accuracy only: predictions
+    and r are invariant to a per-target affine map, see the module docstring)."""
+    contiguous = cols[-1] - cols[0] + 1 == len(cols)
+    y = np.asarray(Y[:, cols[0]:cols[-1] + 1] if contiguous else Y[:, cols], np.float64)
+    sd = y.std(0)
+    return B.asarray((y - y.mean(0)) / np.where(sd > 0, sd, 1.0))
+
+
+def _concat_r(cs: dict, m: int) -> np.ndarray:
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cov = cs["py"] - cs["p"] * cs["y"] / m
+        return (cov / np.sqrt((cs["pp"] - cs["p"] ** 2 / m) * (cs["yy"] - cs["y"] ** 2 / m))
+                ).astype(np.float32)
+
+
+def fit_score(X: np.ndarray, Y: np.ndarray, layout: Layout | None = None, *, delays=None,
+              gap: int | None = None, n_folds: int = 5, inner_folds: int = DEFAULT_INNER_FOLDS,
+              alphas=DEFAULT_ALPHAS, backend: str = "numpy", device: str | None = None,
+              dtype: str = "float32", batch_targets: int = 20000, folds=None, null=None,
+              seed: int = 0, source: str = "") -> EncodingResult:
+    """:func:`prepare` then :func:`score`: cross-validated ridge brain scores of ``X`` for ``Y``."""
+    if len(X) != len(Y):
+        raise EngineError(f"TR mismatch: features have {len(X)} TRs but BOLD has {len(Y)} TRs"
+                          + (f" ({source})" if source else ""))
+    design = prepare(X, layout, delays=delays, gap=gap, n_folds=n_folds,
+                     inner_folds=inner_folds, alphas=alphas, backend=backend, device=device,
+                     dtype=dtype, folds=folds, source=source)
+    return score(design, Y, batch_targets=batch_targets, source=source, null=null, seed=seed)
+

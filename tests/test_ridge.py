@@ -1,0 +1,204 @@
+"""The ridge engine: folds, alpha selection, agreement with scikit-learn, leakage on smooth data."""
+import warnings
+
+import numpy as np
+import pytest
+
+from lib import ridge
+from lib.spaces import make_delays
+from lib.synthetic import _ar1, smooth_null_features as smooth_features
+
+DELAYS = (1, 2, 3, 4, 5)
+
+
+# --------------------------------------------------------------------------- folds
+def test_contiguous_folds_with_gap_cover_story_time():
+    lay = ridge.Layout.single(200)
+    folds = ridge.blocked_folds(lay, 5, gap=10)
+    tests = np.concatenate([te for _, te in folds])
+    assert np.array_equal(tests, np.arange(200))          # every TR tested once, in order
+    for tr, te in folds:
+        assert np.all(np.diff(te) == 1)
+        assert np.abs(tr[:, None] - te[None]).min() > 10   # >= gap TRs between train and test
+
+
+def test_repeated_hearings_are_held_out_together():
+    lay = ridge.Layout.of_runs([100, 100], ["pieman", "pieman"])
+    for tr, te in ridge.blocked_folds(lay, 5, gap=8):
+        pos_te = set(lay.pos[te])
+        assert set(lay.run[te]) == {0, 1}                  # the block in both hearings
+        assert pos_te == set(lay.pos[te[lay.run[te] == 0]]) == set(lay.pos[te[lay.run[te] == 1]])
+        d = np.abs(lay.pos[tr][:, None] - np.array(sorted(pos_te))[None]).min()
+        assert d > 8                                        # gap in story time, in every run
+
+
+def test_several_stories_leave_one_story_out():
+    lay = ridge.Layout.of_runs([50, 50, 80], ["pieman", "pieman", "tunnel"])
+    folds = ridge.blocked_folds(lay, 5, gap=30)
+    assert len(folds) == 2
+    (tr0, te0), (tr1, te1) = folds
+    assert set(lay.story[te0]) == {0} and set(lay.story[tr0]) == {1}
+    assert len(te0) == 100 and len(te1) == 80
+
+
+def test_gap_too_large_is_a_clear_error():
+    with pytest.raises(ridge.EngineError, match="leaves no training TRs"):
+        ridge.blocked_folds(ridge.Layout.single(60), 5, gap=60)
+
+
+def test_gap_must_match_the_delays():
+    X = np.ones((100, 3), np.float32)
+    with pytest.raises(ValueError, match="give the FIR delays"):
+        ridge.prepare(X)
+    assert ridge.default_gap((1, 2, 3)) == 3 + ridge.AUTOCORR_MARGIN
+    assert ridge.prepare(np.random.default_rng(0).standard_normal((200, 3)), delays=(1, 2)
+                         ).gap == 2 + ridge.AUTOCORR_MARGIN
+
+
+# --------------------------------------------------------------------------- correctness
+@pytest.fixture(scope="module")
+def planted():
+    rng = np.random.default_rng(0)
+    n, p, t = 300, 60, 200
+    X = rng.standard_normal((n, p)).astype(np.float32)
+    W = rng.standard_normal((p, t)) * (rng.random(t) < 0.5)
+    Y = (X @ W * 0.08 + rng.standard_normal((n, t)) + 50.0).astype(np.float32)  # big offset
+    return X, Y, np.abs(W).sum(0) > 0
+
+
+def _sk_r(Xtr, ytr, Xte, yte, alpha):
+    """sklearn reference: features standardised on the fit rows, intercept fitted (float64:
+    sklearn in float32 loses the tiny predictions of large penalties under the intercept)."""
+    from sklearn.linear_model import Ridge
+
+    Xtr, ytr, Xte, yte = (np.asarray(a, np.float64) for a in (Xtr, ytr, Xte, yte))
+    mu, sd = Xtr.mean(0), Xtr.std(0)
+    m = Ridge(alpha=alpha, fit_intercept=True).fit((Xtr - mu) / sd, ytr)
+    return ridge.np_pearson(m.predict((Xte - mu) / sd).reshape(yte.shape), yte)
+
+
+def test_alpha_selection_and_scores_match_brute_force(planted):
+    """Inner folds: each standardised on its own fit rows; the chosen alpha maximises the mean
+    inner validation r (ties go to the larger); the fold r is sklearn's refit with it."""
+    X, Y, _ = planted
+    Y = Y[:, :25]
+    gap = 12
+    res = ridge.fit_score(X, Y, gap=gap, inner_folds=3)
+    lay = ridge.Layout.single(len(X))
+    for f, (tr, te) in enumerate(ridge.blocked_folds(lay, 5, gap)):
+        inner = ridge.blocked_folds(lay, 3, gap, rows=tr)
+        vr = np.mean([[_sk_r(X[fit], Y[fit], X[val], Y[val], a) for a in ridge.DEFAULT_ALPHAS]
+                      for fit, val in inner], 0)                       # (alphas, t)
+        chosen = np.searchsorted(ridge.DEFAULT_ALPHAS, res.alphas[f] * (1 - 1e-9))
+        assert (vr.max(0) - vr[chosen, np.arange(Y.shape[1])]).max() <= ridge.ALPHA_TIE + 1e-5
+        r = np.array([_sk_r(X[tr], Y[tr, j:j + 1], X[te], Y[te, j:j + 1],
+                            ridge.DEFAULT_ALPHAS[c])[0] for j, c in enumerate(chosen)])
+        np.testing.assert_allclose(res.fold_scores[f, 0], r, atol=1e-4)
+
+
+def test_agrees_with_sklearn_ridgecv_with_intercept(planted):
+    """One alpha: fold r equals sklearn RidgeCV(fit_intercept=True) on features standardised on
+    the training rows (the engine's target offset never matters)."""
+    from sklearn.linear_model import RidgeCV
+    from sklearn.preprocessing import StandardScaler
+
+    X, Y, _ = planted
+    res = ridge.fit_score(X, Y[:, :20], gap=5, alphas=[100.0])
+    for f, (tr, te) in enumerate(ridge.blocked_folds(ridge.Layout.single(len(X)), 5, 5)):
+        sc = StandardScaler().fit(X[tr])
+        m = RidgeCV(alphas=[100.0], fit_intercept=True).fit(sc.transform(X[tr]),
+                                                            Y[tr, :20].astype(np.float64))
+        np.testing.assert_allclose(res.fold_scores[f, 0],
+                                   ridge.np_pearson(m.predict(sc.transform(X[te])), Y[te, :20]),
+                                   atol=1e-4)
+
+
+def test_numpy_and_torch_backends_agree(planted):
+    X, Y, _ = planted
+    a = ridge.fit_score(X, Y, delays=DELAYS, backend="numpy")
+    b = ridge.fit_score(X, Y, delays=DELAYS, backend="torch", device="cpu")
+    np.testing.assert_allclose(a.scores, b.scores, atol=1e-4)
+
+
+def test_batches_do_not_change_scores(planted):
+    X, Y, _ = planted
+    a = ridge.fit_score(X, Y, delays=DELAYS, batch_targets=10_000)
+    b = ridge.fit_score(X, Y, delays=DELAYS, batch_targets=37)
+    np.testing.assert_allclose(a.scores, b.scores, atol=1e-6)
+
+
+def test_planted_signal_scores_and_null_does_not(planted):
+    X, Y, has = planted
+    res = ridge.fit_score(X, Y, delays=DELAYS)
+    assert res.scores[has].mean() > 0.15 and abs(res.scores[~has].mean()) < 0.03
+    assert np.isfinite(res.concat_r).all()
+
+
+def test_runs_scored_separately_and_aggregated_by_story():
+    rng = np.random.default_rng(2)
+    F = rng.standard_normal((120, 8)).astype(np.float32)
+    X = np.vstack([make_delays(F, DELAYS)] * 2 + [make_delays(F[:100], DELAYS)])
+    Y = rng.standard_normal((len(X), 30)).astype(np.float32)
+    lay = ridge.Layout.of_runs([120, 120, 100], ["pieman", "pieman", "tunnel"])
+    res = ridge.fit_score(X, Y, lay, delays=DELAYS)
+    assert res.run_scores.shape == (3, 30)
+    expect = (res.run_scores[:2].mean(0) + res.run_scores[2]) / 2   # runs in story, stories equal
+    np.testing.assert_allclose(res.scores, expect, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- leakage
+def test_default_gap_removes_the_autocorrelation_leak():
+    """Acceptance: smooth null features x AR(0.9) BOLD, 300 TRs, 64 features x 5 delays,
+    3000 targets over 10 independent feature sets: mean held-out r within +-0.005 of 0 with the
+    default folds; a gap of max(delay) = 5 TRs (the old default) leaves a clear positive bias."""
+    default, old = [], []
+    for seed in range(10):
+        rng = np.random.default_rng(1000 + seed)
+        X = smooth_features(rng, 300)
+        Y = _ar1(rng, 300, 300, 0.9)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            default.append(ridge.fit_score(X, Y, delays=DELAYS).scores.mean())
+            old.append(ridge.fit_score(X, Y, gap=5).scores.mean())
+    assert abs(np.mean(default)) <= 0.005, np.mean(default)
+    assert np.mean(old) > 0.015, np.mean(old)
+
+
+# --------------------------------------------------------------------------- diagnostics
+def test_constant_and_nan_voxels_are_excluded_and_counted(planted):
+    X, Y, _ = planted
+    Y = Y[:, :10].copy()
+    Y[:, 3] = 5.0
+    Y[7, 4] = np.nan
+    with pytest.warns(UserWarning, match="2 of 10 targets are constant or contain NaN"):
+        res = ridge.fit_score(X, Y, delays=DELAYS)
+    assert res.n_invalid == 2 and not res.valid[3] and not res.valid[4]
+    assert np.isnan(res.scores[[3, 4]]).all() and np.isfinite(res.scores[[0, 1, 2, 5]]).all()
+
+
+def test_bad_inputs(planted):
+    X, Y, _ = planted
+    with pytest.raises(ridge.EngineError, match=r"features have 300 TRs but BOLD has 299 TRs "
+                                                r"\(a\.nii vs b\.npz\)"):
+        ridge.fit_score(X, Y[:-1], delays=DELAYS, source="a.nii vs b.npz")
+    with pytest.raises(ridge.EngineError, match="leaves no training TRs"):
+        ridge.fit_score(X[:40], Y[:40], delays=DELAYS)
+    with pytest.raises(ridge.EngineError, match="all features are zero"):
+        ridge.fit_score(np.zeros_like(X), Y, delays=DELAYS)
+    with pytest.raises(ridge.EngineError, match="no targets"):
+        ridge.fit_score(X, Y[:, :0], delays=DELAYS)
+
+
+def test_alpha_edge_is_reported_and_warned_for_a_single_target():
+    """A grid that stops before the best penalty is flagged for one target too; a plateau of
+    equal r at the top is not an edge."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((200, 20)).astype(np.float32)
+    y = (X[:, :1] + 0.5 * rng.standard_normal((200, 1))).astype(np.float32)  # wants a small one
+    with pytest.warns(UserWarning, match="at the edge of the grid"):
+        res = ridge.fit_score(X, y, gap=5, alphas=[1e3, 1e4, 1e5])
+    assert res.edge_fraction > 0.5 and res.edge.shape == (5, 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        wide = ridge.fit_score(X, y, gap=5, alphas=np.logspace(-3, 8, 12))
+    assert wide.edge_fraction == 0
