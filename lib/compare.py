@@ -204,14 +204,19 @@ def voxel_delta_summary(deltas: dict[str, np.ndarray], significant: np.ndarray |
     return pd.DataFrame(rows)
 
 
-def headline(stats: pd.DataFrame, contrast: str = "sft - raw", target: str = "voxels_reliable",
+HEADLINE_TARGETS = ("voxels_reliable", "voxels_top10pct", "whole_brain_mean")
+
+
+def headline(stats: pd.DataFrame, contrast: str = "sft - raw", targets=HEADLINE_TARGETS,
              synthetic: bool = False) -> str:
-    """The Δ result in one sentence, with its test and CI."""
-    s = stats[(stats.contrast == contrast) & (stats.target == target)
-              & (stats.measure == "brain_score")]
+    """The Δ result in one sentence, with its test and CI, for the first of ``targets`` this run
+    has (ISC-reliable voxels when there are any)."""
+    s = stats[(stats.contrast == contrast) & (stats.measure == "brain_score")
+              & stats.target.isin(targets)].dropna(subset=["mean_delta"])
     if s.empty:
-        return f"No {contrast} comparison for {target} in this run."
-    r = s.iloc[0]
+        return f"No {contrast} comparison in this run."
+    r = s.set_index("target").loc[[t for t in targets if t in set(s.target)][0]]
+    target = r.name
     tag = " (SYNTHETIC BOLD: a pipeline check, not a finding about brains)" if synthetic else ""
     return (f"Fine-tuning changed the brain score ({target}) by Δr = {r.mean_delta:+.4f} "
             f"(BCa 95% CI {r.ci95_low:+.4f} to {r.ci95_high:+.4f}); {r.n_improved} of "

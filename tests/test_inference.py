@@ -199,3 +199,20 @@ def test_isc_reliability_is_calibrated_and_finds_shared_signal():
                         for i, a in enumerate(Zs) for b in Zs[i + 1:]], 0)
     np.testing.assert_allclose(obs, pairwise, atol=1e-4)
     assert inf.fdr_bh(p)[:50].sum() >= 45 and inf.fdr_bh(p)[50:].sum() <= 10
+
+
+def test_random_effects_map_finds_a_consistent_effect():
+    """nilearn second level (sign flips, TFCE, FWE) on 12 subjects' Fisher-z maps: the voxels
+    where every subject's score is positive are found, the rest are not."""
+    from nilearn.datasets import load_mni152_brain_mask
+
+    mask = load_mni152_brain_mask(resolution=12)
+    v = int((mask.get_fdata() > 0).sum())
+    rng = np.random.default_rng(0)
+    effect = np.zeros(v)
+    effect[: v // 10] = 0.3
+    z = effect + 0.1 * rng.standard_normal((12, v))
+    out = inf.random_effects_map(z, mask, n_perm=200)
+    assert {"t", "logp_max_t", "logp_max_tfce"} <= set(out)
+    sig = out["logp_max_t"] > -np.log10(0.05)
+    assert sig[: v // 10].mean() > 0.9 and sig[v // 10:].mean() < 0.05
