@@ -29,8 +29,13 @@ from .inference import normalised, paired_stats
 
 CONTRASTS = [("sft", "raw"), ("control", "raw"), ("scrambled", "raw"), ("sft", "control"),
              ("sft", "scrambled"), ("sft-leaky", "raw"), ("raw", "random"),
-             ("raw", "wordrate")]
+             ("raw", "word_rate")]
 NOT_MODELS = {"noise_ceiling", "isc_loso", "isc_reliable", "repeat_ceiling"}
+
+
+def is_model(cond: str) -> bool:
+    """A condition with brain scores (not a ceiling map, not a partition measure)."""
+    return cond not in NOT_MODELS and not cond.startswith("partition:")
 MEASURES = {"brain_score": "r", "above_chance": "r - chance r",
             "normalised_score": "r / noise ceiling"}
 
@@ -49,7 +54,8 @@ def load_stage05(d: str | Path) -> dict:
     read = lambda n: pd.read_csv(d / n) if (d / n).exists() and (d / n).stat().st_size > 1 \
         else pd.DataFrame()
     return dict(scores=scores, voxels=voxels, group=group, noise_ceiling=read("noise_ceiling.csv"),
-                group_tests=read("group_tests.csv"), dir=d)
+                group_tests=read("group_tests.csv"), partition=read("partition.csv"),
+                spaces_skipped=read("spaces_skipped.csv"), dir=d)
 
 
 def _mean(values) -> np.ndarray:
@@ -104,7 +110,7 @@ def top_mean(criterion: dict[str, np.ndarray], target: dict[str, np.ndarray],
 def voxel_targets(st: dict, frac: float = 0.1, min_ceiling: float = 0.1,
                   roi_mask: np.ndarray | None = None) -> pd.DataFrame:
     """Subject-level voxel summaries for every condition (and its chance maps)."""
-    conds = sorted({k.split("|")[3] for k in st["voxels"]} - NOT_MODELS)
+    conds = sorted(c for c in {k.split("|")[3] for k in st["voxels"]} if is_model(c))
     ceil = subject_maps(st["voxels"], "noise_ceiling")
     crit = others_ceiling(ceil)
     reliable = {s: m > 0 for s, m in subject_maps(st["voxels"], "isc_reliable").items()}
@@ -223,6 +229,29 @@ def headline(stats: pd.DataFrame, contrast: str = "sft - raw", targets=HEADLINE_
             f"{r.n_subjects} subjects improved; exact sign-flip p = {r.p_sign_flip:.3g} "
             f"(the smallest p possible with {r.n_subjects} subjects is "
             f"{r.p_min_attainable:.3g}){tag}.")
+
+
+def partition_table(st: dict, roi_mask: np.ndarray | None = None) -> pd.DataFrame:
+    """Subject-level partition (runs in story, stories equally, seeds), one row per subject,
+    target and measure; voxel summaries computed from the maps like the brain scores'."""
+    p = st.get("partition", pd.DataFrame())
+    if p is None or not len(p):
+        return pd.DataFrame()
+    per = (p.groupby(["subject", "target", "measure", "seed", "story"], as_index=False).r2.mean()
+            .groupby(["subject", "target", "measure", "seed"], as_index=False).r2.mean()
+            .groupby(["subject", "target", "measure"], as_index=False).r2.mean())
+    reliable = {s: m > 0 for s, m in subject_maps(st["voxels"], "isc_reliable").items()}
+    extra = []
+    for m in sorted(p.measure.unique()):
+        maps = subject_maps(st["voxels"], f"partition:{m}")
+        for s, v in maps.items():
+            if s in reliable and reliable[s].any():
+                extra.append(dict(subject=s, target="voxels_reliable", measure=m,
+                                  r2=float(np.nanmean(v[reliable[s]]))))
+            if roi_mask is not None:
+                extra.append(dict(subject=s, target="planted_roi_voxels", measure=m,
+                                  r2=float(np.nanmean(v[roi_mask]))))
+    return pd.concat([per, pd.DataFrame(extra)], ignore_index=True)
 
 
 def sft_summary(models_csv: str | Path) -> pd.DataFrame:

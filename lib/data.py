@@ -37,7 +37,7 @@ _ENTITIES = re.compile(r"(sub-[A-Za-z0-9]+)_task-([A-Za-z0-9]+)(?:_run-([0-9]+))
 MANIFEST_COLUMNS = [
     "subject", "story", "run", "bold_path", "n_trs", "tr", "alignment_path", "transcript_path",
     "audio_start_s", "trim_start", "trim_end", "story_onset_tr", "story_duration_tr",
-    "excluded", "exclusion_reason", "synthetic_bold",
+    "excluded", "exclusion_reason", "synthetic_bold", "audio_path",
 ]
 
 
@@ -230,6 +230,12 @@ def find_bold(root: Path, source: str = "raw") -> list[Path]:
     return sorted(root.glob(BOLD_SOURCES[source]))
 
 
+def audio_file(root: Path, story: str) -> Path | None:
+    """The story's audio as OpenNeuro lays it out (``stimuli/<story>_audio.wav``), if present."""
+    p = Path(root) / "stimuli" / f"{story}_audio.wav"
+    return p if p.exists() else None
+
+
 def alignment_paths(root: Path, story: str) -> tuple[Path | None, Path | None]:
     g = root / "stimuli" / "gentle" / story
     align = next((p for p in (g / "align.csv", g / "align.json") if p.exists()), None)
@@ -289,7 +295,7 @@ def build_manifest(root: str | Path, subjects: list[str] | None = None,
             audio_start_s=timing.audio_start_s, trim_start=timing.trim_start,
             trim_end=timing.trim_end, story_onset_tr=timing.onset_tr,
             story_duration_tr=timing.duration_tr, excluded=excluded, exclusion_reason=reason,
-            synthetic_bold=synthetic))
+            synthetic_bold=synthetic, audio_path=str(audio_file(root, story) or "")))
     df = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
     if subjects:
         missing = sorted(set(subjects) - set(df["subject"]))
@@ -317,6 +323,8 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
         df = pd.read_csv(path, keep_default_na=False)
     except FileNotFoundError:
         raise DataError(f"{path}: manifest not found (run stage 01 first)") from None
+    if "audio_path" not in df:          # manifests written before audio was tracked
+        df["audio_path"] = ""
     missing = set(MANIFEST_COLUMNS) - set(df.columns)
     if missing:
         raise DataError(f"{path}: manifest lacks columns {sorted(missing)}")

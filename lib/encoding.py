@@ -1,6 +1,6 @@
 """Stage 05: encoding models and brain scores, as units of work.
 
-A *unit* fits one condition (``raw``, ``sft``, ``control``, ``wordrate``, ...; one SFT seed) for a
+A *unit* fits one condition (``raw``, ``sft``, ``control``, ``word_rate``, ...; one SFT seed) for a
 few subjects who heard the same stories with the same TRs: they share the features, the folds and
 every decomposition (:func:`lib.ridge.prepare` once, :func:`lib.ridge.score` per subject), and each
 subject's BOLD is read inside the unit, one subject at a time. A unit writes one result file per
@@ -23,211 +23,21 @@ from __future__ import annotations
 
 import json
 import warnings
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from .cache import file_hash, is_fresh, key_of, write_npz, write_sidecar
+from .cache import is_fresh, write_npz, write_sidecar
 from .data import DataError
-from .inference import NullSpec
-from .ridge import DEFAULT_ALPHAS, DEFAULT_DELAYS, EngineError, Layout, default_gap, prepare, score
-from .spaces import design_matrix, tr_features, word_rate
+from .job import (Job, Settings, Unit, design_inputs, input_key, labels_of, mask_of,
+                  plan_units, run_targets, subject_targets, summary_names)
+from .ridge import EngineError, prepare, score
 
-ENGINE_VERSION = 3
-SUMMARY = "whole_brain_mean"
-
-
-@dataclass(frozen=True)
-class Settings:
-    """Stage-05 parameters (every one is part of a unit's cache key)."""
-    delays: tuple = DEFAULT_DELAYS
-    aggregation: str = "sum"
-    alphas: tuple = tuple(DEFAULT_ALPHAS)
-    n_folds: int = 5
-    inner_folds: int = 4
-    gap: int | None = None               # None: ridge.default_gap(delays)
-    null: NullSpec = NullSpec()
-    perm_conditions: tuple = ("raw", "sft")
-    chance: bool = True
-    backend: str = "numpy"
-    device: str | None = None
-    batch_targets: int = 20000
-
-    @property
-    def gap_trs(self) -> int:
-        return default_gap(self.delays) if self.gap is None else int(self.gap)
-
-    def key(self) -> str:
-        d = asdict(self)
-        d.pop("device"), d.pop("batch_targets"), d.pop("backend")
-        return key_of("stage05", ENGINE_VERSION, d)
-
-
-@dataclass(frozen=True)
-class Unit:
-    condition: str
-    seed: int
-    subjects: tuple
-
-
-@dataclass
-class Job:
-    """Everything a unit needs (picklable: sent to Dask workers as it is)."""
-    settings: Settings
-    runs: pd.DataFrame                     # manifest rows in use
-    transcripts_dir: str
-    features: dict                         # (condition, seed) -> {story: activations path}
-    all_layers: dict                       # (condition, seed) -> {story: all-layer path}
-    mask_path: str
-    labels_path: str | None
-    out_dir: str
-    model_tags: dict = field(default_factory=dict)
-
-    def subject_runs(self, subject: str) -> pd.DataFrame:
-        return self.runs[self.runs.subject == subject].sort_values(["story", "run"])
-
-    def signature(self, subject: str) -> tuple:
-        """Subjects with equal signatures share features, folds and decompositions."""
-        r = self.subject_runs(subject)
-        return tuple(zip(r.story, r.run.astype(int), r.n_trs.astype(int),
-                         r.trim_start.astype(int), r.trim_end.astype(int)))
-
-    def result_path(self, unit_cond: str, seed: int, subject: str) -> Path:
-        return Path(self.out_dir) / "units" / f"{unit_cond}_seed-{seed}" / f"{subject}.npz"
-
-
-def plan_units(job: Job, conditions: list[tuple[str, int]], subjects_per_unit: int = 8
-               ) -> list[Unit]:
-    """One unit per condition and group of at most ``subjects_per_unit`` subjects sharing a
-    signature (:meth:`Job.signature`)."""
-    groups: dict[tuple, list[str]] = {}
-    for s in sorted(job.runs.subject.unique()):
-        groups.setdefault(job.signature(s), []).append(s)
-    units = []
-    for cond, seed in conditions:
-        for subs in groups.values():
-            for i in range(0, len(subs), subjects_per_unit):
-                units.append(Unit(cond, int(seed), tuple(subs[i:i + subjects_per_unit])))
-    return units
-
-
-# --------------------------------------------------------------------------- inputs
-_HASHES: dict[tuple, str] = {}
-
-
-def content_hash(path: str | Path) -> str:
-    """sha256 of a file, memoised per (path, size, mtime) within the process (the key itself
-    holds only content hashes)."""
-    p = Path(path)
-    st = p.stat()
-    k = (str(p.resolve()), st.st_size, st.st_mtime_ns)
-    if k not in _HASHES:
-        _HASHES[k] = file_hash(p)
-    return _HASHES[k]
-
-
-def _mask(job: Job) -> np.ndarray:
-    import nibabel as nib
-
-    return np.asarray(nib.load(job.mask_path).get_fdata()) > 0
-
-
-def _labels(job: Job, mask: np.ndarray):
-    if not job.labels_path:
-        return None, []
-    import nibabel as nib
-
-    lab = np.asarray(nib.load(job.labels_path).get_fdata())
-    if lab.shape != mask.shape:
-        raise DataError(f"{job.labels_path}: labels grid {lab.shape} != mask grid {mask.shape}")
-    lab = lab[mask].astype(int)
-    ids = sorted(set(lab[lab > 0].tolist()))
-    if not ids:
-        raise DataError(f"{job.labels_path}: no label > 0 inside the mask")
-    return lab, ids
-
-
-def summary_names(job: Job) -> list[str]:
-    _, ids = _labels(job, _mask(job))
-    return [SUMMARY] + [f"roi-{i}" for i in ids]
-
-
-def _run_features(job: Job, condition: str, seed: int, row, layer: int | None = None):
-    """(n_trs, d) per-TR features of one run, before delays."""
-    from .features import load_activations
-    from .transcripts import read_transcript
-
-    tr_file = Path(job.transcripts_dir) / f"{row.story}.tsv"
-    words = read_transcript(tr_file)
-    word_trs = words["tr"].to_numpy(int)
-    n_trs = int(row.n_trs)
-    if condition == "wordrate":
-        return word_rate(word_trs, n_trs)
-    paths = (job.all_layers if layer is not None else job.features)[(condition, seed)]
-    if row.story not in paths:
-        raise DataError(f"no {condition} activations for story {row.story!r} (seed {seed})")
-    acts = load_activations(paths[row.story])
-    if layer is not None:
-        acts = acts[layer]
-    if len(acts) != len(words):
-        raise DataError(f"{paths[row.story]}: {len(acts)} word activations but {tr_file} has "
-                        f"{len(words)} words")
-    return tr_features(acts, word_trs, n_trs, job.settings.aggregation,
-                       words["onset"].to_numpy(float) + float(row.audio_start_s), float(row.tr))
-
-
-def _kept(row) -> slice:
-    return slice(int(row.trim_start), int(row.n_trs) - int(row.trim_end))
-
-
-def design_inputs(job: Job, condition: str, seed: int, subject: str, mismatched: bool = False,
-                  layer: int | None = None):
-    """(X, layout) of a subject's runs for one condition."""
-    rows = list(job.subject_runs(subject).itertuples())
-    Xs = [design_matrix(_run_features(job, condition, seed, r, layer), _kept(r),
-                        job.settings.delays, mismatched) for r in rows]
-    layout = Layout.of_runs([len(x) for x in Xs], [r.story for r in rows])
-    return np.vstack(Xs), layout
-
-
-def run_targets(job: Job, row, mask: np.ndarray, labels) -> np.ndarray:
-    """(n_kept_trs, n_voxels + n_summary) targets of one run: BOLD z-scored over its kept TRs,
-    then the whole-brain mean and the ROI means of that."""
-    from .data import load_bold
-    from .inference import zscore_time
-
-    Y = load_bold(row.bold_path, mask)
-    if len(Y) != int(row.n_trs):
-        raise DataError(f"{row.bold_path}: {len(Y)} TRs but the manifest says {row.n_trs}")
-    Y = zscore_time(Y[_kept(row)]).astype(np.float32)
-    extra = [Y.mean(1, keepdims=True)]
-    if labels is not None and labels[0] is not None:
-        lab, ids = labels
-        extra += [Y[:, lab == i].mean(1, keepdims=True) for i in ids]
-    return np.hstack([Y] + extra)
-
-
-def subject_targets(job: Job, subject: str, mask: np.ndarray, labels) -> np.ndarray:
-    """A subject's runs' targets (:func:`run_targets`), stacked in story, run order."""
-    return np.vstack([run_targets(job, r, mask, labels)
-                      for r in job.subject_runs(subject).itertuples()])
-
-
-def _input_key(job: Job, condition: str, seed: int, subject: str) -> str:
-    rows = job.subject_runs(subject)
-    feats = []
-    if condition != "wordrate":
-        for src in (job.features, job.all_layers):
-            paths = src.get((condition, seed), {})
-            feats += [(s, content_hash(paths[s])) for s in sorted(set(rows.story)) if s in paths]
-    trs = [content_hash(Path(job.transcripts_dir) / f"{s}.tsv") for s in sorted(set(rows.story))]
-    bold = [(r.story, int(r.run), content_hash(r.bold_path), int(r.trim_start), int(r.trim_end))
-            for r in rows.itertuples()]
-    return key_of(job.settings.key(), condition, seed, feats, trs, bold,
-                  content_hash(job.mask_path),
-                  content_hash(job.labels_path) if job.labels_path else "")
+__all__ = ["Job", "Settings", "Unit", "fit_unit", "make_job", "run_stage", "brain_mask",
+           "roi_labels_for", "null_plans", "load_result", "plan_units", "run_targets",
+           "subject_targets", "summary_names", "UnitsFailed"]
 
 
 # --------------------------------------------------------------------------- one unit
@@ -235,15 +45,15 @@ def fit_unit(job: Job, unit: Unit, progress=None) -> list[dict]:
     """Fit ``unit`` for each of its subjects (cached ones are skipped). Returns one status dict
     per subject: ``{"subject", "status": "cached"|"fitted"|"failed", "error"}``."""
     st = job.settings
-    mask = _mask(job)
-    labels = _labels(job, mask)
+    mask = mask_of(job)
+    labels = labels_of(job, mask)
     designs: dict[bool, object] = {}
     layer_designs: dict[int, object] = {}
     out = []
     for sub in unit.subjects:
         path = job.result_path(unit.condition, unit.seed, sub)
         try:
-            key = _input_key(job, unit.condition, unit.seed, sub)
+            key = input_key(job, unit.condition, unit.seed, sub)
             if is_fresh(path, key):
                 out.append(dict(subject=sub, status="cached", error=""))
                 continue
@@ -317,6 +127,105 @@ def _layer_scores(job: Job, unit: Unit, sub: str, Ysum: np.ndarray, cache: dict)
     return np.stack(out).astype(np.float32)
 
 
+# --------------------------------------------------------------------------- partition units
+PARTITION = "partition"
+
+
+def partition_members(job: Job, seed: int) -> list[tuple[str, str, int]]:
+    """(space name, condition, seed) of each partition space: ``lm:<cond>`` is that LM's
+    activations (its ``seed`` when it has one, else seed 0), anything else a feature space."""
+    out = []
+    for name in job.settings.partition:
+        cond = name.split(":", 1)[1] if name.startswith("lm:") else name
+        out.append((name, cond, seed if (cond, seed) in job.features else 0))
+    return out
+
+
+def partition_seeds(job: Job) -> list[int]:
+    """One partition per seed of its LM spaces (seed 0 when none has several)."""
+    if not job.settings.partition:
+        return []
+    lms = [n.split(":", 1)[1] for n in job.settings.partition if n.startswith("lm:")]
+    return sorted({sd for c, sd in job.features if c in lms}) or [0]
+
+
+def _partition_designs(job: Job, seed: int, sub: str, cache: dict) -> dict:
+    from .partition import banded_prepare, needed_fits
+
+    st = job.settings
+    key = job.signature(sub)
+    if key not in cache:
+        members = partition_members(job, seed)
+        X = {name: design_inputs(job, cond, sd, sub) for name, cond, sd in members}
+        layout = next(iter(X.values()))[1]
+        cache[key] = {subset: banded_prepare(
+            [X[n][0] for n in subset], layout, gap=st.gap_trs, n_folds=st.n_folds,
+            inner_folds=st.inner_folds, alphas=st.alphas, n_iter=st.partition_n_iter,
+            backend=st.backend, device=st.device) for subset in needed_fits(
+            [n for n, _, _ in members])}
+    return cache[key]
+
+
+def fit_partition_unit(job: Job, unit: Unit, progress=None) -> list[dict]:
+    """Banded fits of a variance partition (every subset :func:`lib.partition.needed_fits`
+    asks for) for each subject of ``unit``; designs are shared by the unit's subjects."""
+    from .partition import banded_score
+
+    mask = mask_of(job)
+    labels = labels_of(job, mask)
+    cache: dict = {}
+    out = []
+    for sub in unit.subjects:
+        path = job.result_path(PARTITION, unit.seed, sub)
+        try:
+            members = partition_members(job, unit.seed)
+            key = input_key(job, PARTITION, unit.seed, sub,
+                            extra=[input_key(job, c, sd, sub) for _, c, sd in members])
+            if is_fresh(path, key):
+                out.append(dict(subject=sub, status="cached", error=""))
+                continue
+            Y = subject_targets(job, sub, mask, labels)
+            arrays, subsets = {}, []
+            for i, (subset, designs) in enumerate(_partition_designs(job, unit.seed, sub,
+                                                                     cache).items()):
+                res = banded_score(designs, Y, job.settings.batch_targets)
+                arrays[f"fit{i}_run_r2"] = res.run_r2.astype(np.float32)
+                arrays[f"fit{i}_choice"] = res.choice
+                arrays[f"fit{i}_valid"] = res.valid
+                if i == 0:
+                    arrays["split_run_r2"] = res.run_split.astype(np.float32)
+                    arrays["weights"] = res.weights.mean(0).astype(np.float32)
+                subsets.append(list(subset))
+            write_npz(path, **arrays)
+            write_sidecar(path, key, subject=sub, seed=unit.seed, subsets=subsets,
+                          runs=[[r.story, int(r.run)] for r in job.subject_runs(sub).itertuples()],
+                          summary=summary_names(job))
+            out.append(dict(subject=sub, status="fitted", error=""))
+        except (DataError, EngineError, OSError) as e:
+            out.append(dict(subject=sub, status="failed", error=str(e)))
+    return out
+
+
+def partition_null(job: Job, seed: int, subject: str, space: str, cache: dict | None = None):
+    """The null of ``space``'s unique R^2 for a subject (full and reduced fits reusing their
+    saved choices, the same reorderings for both)."""
+    from .partition import BandedNull, UniqueNull
+
+    mask = mask_of(job)
+    Y = subject_targets(job, subject, mask, labels_of(job, mask))
+    arrays, meta = load_result(job, PARTITION, seed, subject)
+    designs = _partition_designs(job, seed, subject, {} if cache is None else cache)
+    subsets = [tuple(x) for x in meta["subsets"]]
+    full = subsets[0]
+    reduced = subsets.index(tuple(x for x in full if x != space))
+
+    def null_of(i):
+        return BandedNull(designs[subsets[i]], arrays[f"fit{i}_choice"],
+                          arrays[f"fit{i}_valid"], Y, job.settings.null)
+
+    return UniqueNull(null_of(0), null_of(reduced))
+
+
 # --------------------------------------------------------------------------- null plans
 def null_plans(job: Job, condition: str, seeds: list[int], subject: str,
                cache: dict | None = None) -> list:
@@ -324,8 +233,8 @@ def null_plans(job: Job, condition: str, seeds: list[int], subject: str,
     from .inference import NullPlan
 
     st = job.settings
-    mask = _mask(job)
-    Y = subject_targets(job, subject, mask, _labels(job, mask))
+    mask = mask_of(job)
+    Y = subject_targets(job, subject, mask, labels_of(job, mask))
     plans = []
     for seed in seeds:
         unit = Unit(condition, seed, (subject,))
@@ -412,20 +321,48 @@ def make_job(manifest: pd.DataFrame, transcripts_dir, index: pd.DataFrame, out_d
             str(save_nifti(roi_labels, out_dir / "roi_labels.nii.gz"))
         if not Path(labels_path).exists():
             raise DataError(f"{labels_path}: ROI labels file not found")
-    feats, layers, tags = {}, {}, {}
+    feats, layers, tags, sur = {}, {}, {}, {}
     for r in index.itertuples():
         k = (r.condition, int(r.seed))
         feats.setdefault(k, {})[r.story] = r.path
         tags[k] = r.model_tag
         if getattr(r, "all_layers_path", ""):
             layers.setdefault(k, {})[r.story] = r.all_layers_path
+        if getattr(r, "surprisal_path", ""):
+            sur.setdefault(k, {})[r.story] = r.surprisal_path
+    audio = {r.story: r.audio_path for r in runs.itertuples()
+             if str(getattr(r, "audio_path", "") or "")}
+    from .paths import Paths
+
     job = Job(settings, runs.reset_index(drop=True), str(transcripts_dir), feats, layers,
-              str(mask_path), labels_path, str(out_dir), tags)
-    _labels(job, _mask(job))   # a bad labels image fails here, before any unit runs
+              str(mask_path), labels_path, str(out_dir), tags, sur,
+              str(Paths.from_env().derived / "spaces"), audio)
+    labels_of(job, mask_of(job))   # a bad labels image fails here, before any unit runs
     return job
 
 
-def run_stage(job: Job, baselines=("wordrate",), fdr_q: float = 0.05, re_min_subjects: int = 6,
+def available_spaces(job: Job) -> tuple[list[tuple[str, int]], pd.DataFrame]:
+    """The feature spaces of ``settings.spaces`` that this run's inputs allow, as (condition,
+    seed) pairs, and a table of the ones left out and why (no audio, no surprisal)."""
+    out, skipped = [], []
+    stories = set(job.runs.story)
+    for space in job.settings.spaces:
+        if space == "audio_envelope" and not stories <= set(job.audio):
+            skipped.append(dict(space=space, reason="no stimuli/<story>_audio.wav for " +
+                                ", ".join(sorted(stories - set(job.audio)))))
+        elif space.startswith("surprisal:"):
+            lm = space.split(":", 1)[1]
+            seeds = sorted(sd for c, sd in job.surprisal if c == lm)
+            if not seeds:
+                skipped.append(dict(space=space, reason=f"no surprisal of {lm!r} (stage 03 "
+                                                        f"surprisal: true)"))
+            out += [(space, sd) for sd in seeds]
+        else:
+            out.append((space, 0))
+    return out, pd.DataFrame(skipped, columns=["space", "reason"])
+
+
+def run_stage(job: Job, fdr_q: float = 0.05, re_min_subjects: int = 6,
               re_n_perm: int = 1000, client=None, subjects_per_unit: int = 8,
               progress: bool = True) -> dict:
     """Stage 05: fit every unit (serially, or on a Dask ``client``), then reduce.
@@ -438,17 +375,26 @@ def run_stage(job: Job, baselines=("wordrate",), fdr_q: float = 0.05, re_min_sub
     from .cluster import map_units
 
     st = job.settings
-    conditions = sorted(job.features) + [(b, 0) for b in baselines]
+    spaces, skipped = available_spaces(job)
+    for r in skipped.itertuples():
+        print(f"feature space {r.space} left out: {r.reason}")
+    conditions = sorted(job.features) + spaces
     units = plan_units(job, conditions, subjects_per_unit)
     status = map_units(fit_unit, job, units, client=client, desc="encoding units",
                        progress=progress)
+    p_seeds = partition_seeds(job)
+    p_units = plan_units(job, [(PARTITION, sd) for sd in p_seeds], subjects_per_unit)
+    if p_units:
+        p_status = map_units(fit_partition_unit, job, p_units, client=client,
+                             desc="partition units", progress=progress)
+        units, status = units + p_units, status + p_status
     failed = [(u, s) for u, sts in zip(units, status) for s in sts if s["status"] == "failed"]
     if failed:
         lines = "\n".join(f"  {u.condition} seed {u.seed} {s['subject']}: {s['error']}"
                           for u, s in failed)
         raise UnitsFailed(f"{len(failed)} unit fits failed (the others are saved):\n{lines}")
     synthetic = bool(job.runs["synthetic_bold"].any())
-    scores, layers, voxels = red.score_tables(job, conditions, synthetic)
+    scores, layers, voxels, alphas = red.score_tables(job, conditions, synthetic)
     nc, nc_maps = red.noise_ceilings(job, synthetic, fdr_q)
     group = {}
     import nibabel as nib
@@ -472,8 +418,18 @@ def run_stage(job: Job, baselines=("wordrate",), fdr_q: float = 0.05, re_min_sub
         group["delta"] = {f"re_{k}": v for k, v in red.random_effects(
             job, "sft", seeds_of["sft"], b="raw", seeds_b=seeds_of["raw"],
             n_perm=re_n_perm).items()}
-    tests = red.write_outputs(job.out_dir, scores, layers, voxels, nc, nc_maps, group)
+    part = pd.DataFrame()
+    if p_seeds:
+        part, part_maps, part_group = red.partition_outputs(job, p_seeds, synthetic, fdr_q,
+                                                            client)
+        voxels.update(part_maps)
+        group.update(part_group)
+        for name, g in part_group.items():
+            red.save_map(np.where(g["fdr"], g["score"], 0), mask_img,
+                         Path(job.out_dir) / "maps" / f"group_{name.replace(':', '-')}_fdr.nii.gz")
+    tests = red.write_outputs(job.out_dir, scores, layers, voxels, nc, nc_maps, group, part,
+                              skipped, alphas)
     return dict(scores=scores, layer_scores=layers, noise_ceiling=nc, group=group,
-                group_tests=tests,
+                group_tests=tests, partition=part, spaces_skipped=skipped,
                 units=pd.DataFrame([dict(condition=u.condition, seed=u.seed, **s)
                                     for u, sts in zip(units, status) for s in sts]))

@@ -112,9 +112,31 @@ def _check(model: LoadedModel, layer, context: int, pooling: str) -> list[int]:
     return [layer]
 
 
-def _forward(model: LoadedModel, batch: list[np.ndarray], layers: list[int]):
-    """Hidden states (n_layers_kept, batch, T, d) for right-padded sequences (causal: padding
-    after a token cannot change it)."""
+class _Stop(Exception):
+    """Raised by a hook once the deepest requested layer is computed."""
+
+
+def decoder_blocks(model: LoadedModel):
+    """The model's list of transformer blocks (GPT-2 ``transformer.h``, Llama-style
+    ``model.layers``, or the first ModuleList with one entry per layer)."""
+    import torch
+
+    m = model.model
+    for path in ("transformer.h", "model.layers", "gpt_neox.layers", "model.decoder.layers"):
+        obj = m
+        for part in path.split("."):
+            obj = getattr(obj, part, None)
+            if obj is None:
+                break
+        if isinstance(obj, torch.nn.ModuleList) and len(obj) == model.n_layers:
+            return obj
+    for mod in m.modules():
+        if isinstance(mod, torch.nn.ModuleList) and len(mod) == model.n_layers:
+            return mod
+    raise ModelError(f"{model.name}: cannot find its {model.n_layers} transformer blocks")
+
+
+def _batch_ids(model: LoadedModel, batch: list[np.ndarray]):
     import torch
 
     T = max(len(b) for b in batch)
@@ -122,12 +144,70 @@ def _forward(model: LoadedModel, batch: list[np.ndarray], layers: list[int]):
     att = np.zeros((len(batch), T), dtype=np.int64)
     for i, b in enumerate(batch):
         ids[i, :len(b)], att[i, :len(b)] = b, 1
-    with torch.inference_mode():
-        out = model.model(input_ids=torch.from_numpy(ids).to(model.device),
-                          attention_mask=torch.from_numpy(att).to(model.device),
-                          output_hidden_states=True, use_cache=False)
-    hs = torch.stack([out.hidden_states[l] for l in layers])
-    return hs.float().cpu().numpy()
+    return (torch.from_numpy(ids).to(model.device), torch.from_numpy(att).to(model.device))
+
+
+def _forward(model: LoadedModel, batch: list[np.ndarray], layers: list[int],
+             logits: bool = False):
+    """Hidden states (n_layers_kept, batch, T, d) for right-padded sequences (causal: padding
+    after a token cannot change it), and log-probabilities (batch, T, vocab) with ``logits``.
+
+    Without logits, and when every requested layer lies below the last, the forward pass stops
+    right after the deepest requested block (hooks on the blocks; no later block and no LM head
+    runs): layer 8 of SmolLM2's 30 costs about a quarter of a full pass. The last layer and
+    ``logits`` take the full pass (the last hidden state is HF's, after the final norm).
+    """
+    import torch
+
+    ids, att = _batch_ids(model, batch)
+    deepest = max(layers)
+    with torch.inference_mode(), _autocast_cpu(model):
+        if logits or deepest >= model.n_layers:
+            out = model.model(input_ids=ids, attention_mask=att, output_hidden_states=True,
+                              use_cache=False)
+            hs = torch.stack([out.hidden_states[l] for l in layers]).float().cpu().numpy()
+            lp = torch.log_softmax(out.logits.float(), -1).cpu().numpy() if logits else None
+            return hs, lp
+        got: dict[int, object] = {}
+        blocks = decoder_blocks(model)
+        hooks = []
+
+        def keep(layer):
+            def hook(_mod, _args, output):
+                got[layer] = output[0] if isinstance(output, (tuple, list)) else output
+                if layer == deepest:
+                    raise _Stop
+            return hook
+
+        def embeddings(_mod, args, kwargs):   # layer 0: what enters the first block
+            got[0] = args[0] if args else kwargs["hidden_states"]
+            if deepest == 0:
+                raise _Stop
+
+        if 0 in layers:
+            hooks.append(blocks[0].register_forward_pre_hook(embeddings, with_kwargs=True))
+        for l in sorted(set(layers) - {0}):
+            hooks.append(blocks[l - 1].register_forward_hook(keep(l)))
+        try:
+            model.model(input_ids=ids, attention_mask=att, use_cache=False)
+        except _Stop:
+            pass
+        finally:
+            for h in hooks:
+                h.remove()
+        hs = torch.stack([got[l] for l in layers]).float().cpu().numpy()
+    return hs, None
+
+
+def _autocast_cpu(model: LoadedModel):
+    """bf16 autocast when the model asks for it on a CPU (``info["cpu_bf16"]``), else nothing."""
+    import contextlib
+
+    import torch
+
+    if model.device == "cpu" and model.info.get("cpu_bf16"):
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def _pool(h: np.ndarray, a: int, b: int, pooling: str) -> np.ndarray:
@@ -154,23 +234,34 @@ def _plan(model: LoadedModel, words: list[str], layer, context: int, stride: int
 
 def windowed_activations(model: LoadedModel, words: list[str], layer=8, context: int = 256,
                          stride: int | None = None, pooling: str = "last", batch_size: int = 8,
-                         progress: bool = True) -> dict[str, np.ndarray]:
-    """Activations (n_words, d) -- or (n_layers+1, n_words, d) for ``layer="all"``."""
+                         progress: bool = True, surprisal: bool = False
+                         ) -> dict[str, np.ndarray]:
+    """Activations (n_words, d) -- or (n_layers+1, n_words, d) for ``layer="all"``. With
+    ``surprisal``, also each word's surprisal in nats (-sum of log p over its sub-word tokens,
+    each predicted from the same window), from the same forward pass."""
     layers, ids, ends, starts_tok, starts, word_win, out = _plan(model, words, layer, context,
                                                                  stride, pooling)
     by_window = {s: np.flatnonzero(word_win == s) for s in starts}
     todo = [s for s in starts if len(by_window[s])]
     bos = [start_token(model.tokenizer)]
+    sur = np.zeros(len(words), np.float32)
     for i in tqdm(range(0, len(todo), batch_size), desc=f"activations {model.tag}",
                   disable=not progress, leave=False):
         chunk = todo[i:i + batch_size]
-        hs = _forward(model, [np.r_[bos, ids[s:s + context]] for s in chunk], layers)
+        seqs = [np.r_[bos, ids[s:s + context]] for s in chunk]
+        hs, lp = _forward(model, seqs, layers, logits=surprisal)
         for j, s in enumerate(chunk):
             for w in by_window[s]:   # +1: position 0 holds the start token
-                out[:, w] = _pool(hs[:, j], starts_tok[w] - s + 1, ends[w] - s + 1, pooling)
+                a, b = starts_tok[w] - s + 1, ends[w] - s + 1
+                out[:, w] = _pool(hs[:, j], a, b, pooling)
+                if surprisal:       # token at position q is predicted at q - 1
+                    q = np.arange(a, b)
+                    sur[w] = -lp[j, q - 1, seqs[j][q]].sum()
     res = {"activations": out if layer == "all" else out[0],
            "n_tokens": (ends - starts_tok).astype(np.int32),
            "context_start": word_win.astype(np.int64), "layers": np.asarray(layers)}
+    if surprisal:
+        res["surprisal"] = sur
     return res
 
 
@@ -180,11 +271,17 @@ def naive_activations(model: LoadedModel, words: list[str], layer=8, context: in
     """Reference: one forward pass per word over exactly the same context as the windowed path."""
     layers, ids, ends, starts_tok, _, word_win, out = _plan(model, words, layer, context, stride,
                                                             pooling)
+    import torch
+
     bos = [start_token(model.tokenizer)]
     for w in tqdm(range(len(words)), desc="naive", disable=not progress, leave=False):
         s = word_win[w]
-        hs = _forward(model, [np.r_[bos, ids[s:ends[w]]]], layers)
-        out[:, w] = _pool(hs[:, 0], starts_tok[w] - s + 1, ends[w] - s + 1, pooling)
+        ids_t, att = _batch_ids(model, [np.r_[bos, ids[s:ends[w]]]])
+        with torch.inference_mode():   # the full model, every layer: the reference
+            hs = model.model(input_ids=ids_t, attention_mask=att, output_hidden_states=True,
+                             use_cache=False).hidden_states
+        h = torch.stack([hs[l] for l in layers]).float().cpu().numpy()
+        out[:, w] = _pool(h[:, 0], starts_tok[w] - s + 1, ends[w] - s + 1, pooling)
     return {"activations": out if layer == "all" else out[0]}
 
 
@@ -195,10 +292,15 @@ def activations_path(root: Path, tag: str, story: str, layer, context: int, pool
     return Path(root) / tag / f"{story}_layer-{layer}_ctx-{context}_{pooling}{num}.npz"
 
 
+def surprisal_path(root: Path, tag: str, story: str, context: int, env: dict) -> Path:
+    return Path(root) / tag / f"{story}_surprisal_ctx-{context}_{env['dtype']}-{env['device']}.npz"
+
+
 def story_activations(model: LoadedModel, transcript: pd.DataFrame, story: str, cache_root: Path,
                       layer=8, context: int = 256, stride: int | None = None,
                       pooling: str = "last", batch_size: int = 8,
-                      column: str = "text") -> tuple[dict[str, np.ndarray], bool, Path]:
+                      column: str = "text", surprisal: bool = False
+                      ) -> tuple[dict[str, np.ndarray], bool, Path]:
     """Cached activations for one story. Returns (arrays, cache_hit, path).
 
     Keyed by the model's fingerprint, layer, context, stride, pooling, the transcript's words and
@@ -218,6 +320,14 @@ def story_activations(model: LoadedModel, transcript: pd.DataFrame, story: str, 
 
     path = activations_path(cache_root, model.tag, story, layer, context, pooling, env)
     compute = lambda: windowed_activations(model, words, layer, context, stride, pooling, batch_size)
+    if surprisal:
+        sur_path = surprisal_path(cache_root, model.tag, story, context, env)
+        if not is_fresh(sur_path, key_for("surprisal")):
+            both = windowed_activations(model, words, layer, context, stride, pooling,
+                                        batch_size, surprisal=True)   # one pass for both
+            cached_npz(sur_path, key_for("surprisal"), lambda: {"surprisal": both["surprisal"]},
+                       model=model.name, story=story, context=context, **env)
+            compute = lambda: {k: v for k, v in both.items() if k != "surprisal"}
     all_path = activations_path(cache_root, model.tag, story, "all", context, pooling, env)
     if layer != "all" and is_fresh(all_path, key_for("all")):
         def compute():  # every layer is cached already: slice it instead of running the model
@@ -235,14 +345,15 @@ def story_activations(model: LoadedModel, transcript: pd.DataFrame, story: str, 
 
 # --------------------------------------------------------------------------- stage runner
 INDEX_COLUMNS = ["condition", "story", "seed", "model", "model_tag", "fingerprint", "path",
-                 "all_layers_path", "leaky", "cache_hit"]
+                 "all_layers_path", "surprisal_path", "leaky", "cache_hit"]
 
 
 def extract_for(model: LoadedModel, stories: list[str], transcripts_dir: Path, cache_root: Path,
                 condition: str, seed: int = 0, leaky: bool = False, all_layers: bool = False,
-                **kw) -> list[dict]:
+                surprisal: bool = False, **kw) -> list[dict]:
     """Activations of ``model`` for ``stories``; rows for the activations index. With
-    ``all_layers`` every layer is extracted too (for the layer profile) in the same passes."""
+    ``all_layers`` every layer is extracted too (for the layer profile); with ``surprisal`` each
+    word's surprisal under the model is saved as well (same pass as the activations)."""
     from .transcripts import read_transcript
 
     rows = []
@@ -252,11 +363,13 @@ def extract_for(model: LoadedModel, stories: list[str], transcripts_dir: Path, c
         if all_layers:
             all_path = Paths.rel(story_activations(model, tr, story, cache_root,
                                                    **{**kw, "layer": "all"})[2])
-        _, hit, path = story_activations(model, tr, story, cache_root, **kw)
+        _, hit, path = story_activations(model, tr, story, cache_root, surprisal=surprisal, **kw)
+        sur = Paths.rel(surprisal_path(cache_root, model.tag, story, kw.get("context", 256),
+                                       numerics(model))) if surprisal else ""
         rows.append(dict(condition=condition, story=story, seed=seed, model=model.name,
                          model_tag=model.tag, fingerprint=model.fingerprint,
-                         path=Paths.rel(path), all_layers_path=all_path, leaky=leaky,
-                         cache_hit=hit))
+                         path=Paths.rel(path), all_layers_path=all_path, surprisal_path=sur,
+                         leaky=leaky, cache_hit=hit))
     return rows
 
 
@@ -265,6 +378,9 @@ def read_index(path: Path) -> pd.DataFrame:
     if not path.exists():
         raise DataError(f"{path}: activations index not found (run stages 03 and 04 first)")
     df = pd.read_csv(path, keep_default_na=False)
+    for c in INDEX_COLUMNS:
+        if c not in df:
+            df[c] = ""
     for c in ("leaky", "cache_hit"):
         df[c] = df[c].astype(str).str.lower().isin(["true", "1"])
     return df

@@ -26,7 +26,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .ridge import Backend, Design, aggregate_runs, pearson_cols, _run_masks, _standardised
+from .ridge import Backend, Design, aggregate_runs, pearson_cols, r2_cols, _run_masks, \
+    _standardised
 
 
 # --------------------------------------------------------------------------- permutations
@@ -116,20 +117,25 @@ class NullPlan:
             for c0 in range(0, len(cols), self.batch_targets):
                 c = cols[c0:c0 + self.batch_targets]
                 Yc = _standardised(D.B, self.Y, c)
-                for run, rr in _fold_null(D.B, fd, D.alphas, self.best[f, c], Yc, P,
-                                          D.layout).items():
+                hat = (lambda g, fd=fd: fd.outer.hat(D.alphas[g]))
+                for run, rr in fold_null(D.B, fd, hat, self.best[f, c], Yc, P,
+                                         D.layout).items():
                     acc[run][:, c0:c0 + len(c)] += rr
         run_null = acc / np.maximum(cnt, 1)[:, None, None]
         run_null[cnt == 0] = np.nan
         return aggregate_runs(run_null, D.layout.run_story()).astype(np.float32)
 
 
-def _fold_null(B: Backend, fd, alphas, best, Yc, P, layout, max_bytes: int = 1 << 27):
-    """Null per-fold r per run {run: (c, t)} for reorderings P (c, n), reusing the decomposition.
+def fold_null(B: Backend, fd, hat, best, Yc, P, layout, metric: str = "r",
+              max_bytes: int = 1 << 27):
+    """Null per-fold score per run {run: (c, t)} for reorderings P (c, n), reusing the fold's
+    decompositions: ``hat(g)`` is the (n_test, n_train) hat matrix of hyperparameter group g
+    (an alpha, or a band weighting and an alpha) and ``best[j]`` target j's group.
 
-    For an order P the held-out prediction is H_a Y[P[train]] (H_a the fold's hat matrix with
-    the target's alpha; no re-centring needed since H_a 1 = 0 for centred features), written as
-    one matrix product per alpha group: [H_a S_1; ...; H_a S_c] @ Y with S_j selecting P_j[train].
+    For an order P the held-out prediction is H_g Y[P[train]] (no re-centring needed since
+    H_g 1 = 0 for centred features), written as one matrix product per group:
+    [H_g S_1; ...; H_g S_c] @ Y with S_j selecting P_j[train]. ``metric``: Pearson ``r`` or
+    ``r2`` (test-centred, as in :mod:`lib.partition`).
     """
     n, n_te = Yc.shape[0], len(fd.test)
     masks = _run_masks(layout, fd.test)
@@ -142,16 +148,18 @@ def _fold_null(B: Backend, fd, alphas, best, Yc, P, layout, max_bytes: int = 1 <
         Yte = Yc[B.idx(Pc[:, fd.test])]                        # (c, n_test, t)
         jj = np.arange(c)[:, None, None]
         ii = np.arange(n_te)[None, :, None]
-        for a_i in np.unique(best):
-            sel_np = np.flatnonzero(best == a_i)
+        for g in np.unique(best):
+            sel_np = np.flatnonzero(best == g)
             sel = B.idx(sel_np)
-            H = B.to_numpy(fd.outer.hat(alphas[a_i]))
+            H = B.to_numpy(hat(g))
             M = np.zeros((c, n_te, n), np.float32)
             M[jj, ii, rows[:, None, :]] = H[None]
             pred = (B.asarray(M).reshape(c * n_te, n) @ Yc[:, sel]).reshape(c, n_te, -1)
             for run, m in masks.items():
                 mi = B.idx(m)
-                r = pearson_cols(B, pred[:, mi], Yte[:, mi][:, :, sel])
+                y = Yte[:, mi][:, :, sel]
+                r = pearson_cols(B, pred[:, mi], y) if metric == "r" else \
+                    r2_cols(B, pred[:, mi], y)
                 out[run][c0:c0 + c, sel_np] = B.to_numpy(r)
     return out
 

@@ -143,3 +143,44 @@ def layer_profile(df: pd.DataFrame, synthetic: bool = False):
     ax.legend(frameon=False)
     fig.tight_layout()
     return fig
+
+
+def partition_bars(table: pd.DataFrame, target: str, synthetic: bool = False):
+    """Variance partition of one target: joint, unique per space and shared R^2 (held out),
+    mean over subjects with each subject as a dot."""
+    t = table[table.target == target]
+    order = ["joint"] + sorted(m for m in t.measure.unique() if m.startswith("unique:")) + \
+        ["shared"]
+    order = [m for m in order if m in set(t.measure)]
+    fig, ax = plt.subplots(figsize=(6.5, 3.4))
+    for i, m in enumerate(order):
+        v = t[t.measure == m].r2.to_numpy()
+        ax.bar(i, np.mean(v), color="C0" if m == "joint" else ("0.6" if m == "shared" else "C1"),
+               alpha=0.8)
+        ax.plot(np.full(len(v), i) + np.linspace(-0.15, 0.15, len(v)), v, "k.", ms=4)
+    ax.axhline(0, color="k", lw=0.8)
+    ax.set_xticks(range(len(order)), [m.replace("unique:", "unique ") for m in order],
+                  rotation=20, fontsize=8)
+    ax.set_ylabel("held-out R² (test-centred)")
+    ax.set_title(f"Variance partition: {target}{_tag(synthetic)}", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def alpha_diagnostic(alphas: pd.DataFrame, grid, synthetic: bool = False):
+    """How often each penalty of the grid was chosen, per condition (himalaya's
+    plot_alphas_diagnostic, for counts pooled over subjects, folds and voxels): mass piling up
+    at an end of the grid says widen it."""
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    grid = np.sort(np.asarray(grid, float))
+    for i, (cond, g) in enumerate(alphas.groupby("condition")):
+        counts = g.groupby("alpha").n_choices.sum().reindex(grid, fill_value=0)
+        ax.plot(np.log10(grid), counts.to_numpy() / max(1, counts.sum()), ".-", color=f"C{i}",
+                label=cond)
+    ax.set_xlabel("log10(alpha)")
+    ax.set_ylabel("share of choices")
+    ax.set_title(f"Chosen ridge penalties{_tag(synthetic)}", fontsize=10)
+    ax.legend(frameon=False, fontsize=7, ncol=2)
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    return fig

@@ -16,7 +16,8 @@ import numpy as np
 import pandas as pd
 
 from .cache import save_nifti, write_csv, write_npz
-from .encoding import Job, _labels, _mask, load_result, null_plans, run_targets, summary_names
+from .encoding import load_result, null_plans
+from .job import Job, labels_of, mask_of, run_targets, summary_names
 from .inference import ceiling_from_isc, fdr_bh, permutation_test, random_effects_map, \
     repeat_ceiling, zscore_time
 from .ridge import aggregate_runs, np_pearson
@@ -33,12 +34,12 @@ def subject_map(arrays: dict, meta: dict, key: str = "run_scores") -> np.ndarray
 
 
 def score_tables(job: Job, conditions: list[tuple[str, int]], synthetic: bool
-                 ) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
-    """(scores, layer scores, voxel maps). Voxel keys: ``subject|story|run|condition|seed``;
-    chance maps under ``<condition>~chance``."""
+                 ) -> tuple[pd.DataFrame, pd.DataFrame, dict, pd.DataFrame]:
+    """(scores, layer scores, voxel maps, chosen alphas). Voxel keys:
+    ``subject|story|run|condition|seed``; chance maps under ``<condition>~chance``."""
     names = summary_names(job)
     n_sum = len(names)
-    rows, layer_rows, voxels = [], [], {}
+    rows, layer_rows, voxels, alpha_rows = [], [], {}, []
     for cond, seed in conditions:
         for sub in sorted(job.runs.subject.unique()):
             arrays, meta = load_result(job, cond, seed, sub)
@@ -49,6 +50,9 @@ def score_tables(job: Job, conditions: list[tuple[str, int]], synthetic: bool
                 (cond, seed), cond), fold_scheme=meta["scheme"], gap=meta["gap"],
                 synthetic_bold=synthetic)
             vox = slice(0, rs.shape[1] - n_sum)
+            a_vals, a_counts = np.unique(alphas[:, vox][:, valid[vox]], return_counts=True)
+            alpha_rows += [dict(condition=cond, seed=seed, subject=sub, alpha=float(a),
+                                n_choices=int(c)) for a, c in zip(a_vals, a_counts)]
             for i, (story, run) in enumerate(meta["runs"]):
                 voxels[f"{sub}|{story}|{run}|{cond}|{seed}"] = rs[i, vox].astype(np.float32)
                 if ch is not None:
@@ -75,7 +79,7 @@ def score_tables(job: Job, conditions: list[tuple[str, int]], synthetic: bool
                         for j, name in enumerate(names):
                             layer_rows.append(dict(base, story=story, run=run, layer=layer,
                                                    target=name, brain_score=float(ls[i, j])))
-    return pd.DataFrame(rows), pd.DataFrame(layer_rows), voxels
+    return pd.DataFrame(rows), pd.DataFrame(layer_rows), voxels, pd.DataFrame(alpha_rows)
 
 
 # --------------------------------------------------------------------------- noise ceiling
@@ -88,8 +92,8 @@ def noise_ceilings(job: Job, synthetic: bool, fdr_q: float = 0.05, n_iter: int =
     them, chosen at random) -- a model-free selection (``isc_reliable``). Per subject with two
     hearings of a story: the repeat-based ceiling. Returns (table, voxel maps)."""
     from .inference import isc_reliability
-    mask = _mask(job)
-    labels = _labels(job, mask)
+    mask = mask_of(job)
+    labels = labels_of(job, mask)
     names = summary_names(job)
     n_sum = len(names)
     rows, maps = [], {}
@@ -204,6 +208,80 @@ def random_effects(job: Job, a: str, seeds: list[int], b: str | None = None,
     return random_effects_map(zmaps, nib.load(job.mask_path), n_perm=n_perm, tfce=True)
 
 
+# --------------------------------------------------------------------------- partition
+def _partition_measures(arrays: dict, meta: dict) -> dict[str, np.ndarray]:
+    """Per run (n_runs, t): joint R^2, unique and split R^2 of each space, shared R^2."""
+    subsets = [tuple(x) for x in meta["subsets"]]
+    r2 = {sub: arrays[f"fit{i}_run_r2"] for i, sub in enumerate(subsets)}
+    full = subsets[0]
+    out = {"joint": r2[full]}
+    uniq = 0
+    for i, s in enumerate(full):
+        u = r2[full] - r2[tuple(x for x in full if x != s)]
+        out[f"unique:{s}"] = u
+        out[f"split:{s}"] = arrays["split_run_r2"][i]
+        uniq = uniq + u
+    out["shared"] = r2[full] - uniq
+    return out
+
+
+def partition_outputs(job: Job, seeds: list[int], synthetic: bool, fdr_q: float = 0.05,
+                      client=None) -> tuple[pd.DataFrame, dict, dict]:
+    """(table, voxel maps, group tests) of the variance partition: every measure per subject,
+    run and summary target (and the voxel mean); maps per run; for each space of
+    ``settings.partition_null`` the group permutation test of its unique R^2."""
+    from .encoding import PARTITION, partition_null
+    from .inference import subject_null
+
+    names = summary_names(job)
+    n_sum = len(names)
+    rows, maps, subj = [], {}, {}
+    for sub in sorted(job.runs.subject.unique()):
+        per_seed = []
+        for seed in seeds:
+            arrays, meta = load_result(job, PARTITION, seed, sub)
+            meas = _partition_measures(arrays, meta)
+            story = _run_story(meta)
+            per_seed.append({k: aggregate_runs(v, story) for k, v in meas.items()})
+            for i, (st, run) in enumerate(meta["runs"]):
+                base = dict(subject=sub, story=st, run=run, seed=seed, synthetic_bold=synthetic)
+                for k, v in meas.items():
+                    maps[f"{sub}|{st}|{run}|partition:{k}|{seed}"] = v[i, :-n_sum]
+                    rows.append(dict(base, measure=k, target="voxels_mean",
+                                     r2=float(np.nanmean(v[i, :-n_sum]))))
+                    rows += [dict(base, measure=k, target=n, r2=float(v[i, -n_sum + j]))
+                             for j, n in enumerate(names)]
+        subj[sub] = {k: np.mean([p[k] for p in per_seed], 0) for k in per_seed[0]}
+    group = {}
+    for space in job.settings.partition_null:
+        key = f"unique:{space}"
+        obs = np.mean([subj[s][key] for s in sorted(subj)], 0)
+        subs = sorted(subj)
+        if client is None:
+            cache: dict = {}
+            plans = [[partition_null(job, sd, s, space, cache) for sd in seeds] for s in subs]
+            _, p, n_done = permutation_test(plans, obs, job.settings.null)
+        else:
+            futs = [client.submit(lambda s: [partition_null(job, sd, s, space) for sd in seeds],
+                                  s, pure=False) for s in subs]
+            valid = np.isfinite(obs)
+
+            def batch_fn(b0, b1, cols):
+                return client.gather([client.submit(subject_null, f, b0, b1, cols, pure=False)
+                                      for f in futs])
+
+            _, p, n_done = permutation_test([], obs, job.settings.null, batch_fn, valid)
+            client.cancel(futs)
+        group[f"partition_{key}"] = dict(score=obs[:-n_sum].astype(np.float32), p=p[:-n_sum],
+                                         fdr=fdr_bh(p[:-n_sum], fdr_q), n_perm_run=n_done[:-n_sum],
+                                         summary=pd.DataFrame(dict(
+                                             condition=f"partition {key}", target=names,
+                                             group_score=obs[-n_sum:], p_value=p[-n_sum:],
+                                             n_perm_run=n_done[-n_sum:], n_subjects=len(subs),
+                                             seeds=",".join(map(str, seeds)))))
+    return pd.DataFrame(rows), maps, group
+
+
 def save_map(vec: np.ndarray, mask_img, path) -> Path:
     import nibabel as nib
 
@@ -213,8 +291,16 @@ def save_map(vec: np.ndarray, mask_img, path) -> Path:
     return save_nifti(nib.Nifti1Image(vol, mask_img.affine), path)
 
 
-def write_outputs(out_dir: Path, scores, layers, voxels, nc, nc_maps, group: dict) -> pd.DataFrame:
+def write_outputs(out_dir: Path, scores, layers, voxels, nc, nc_maps, group: dict,
+                  partition: pd.DataFrame | None = None, skipped: pd.DataFrame | None = None,
+                  alphas: pd.DataFrame | None = None) -> pd.DataFrame:
     out_dir = Path(out_dir)
+    if alphas is not None:
+        write_csv(out_dir / "alphas.csv", alphas)
+    if partition is not None and len(partition):
+        write_csv(out_dir / "partition.csv", partition)
+    if skipped is not None:
+        write_csv(out_dir / "spaces_skipped.csv", skipped)
     write_csv(out_dir / "scores.csv", scores)
     if len(layers):
         write_csv(out_dir / "layer_scores.csv", layers)

@@ -117,8 +117,43 @@ def method_table(run_dir: str | Path, params: dict) -> pd.DataFrame:
         ("across subjects", "the subject is the unit: exact sign-flip permutation test, BCa "
                             "bootstrap 95% CI, Wilcoxon and paired t, Cohen's d_z; with n "
                             "subjects no sign test can go below p = 2 / 2^n"),
+        ("feature spaces", f"each alone: {', '.join(params.get('feature_spaces', ['word_rate']))}"
+                           f" (word-level values aggregated like the LM's); banded ridge for the "
+                           f"partition {params.get('partition') or '(none)'}: "
+                           f"{params.get('partition_n_iter', 20)} band weightings, the same folds "
+                           f"and inner folds, R^2 selection"),
         ("voxel summaries", "voxels_reliable: group ISC significant (BH-FDR) against independent "
                             "circular shifts of each subject; voxels_top10pct: the other subjects' "
                             "noise ceiling; voxels_mean: the whole mask -- no model's map selects"),
     ]
     return pd.DataFrame(rows, columns=["step", "what was done"]).set_index("step")
+
+
+def score_definitions() -> pd.DataFrame:
+    """What each number in the report is: its formula, its TRs and its folds."""
+    rows = [
+        ("brain_score", "Pearson r of held-out prediction vs BOLD, per fold; mean over folds",
+         "kept TRs of each run (onset + 6 .. last word + 8)",
+         "blocked folds (leave one story out / contiguous story-time blocks with a gap)"),
+        ("chance_score", "the same, for the same features shifted in time by half the story",
+         "as brain_score", "as brain_score"),
+        ("above_chance", "brain_score - chance_score", "as brain_score", "as brain_score"),
+        ("normalised_score", "brain_score / noise ceiling (ceiling >= min_ceiling, else NaN)",
+         "as brain_score", "ceiling: all subjects of the story (LOSO ISC, Spearman-Brown)"),
+        ("concat_r_diag", "r of all folds' predictions concatenated (training means added back);"
+                          " biased by per-fold intercepts -- a diagnostic, not a score",
+         "as brain_score", "as brain_score"),
+        ("R² (partition)", "1 - SS(residual) / SS(BOLD), prediction and BOLD centred on the test "
+                           "block, per fold; mean over folds", "as brain_score", "as brain_score"),
+        ("unique:<space>", "R²(all spaces) - R²(all but <space>)", "as brain_score",
+         "as brain_score"),
+        ("shared", "R²(all spaces) - sum of the unique R²", "as brain_score", "as brain_score"),
+        ("split:<space>", "himalaya's product-measure share of the joint R² (shares add up to "
+                          "it)", "as brain_score", "as brain_score"),
+        ("subject value", "runs averaged within a story, stories with equal weight, then seeds",
+         "", ""),
+        ("group value", "mean over subjects; p from block permutations of story time (the same "
+                        "for every subject), FDR over voxels", "", ""),
+    ]
+    return pd.DataFrame(rows, columns=["quantity", "definition", "TRs", "folds"]
+                        ).set_index("quantity")

@@ -212,6 +212,7 @@ class Decomp:
     lam: object
     A: object     # (n_pred, m): the rows to predict, projected
     Bm: object    # (m, n_fit): maps fit targets into the eigenbasis
+    A_parts: list | None = None   # per column group: its share of A (banded ridge splits)
 
     def project(self, B: Backend, Y):
         return self.Bm @ Y[B.idx(self.fit)]
@@ -224,16 +225,23 @@ class Decomp:
         return (self.A / (self.lam + float(alpha))) @ self.Bm
 
 
-def decompose(B: Backend, X, fit: np.ndarray, pred_rows: np.ndarray) -> Decomp:
-    """Standardise X on ``fit`` rows, then one eigendecomposition serving every alpha."""
+def decompose(B: Backend, X, fit: np.ndarray, pred_rows: np.ndarray, col_scale=None,
+              groups: list | None = None) -> Decomp:
+    """Standardise X on ``fit`` rows (then multiply column j by ``col_scale[j]``: banded ridge's
+    band weights), then one eigendecomposition serving every alpha. With ``groups`` (column
+    index arrays) the prediction is also kept split by group."""
     Xz = zscore_on(B, X, fit)
+    if col_scale is not None:
+        Xz = Xz * B.asarray(col_scale)
     Xf, Xp = Xz[B.idx(fit)], Xz[B.idx(pred_rows)]
     n, p = Xf.shape
     if n <= p:      # kernel form: K = Xf Xf^T = U diag(lam) U^T
         lam, U = B.eigh(Xf @ Xf.T)
-        return Decomp(fit, pred_rows, B.xp.clip(lam, 0, None), (Xp @ Xf.T) @ U, U.T)
+        parts = [(Xp[:, B.idx(g)] @ Xf[:, B.idx(g)].T) @ U for g in groups] if groups else None
+        return Decomp(fit, pred_rows, B.xp.clip(lam, 0, None), (Xp @ Xf.T) @ U, U.T, parts)
     lam, V = B.eigh(Xf.T @ Xf)   # primal: Xf^T Xf = V diag(lam) V^T
-    return Decomp(fit, pred_rows, B.xp.clip(lam, 0, None), Xp @ V, (Xf @ V).T)
+    parts = [Xp[:, B.idx(g)] @ V[B.idx(g)] for g in groups] if groups else None
+    return Decomp(fit, pred_rows, B.xp.clip(lam, 0, None), Xp @ V, (Xf @ V).T, parts)
 
 
 @dataclass
@@ -265,8 +273,9 @@ class Design:
 def prepare(X: np.ndarray, layout: Layout | None = None, *, delays=None, gap: int | None = None,
             n_folds: int = 5, inner_folds: int = DEFAULT_INNER_FOLDS, alphas=DEFAULT_ALPHAS,
             backend: str = "numpy", device: str | None = None, dtype: str = "float32",
-            folds=None, source: str = "") -> Design:
+            folds=None, source: str = "", col_scale=None, groups=None) -> Design:
     """Folds and decompositions for features ``X`` (n, p) that already carry their delays.
+    ``col_scale`` and ``groups``: band weights and bands, for banded ridge (lib.partition).
 
     ``gap`` defaults to :func:`default_gap` of ``delays``; one of the two must be given so the
     gap always matches the features (a direct caller cannot silently get a 5-TR gap).
@@ -291,9 +300,10 @@ def prepare(X: np.ndarray, layout: Layout | None = None, *, delays=None, gap: in
     fds = []
     try:
         for train, test in outer:
-            inner = [decompose(B, Xb, fit, val)
+            inner = [decompose(B, Xb, fit, val, col_scale)
                      for fit, val in blocked_folds(layout, inner_folds, gap, rows=train)]
-            fds.append(FoldDesign(train, test, inner, decompose(B, Xb, train, test)))
+            fds.append(FoldDesign(train, test, inner,
+                                  decompose(B, Xb, train, test, col_scale, groups)))
     except EngineError as e:
         raise EngineError(f"{e}{where}") from None
     return Design(B, layout, fds, np.sort(np.asarray(alphas, np.float64)), int(gap), X.shape[1],
@@ -327,20 +337,37 @@ def aggregate_runs(run_values: np.ndarray, run_story: np.ndarray) -> np.ndarray:
         return np.nanmean([np.nanmean(run_values[run_story == s], 0) for s in stories], 0)
 
 
-def _select_alpha(B: Backend, fd: FoldDesign, alphas, Y):
+def r2_cols(B: Backend, p, y, eps: float = 1e-12):
+    """Column-wise R^2 of block-centred predictions vs block-centred y, (..., n, t) -> (..., t)
+    (offsets ignored, like r; unlike r, the prediction's scale counts)."""
+    kd = {"keepdims": True} if B.name == "numpy" else {"keepdim": True}
+    p = p - p.mean(-2, **kd)
+    y = y - y.mean(-2, **kd)
+    return 1 - ((y - p) ** 2).sum(-2) / ((y * y).sum(-2) + eps)
+
+
+def inner_scores(B: Backend, fd: FoldDesign, alphas, Y, metric: str = "r"):
+    """(n_alphas, t) mean validation score (``r``, or ``r2`` for variance partitioning, where
+    the prediction's scale matters) over the inner folds of one outer fold."""
+    xp = B.xp
+    score_fn = pearson_cols if metric == "r" else r2_cols
+    rs = 0
+    for dec in fd.inner:
+        BY = dec.project(B, Y)
+        yv = Y[B.idx(dec.pred_rows)]
+        rs = rs + xp.stack([xp.nan_to_num(score_fn(B, dec.predict(a, BY), yv), nan=-1.0)
+                            for a in alphas])
+    return rs / len(fd.inner)
+
+
+def _select_alpha(B: Backend, fd: FoldDesign, alphas, Y, metric: str = "r"):
     """Per target: index of the alpha with the best mean validation r over the inner folds
     (ties within ALPHA_TIE go to the larger alpha), and whether that choice is a real edge: the
     edge alpha beats its neighbour by more than ALPHA_TIE, so the best penalty may lie outside
     the grid. (A plateau at the top is no edge: large penalties give proportional predictions
     and equal r.)"""
     xp = B.xp
-    rs = 0
-    for dec in fd.inner:
-        BY = dec.project(B, Y)
-        yv = Y[B.idx(dec.pred_rows)]
-        rs = rs + xp.stack([xp.nan_to_num(pearson_cols(B, dec.predict(a, BY), yv), nan=-1.0)
-                            for a in alphas])
-    rs = rs / len(fd.inner)
+    rs = inner_scores(B, fd, alphas, Y, metric)
     ok = rs >= xp.amax(rs, 0) - ALPHA_TIE
     flipped = xp.flip(ok, (0,)).to(xp.uint8) if B.name == "torch" else ok[::-1]
     best = B.to_numpy(len(alphas) - 1 - flipped.argmax(0))
@@ -366,7 +393,7 @@ def _run_masks(layout: Layout, test: np.ndarray) -> dict[int, np.ndarray]:
 
 
 def score(design: Design, Y: np.ndarray, batch_targets: int = 20000, source: str = "",
-          null=None, seed: int = 0) -> EncodingResult:
+          null=None, seed: int = 0, select: str = "r") -> EncodingResult:
     """Cross-validated brain scores of ``design``'s features for targets ``Y`` (n, t).
 
     ``null`` (a :class:`lib.inference.NullSpec`) attaches a permutation-null plan to the result
@@ -400,7 +427,7 @@ def score(design: Design, Y: np.ndarray, batch_targets: int = 20000, source: str
         for f, fd in enumerate(D.folds):
             sd = B.to_numpy(Yb[B.idx(fd.train)].std(0))
             late_invalid[cols[sd <= 1e-6]] = True
-            best, fold_edge[f, cols] = _select_alpha(B, fd, D.alphas, Yb)
+            best, fold_edge[f, cols] = _select_alpha(B, fd, D.alphas, Yb, select)
             fold_alpha[f, cols] = D.alphas[best]
             fold_best[f, cols] = best
             BYo = fd.outer.project(B, Yb)
@@ -463,7 +490,7 @@ def fit_score(X: np.ndarray, Y: np.ndarray, layout: Layout | None = None, *, del
               gap: int | None = None, n_folds: int = 5, inner_folds: int = DEFAULT_INNER_FOLDS,
               alphas=DEFAULT_ALPHAS, backend: str = "numpy", device: str | None = None,
               dtype: str = "float32", batch_targets: int = 20000, folds=None, null=None,
-              seed: int = 0, source: str = "") -> EncodingResult:
+              seed: int = 0, source: str = "", select: str = "r") -> EncodingResult:
     """:func:`prepare` then :func:`score`: cross-validated ridge brain scores of ``X`` for ``Y``."""
     if len(X) != len(Y):
         raise EngineError(f"TR mismatch: features have {len(X)} TRs but BOLD has {len(Y)} TRs"
@@ -471,5 +498,6 @@ def fit_score(X: np.ndarray, Y: np.ndarray, layout: Layout | None = None, *, del
     design = prepare(X, layout, delays=delays, gap=gap, n_folds=n_folds,
                      inner_folds=inner_folds, alphas=alphas, backend=backend, device=device,
                      dtype=dtype, folds=folds, source=source)
-    return score(design, Y, batch_targets=batch_targets, source=source, null=null, seed=seed)
+    return score(design, Y, batch_targets=batch_targets, source=source, null=null, seed=seed,
+                 select=select)
 

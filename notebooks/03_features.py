@@ -33,6 +33,8 @@ pooling = "last"                  # last | mean
 batch_size = 8
 baselines = ["random"]            # random-init model of the same architecture
 layer_profile = False             # also cache every layer (stage 05 then scores each layer)
+surprisal = False                 # also each word's surprisal under every LM (same pass)
+feature_spaces = ["word_rate"]    # word-level spaces to compute and cache (see lib/spaces.py)
 device = "auto"
 threads = "auto"                  # one thread count for every pool; auto: the CPUs available
 
@@ -41,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from lib import cluster as cl, data, features
+from lib import cluster as cl, data, features, transcripts
 from lib.cache import write_csv
 from lib.models import load_model
 from lib.paths import Paths
@@ -52,7 +54,7 @@ manifest = data.read_manifest(run / "data" / "data_manifest.csv")
 stories = sorted(manifest.loc[~manifest.excluded, "story"].unique())
 cache = Paths.from_env().activations
 kw = dict(layer=layer, context=context_tokens, pooling=pooling, batch_size=batch_size,
-          all_layers=layer_profile)
+          all_layers=layer_profile, surprisal=surprisal)
 
 rows = []
 lm = load_model(model, device=device)
@@ -68,6 +70,26 @@ index = pd.DataFrame(rows, columns=features.INDEX_COLUMNS)
 write_csv(run / "features" / "base_index.csv", index)           # stage 04 adds its models to it
 write_csv(run / "features" / "activations_index.csv", index)
 index
+
+# %% [markdown]
+# ## Word-level feature spaces (cached; what the lexicons do not know is counted, not guessed)
+
+# %%
+from lib import spaces
+
+space_rows = []
+for story in stories:
+    words = transcripts.read_transcript(run / "transcripts" / f"{story}.tsv")
+    for space in feature_spaces:
+        if space in spaces.LOW_LEVEL:
+            values, info = spaces.cached_word_values(space, words, story, cache.parent / "spaces")
+            space_rows.append(dict(space=space, story=story, n_words=len(words),
+                                   dims=values.shape[1], **{k: v for k, v in info.items()
+                                                            if k != "examples"},
+                                   examples=", ".join(info.get("examples", []))))
+space_table = pd.DataFrame(space_rows)
+write_csv(run / "features" / "spaces.csv", space_table)
+space_table
 
 # %% [markdown]
 # ## A look at the activations (first story)

@@ -41,6 +41,7 @@ sft_block_size = 128
 sft_seeds = [0]
 sft_method = "full"               # full | lora
 layer_profile = False
+surprisal = False
 device = "auto"
 threads = "auto"
 
@@ -95,7 +96,7 @@ plt.show()
 
 # %%
 kw = dict(layer=layer, context=context_tokens, pooling=pooling, batch_size=batch_size,
-          all_layers=layer_profile)
+          all_layers=layer_profile, surprisal=surprisal)
 rows = []
 for r in trained.itertuples():
     lm = load_model(r.path, device=device)

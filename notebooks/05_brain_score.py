@@ -44,6 +44,10 @@ null_method = "block"             # block (of story time) | shift (circular, at 
 perm_block = 30
 perm_conditions = ["raw", "sft"]
 chance = True                     # also fit time-mismatched features (the empirical chance level)
+feature_spaces = ["word_rate"]    # spaces fitted alone beside the LMs (word_rate, phonemes, ...)
+partition = []                    # e.g. [word_rate, lm:raw, lm:sft]: variance partitioning
+partition_n_iter = 20             # band weightings tried by the banded ridge's random search
+partition_null = []               # spaces whose unique-variance map gets a group permutation test
 fdr_q = 0.05
 re_min_subjects = 6               # random-effects maps need at least this many subjects
 ridge_backend = "numpy"           # numpy | torch (CUDA when present, else CPU)
@@ -59,6 +63,7 @@ slurm = {}
 from pathlib import Path
 
 import numpy as np
+from IPython.display import display
 
 from lib import cluster as cl, data, encoding, features
 from lib.inference import NullSpec
@@ -77,7 +82,9 @@ settings = encoding.Settings(
     inner_folds=inner_folds, gap=gap,
     null=NullSpec(n_perm=n_perm, method=null_method, block=perm_block),
     perm_conditions=tuple(perm_conditions), chance=chance, backend=ridge_backend,
-    device=None if device == "auto" else device)
+    device=None if device == "auto" else device, spaces=tuple(feature_spaces),
+    partition=tuple(partition), partition_n_iter=partition_n_iter,
+    partition_null=tuple(partition_null))
 job = encoding.make_job(manifest, run / "transcripts", index, run / "brain_score", mask_img,
                         settings, labels)
 with cl.client_for(cluster, n_threads, dict(workers=workers, slurm=slurm)) as client:
@@ -128,6 +135,17 @@ for cond, g in res["group"].items():
         img = plots.to_img(np.where(g["fdr"], g["score"], 0), mask_img)
         plots.glass_brain(img, f"{cond}: group brain score, FDR q<{fdr_q} ({int(g['fdr'].sum())} "
                           f"voxels)" + (" [synthetic BOLD]" if manifest.synthetic_bold.any() else ""))
+
+# %% [markdown]
+# ## Variance partitioning (banded ridge; held-out R², test-centred, averaged like brain scores)
+
+# %%
+part = res["partition"]
+if len(part):
+    display(part.groupby(["target", "measure"]).r2.mean().unstack("measure").round(4))
+else:
+    print("no partition in this run (partition: [])")
+res["spaces_skipped"]
 
 # %% [markdown]
 # Warnings raised while fitting (alpha at the grid edge, constant voxels), and units:

@@ -148,6 +148,49 @@ else:
     print(f"{n} subjects: too few for a random-effects map (the profile's re_min_subjects)")
 
 # %% [markdown]
+# ## Feature spaces and variance partitioning
+# Brain score of each feature space alone (and its chance level), then the banded-ridge partition:
+# what each space explains that the others do not (`unique`), what they share, and the
+# product-measure split of the joint model's R². The headline contrasts: unique variance of the
+# fine-tuned model over the raw one (and the low-level spaces), and of the raw over the
+# fine-tuned one. Left-out spaces (missing audio, lexicon gaps) are listed, not silently dropped.
+
+# %% tags=["report"]
+space_scores = tab[tab.target.isin(["whole_brain_mean", "voxels_mean", "voxels_reliable",
+                                    "voxels_top10pct"])].pivot_table(
+    index="condition", columns="target", values=["brain_score", "chance_score"]).round(4)
+write_csv(out / "space_scores.csv", space_scores.reset_index())
+display(space_scores)
+ptab = compare.partition_table(st, planted)
+if len(ptab):
+    write_csv(out / "partition_subjects.csv", ptab)
+    psum = ptab.groupby(["target", "measure"]).r2.agg(["mean", "std", "count"]).round(5)
+    write_csv(out / "partition_summary.csv", psum.reset_index())
+    for target in [t for t in ("whole_brain_mean", "voxels_reliable", "voxels_mean",
+                               "planted_roi_voxels") if t in set(ptab.target)]:
+        fig = plots.partition_bars(ptab, target, synthetic)
+        plots.save(fig, out / f"partition_{target}.png")
+    display(psum)
+if len(st["spaces_skipped"]):
+    display(st["spaces_skipped"])
+
+# %% tags=["report"]
+for k in sorted(k[:-len("_fdr")] for k in g if k.startswith("partition_") and k.endswith("_fdr")):
+    img = plots.to_img(np.where(g[f"{k}_fdr"], g[f"{k}_score"], 0), mask_img)
+    name = k.replace("partition_", "").replace(":", " ")
+    save_nifti(img, out / f"group_{k.replace(':', '-')}.nii.gz")
+    fig = plots.glass_brain(img, f"{name}: group mean R², FDR q<{fdr_q} ({int(g[f'{k}_fdr'].sum())}"
+                            f" voxels){tag}")
+    plots.save(fig, out / f"glass_{k.replace(':', '-')}.png")
+
+# %% tags=["report"]
+alphas = pd.read_csv(run / "brain_score" / "alphas.csv")
+fig = plots.alpha_diagnostic(alphas, sorted(alphas.alpha.unique()), synthetic)
+plots.save(fig, out / "alpha_diagnostic.png")
+edge = st["scores"].groupby("condition").alpha_edge_fraction.mean().round(3)
+edge.to_frame("share of alpha choices at a real grid edge")
+
+# %% [markdown]
 # ## Layer profile (when every layer was extracted: `layer_profile: true`)
 
 # %% tags=["report"]

@@ -31,7 +31,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pandas as pd
-from IPython.display import Markdown, display
+from IPython.display import Image, Markdown, display
 
 from lib import compare, plots, report
 
@@ -52,6 +52,12 @@ header
 report.method_table(run, params)
 
 # %% [markdown]
+# ## What each number is
+
+# %%
+report.score_definitions()
+
+# %% [markdown]
 # ## Stage notebooks
 
 # %%
@@ -68,7 +74,7 @@ compare.sft_summary(run / "sft" / "models.csv")
 # ## Δ brain score across subjects
 # Contrasts: `sft − raw` (the question), `control − raw` and `scrambled − raw` (same budget on
 # word-shuffled / utterance-scrambled text), `sft − control` and `sft − scrambled` (what narrative
-# language adds beyond any extra training), and sanity checks `raw − random` and `raw − wordrate`.
+# language adds beyond any extra training), and sanity checks `raw − random` and `raw − word_rate`.
 # The subject is the unit. Targets: `whole_brain_mean` (the mean BOLD over the mask per TR),
 # `voxels_mean` (mean voxel score over the mask), `voxels_reliable` and `voxels_top10pct` (voxels
 # selected by the other subjects' noise ceiling), `roi-N` (mean BOLD of label N; in narratives-mini
@@ -87,6 +93,22 @@ dt[dt.measure == "brain_score"]
 dt[dt.measure != "brain_score"].dropna(subset=["mean_delta"])
 
 # %% [markdown]
+# ## Feature spaces and variance partitioning
+# Each space's brain score alone (with its chance level), and the banded-ridge partition: what
+# the fine-tuned model explains that the raw model and the low-level spaces do not
+# (`unique lm:sft`), and the reverse (`unique lm:raw`).
+
+# %%
+cmp = run / "compare"
+if (cmp / "space_scores.csv").exists():
+    display(pd.read_csv(cmp / "space_scores.csv", header=[0, 1], index_col=0))
+if (cmp / "partition_summary.csv").exists():
+    display(pd.read_csv(cmp / "partition_summary.csv").pivot_table(
+        index="measure", columns="target", values="mean").round(4))
+for p in sorted(cmp.glob("partition_*.png")) + sorted(cmp.glob("glass_partition_*.png")):
+    display(Image(filename=str(p)))
+
+# %% [markdown]
 # ## Per-subject scores
 
 # %%
@@ -97,7 +119,6 @@ tab.pivot_table(index=["target", "subject"], columns="condition", values="brain_
 # ## Figures
 
 # %%
-from IPython.display import Image
 
 names = ["paired_whole_brain_mean.png", "paired_voxels_reliable.png", "delta_distribution.png"]
 names += sorted(p.name for p in (run / "compare").glob("layer_profile_*.png"))

@@ -53,7 +53,7 @@ def stage(mini, paths, tmp_path_factory):
 def test_stage_outputs(stage, mini):
     job, res = stage
     sc = res["scores"]
-    assert set(sc.condition) == {"raw", "wordrate"} and set(sc.subject) == {
+    assert set(sc.condition) == {"raw", "word_rate"} and set(sc.subject) == {
         "sub-001", "sub-002", "sub-003"}
     roi = sc[(sc.target == "roi-1") & (sc.condition == "raw")]
     assert (roi.brain_score > 0.25).all() and (roi.chance_score.abs() < 0.2).all()

@@ -43,9 +43,9 @@ def test_every_window_starts_with_the_start_token(tiny, pieman_words, monkeypatc
     seen = []
     real = features._forward
 
-    def spy(model, batch, layers):
+    def spy(model, batch, layers, logits=False):
         seen.extend(batch)
-        return real(model, batch, layers)
+        return real(model, batch, layers, logits)
 
     monkeypatch.setattr(features, "_forward", spy)
     words = pieman_words.text.tolist()[:120]
@@ -54,7 +54,7 @@ def test_every_window_starts_with_the_start_token(tiny, pieman_words, monkeypatc
     assert features.start_token(tiny.tokenizer) == eot == 50256
     assert seen and all(int(b[0]) == eot for b in seen)
     ids = tiny.tokenizer(words[0], add_special_tokens=False)["input_ids"]
-    h = real(tiny, [np.r_[eot, ids]], [1])[0, 0]
+    h = real(tiny, [np.r_[eot, ids]], [1])[0][0, 0]
     np.testing.assert_allclose(a["activations"][0], h[len(ids)], atol=1e-5)
 
 

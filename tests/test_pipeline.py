@@ -56,7 +56,8 @@ def test_report_is_complete(quick_run):
 
     sc = pd.read_csv(run_dir / "brain_score" / "scores.csv")
     assert set(sc.subject) == {"sub-002", "sub-003"}           # sub-001 excluded by the authors
-    assert {"raw", "sft", "control", "random", "wordrate"} <= set(sc.condition)
+    assert {"raw", "sft", "control", "scrambled", "random", "word_rate", "phonemes",
+            "surprisal:raw"} <= set(sc.condition)
     assert sc.synthetic_bold.all()
 
 

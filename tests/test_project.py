@@ -45,7 +45,9 @@ def _names(reqs):
 def test_environment_yml_matches_pyproject():
     py = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
     env = yaml.safe_load((REPO / "environment.yml").read_text())["dependencies"]
-    conda = _names(d for d in env if isinstance(d, str)) - {"python", "pip", "jupyterlab"}
+    pip = [r for d in env if isinstance(d, dict) for r in d.get("pip", []) if r != "-e ."]
+    conda = _names([d for d in env if isinstance(d, str)] + pip) - {"python", "pip",
+                                                                     "jupyterlab"}
     conda = {"torch" if n == "pytorch" else n for n in conda}
     assert conda == _names(py)
 

@@ -1,0 +1,216 @@
+"""What a stage-05 unit needs: its settings, the job, and how it reads features and BOLD.
+
+A :class:`Job` is plain data (picklable: Dask ships it to workers once). Features of a run come
+from :func:`lib.spaces.run_features` (LM activations, word-level spaces, surprisal, audio); BOLD
+targets of a run are every voxel in the mask, z-scored over the run's kept TRs, then the
+whole-brain mean and the ROI means of that. A unit's cache key holds only content hashes.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .cache import file_hash, key_of
+from .data import DataError
+from .inference import NullSpec
+from .ridge import DEFAULT_ALPHAS, DEFAULT_DELAYS, Layout, default_gap
+from .spaces import design_matrix
+
+ENGINE_VERSION = 4
+SUMMARY = "whole_brain_mean"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Stage-05 parameters (every one is part of a unit's cache key)."""
+    delays: tuple = DEFAULT_DELAYS
+    aggregation: str = "sum"
+    alphas: tuple = tuple(DEFAULT_ALPHAS)
+    n_folds: int = 5
+    inner_folds: int = 4
+    gap: int | None = None               # None: ridge.default_gap(delays)
+    null: NullSpec = NullSpec()
+    perm_conditions: tuple = ("raw", "sft")
+    chance: bool = True
+    spaces: tuple = ("word_rate",)        # feature spaces fitted alone beside the LMs
+    partition: tuple = ()                 # spaces fitted jointly for variance partitioning
+    partition_n_iter: int = 20            # band weightings tried by the random search
+    partition_null: tuple = ()            # spaces whose unique-variance map gets a group null
+    backend: str = "numpy"
+    device: str | None = None
+    batch_targets: int = 20000
+
+    @property
+    def gap_trs(self) -> int:
+        return default_gap(self.delays) if self.gap is None else int(self.gap)
+
+    def key(self) -> str:
+        d = asdict(self)
+        d.pop("device"), d.pop("batch_targets"), d.pop("backend")
+        return key_of("stage05", ENGINE_VERSION, d)
+
+
+@dataclass(frozen=True)
+class Unit:
+    condition: str
+    seed: int
+    subjects: tuple
+
+
+@dataclass
+class Job:
+    """Everything a unit needs (picklable: sent to Dask workers as it is)."""
+    settings: Settings
+    runs: pd.DataFrame                     # manifest rows in use
+    transcripts_dir: str
+    features: dict                         # (condition, seed) -> {story: activations path}
+    all_layers: dict                       # (condition, seed) -> {story: all-layer path}
+    mask_path: str
+    labels_path: str | None
+    out_dir: str
+    model_tags: dict = field(default_factory=dict)
+    surprisal: dict = field(default_factory=dict)     # (lm condition, seed) -> {story: path}
+    spaces_cache: str = ""                            # word-level spaces' cache folder
+    audio: dict = field(default_factory=dict)         # story -> <story>_audio.wav
+
+    def subject_runs(self, subject: str) -> pd.DataFrame:
+        return self.runs[self.runs.subject == subject].sort_values(["story", "run"])
+
+    def signature(self, subject: str) -> tuple:
+        """Subjects with equal signatures share features, folds and decompositions."""
+        r = self.subject_runs(subject)
+        return tuple(zip(r.story, r.run.astype(int), r.n_trs.astype(int),
+                         r.trim_start.astype(int), r.trim_end.astype(int)))
+
+    def result_path(self, unit_cond: str, seed: int, subject: str) -> Path:
+        return Path(self.out_dir) / "units" / f"{unit_cond}_seed-{seed}" / f"{subject}.npz"
+
+
+def plan_units(job: Job, conditions: list[tuple[str, int]], subjects_per_unit: int = 8
+               ) -> list[Unit]:
+    """One unit per condition and group of at most ``subjects_per_unit`` subjects sharing a
+    signature (:meth:`Job.signature`)."""
+    groups: dict[tuple, list[str]] = {}
+    for s in sorted(job.runs.subject.unique()):
+        groups.setdefault(job.signature(s), []).append(s)
+    units = []
+    for cond, seed in conditions:
+        for subs in groups.values():
+            for i in range(0, len(subs), subjects_per_unit):
+                units.append(Unit(cond, int(seed), tuple(subs[i:i + subjects_per_unit])))
+    return units
+
+
+# --------------------------------------------------------------------------- inputs
+_HASHES: dict[tuple, str] = {}
+
+
+def content_hash(path: str | Path) -> str:
+    """sha256 of a file, memoised per (path, size, mtime) within the process (the key itself
+    holds only content hashes)."""
+    p = Path(path)
+    st = p.stat()
+    k = (str(p.resolve()), st.st_size, st.st_mtime_ns)
+    if k not in _HASHES:
+        _HASHES[k] = file_hash(p)
+    return _HASHES[k]
+
+
+def mask_of(job: Job) -> np.ndarray:
+    import nibabel as nib
+
+    return np.asarray(nib.load(job.mask_path).get_fdata()) > 0
+
+
+def labels_of(job: Job, mask: np.ndarray):
+    if not job.labels_path:
+        return None, []
+    import nibabel as nib
+
+    lab = np.asarray(nib.load(job.labels_path).get_fdata())
+    if lab.shape != mask.shape:
+        raise DataError(f"{job.labels_path}: labels grid {lab.shape} != mask grid {mask.shape}")
+    lab = lab[mask].astype(int)
+    ids = sorted(set(lab[lab > 0].tolist()))
+    if not ids:
+        raise DataError(f"{job.labels_path}: no label > 0 inside the mask")
+    return lab, ids
+
+
+def summary_names(job: Job) -> list[str]:
+    _, ids = labels_of(job, mask_of(job))
+    return [SUMMARY] + [f"roi-{i}" for i in ids]
+
+
+def run_features(job: Job, condition: str, seed: int, row, layer: int | None = None):
+    """(n_trs, d) per-TR features of one run for a condition (an LM's activations, a space of
+    :data:`lib.spaces.SPACES`, ``surprisal:<lm>``), before delays."""
+    from .spaces import run_features as features_of_run
+
+    lm = (job.all_layers if layer is not None else job.features).get((condition, seed), {})
+    return features_of_run(
+        condition, row, Path(job.transcripts_dir) / f"{row.story}.tsv",
+        aggregation=job.settings.aggregation, activations=lm.get(row.story), layer=layer,
+        surprisal=job.surprisal.get((condition.split(":", 1)[-1], seed), {}).get(row.story),
+        cache_root=job.spaces_cache, audio=job.audio.get(row.story))
+
+
+def kept_slice(row) -> slice:
+    return slice(int(row.trim_start), int(row.n_trs) - int(row.trim_end))
+
+
+def design_inputs(job: Job, condition: str, seed: int, subject: str, mismatched: bool = False,
+                  layer: int | None = None):
+    """(X, layout) of a subject's runs for one condition."""
+    rows = list(job.subject_runs(subject).itertuples())
+    Xs = [design_matrix(run_features(job, condition, seed, r, layer), kept_slice(r),
+                        job.settings.delays, mismatched) for r in rows]
+    layout = Layout.of_runs([len(x) for x in Xs], [r.story for r in rows])
+    return np.vstack(Xs), layout
+
+
+def run_targets(job: Job, row, mask: np.ndarray, labels) -> np.ndarray:
+    """(n_kept_trs, n_voxels + n_summary) targets of one run: BOLD z-scored over its kept TRs,
+    then the whole-brain mean and the ROI means of that."""
+    from .data import load_bold
+    from .inference import zscore_time
+
+    Y = load_bold(row.bold_path, mask)
+    if len(Y) != int(row.n_trs):
+        raise DataError(f"{row.bold_path}: {len(Y)} TRs but the manifest says {row.n_trs}")
+    Y = zscore_time(Y[kept_slice(row)]).astype(np.float32)
+    extra = [Y.mean(1, keepdims=True)]
+    if labels is not None and labels[0] is not None:
+        lab, ids = labels
+        extra += [Y[:, lab == i].mean(1, keepdims=True) for i in ids]
+    return np.hstack([Y] + extra)
+
+
+def subject_targets(job: Job, subject: str, mask: np.ndarray, labels) -> np.ndarray:
+    """A subject's runs' targets (:func:`run_targets`), stacked in story, run order."""
+    return np.vstack([run_targets(job, r, mask, labels)
+                      for r in job.subject_runs(subject).itertuples()])
+
+
+def input_key(job: Job, condition: str, seed: int, subject: str, extra=()) -> str:
+    rows = job.subject_runs(subject)
+    feats = []
+    lm = condition.split(":", 1)[-1]
+    for src in (job.features, job.all_layers, job.surprisal):
+        paths = src.get((lm, seed), {})
+        feats += [(s, content_hash(paths[s])) for s in sorted(set(rows.story)) if s in paths]
+    feats += [(s, content_hash(job.audio[s])) for s in sorted(set(rows.story))
+              if condition == "audio_envelope" and s in job.audio]
+    trs = [content_hash(Path(job.transcripts_dir) / f"{s}.tsv") for s in sorted(set(rows.story))]
+    bold = [(r.story, int(r.run), content_hash(r.bold_path), int(r.trim_start), int(r.trim_end))
+            for r in rows.itertuples()]
+    from .spaces import space_version
+
+    return key_of(job.settings.key(), condition, space_version(condition), seed, feats, trs, bold,
+                  list(extra),
+                  content_hash(job.mask_path),
+                  content_hash(job.labels_path) if job.labels_path else "")
+
