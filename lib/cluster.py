@@ -61,8 +61,9 @@ def limit_threads(n: int) -> None:
 
 
 def map_units(fn: Callable, job, units: Iterable, client=None, desc: str = "units",
-              progress: bool = True, retries: int = 2) -> list:
-    """``[fn(job, u) for u in units]``, serially or on ``client`` (a dask.distributed Client)."""
+              progress: bool = True, retries: int = 2, resources: dict | None = None) -> list:
+    """``[fn(job, u) for u in units]``, serially or on ``client`` (a dask.distributed Client);
+    ``resources`` (e.g. ``{"GPU": 1}``) restricts units to workers that have them."""
     units = list(units)
     if client is None:
         out = []
@@ -71,10 +72,9 @@ def map_units(fn: Callable, job, units: Iterable, client=None, desc: str = "unit
         return out
     from dask.distributed import as_completed
 
-    job_f = client.scatter(job, broadcast=True)
-    futures = [client.submit(fn, job_f, u, pure=False, retries=retries,
-                             key=f"{desc}-{i}-{getattr(u, 'condition', '')}") for i, u in
-               enumerate(units)]
+    job_f = client.scatter(job, broadcast=True) if job is not None else None
+    futures = [client.submit(fn, job_f, u, pure=False, retries=retries, resources=resources,
+                             key=f"{desc.replace(' ', '-')}-{i}") for i, u in enumerate(units)]
     done = {}
     bar = tqdm(total=len(futures), desc=desc, disable=not progress)
     for fut in as_completed(futures):

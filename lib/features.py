@@ -24,6 +24,7 @@ transformers versions): bf16-on-GPU and fp32-on-CPU activations never share an e
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -371,6 +372,39 @@ def extract_for(model: LoadedModel, stories: list[str], transcripts_dir: Path, c
                          path=Paths.rel(path), all_layers_path=all_path, surprisal_path=sur,
                          leaky=leaky, cache_hit=hit))
     return rows
+
+
+@dataclass(frozen=True)
+class ExtractUnit:
+    """Activations of one model for some stories: plain data, so the same unit runs here or on
+    a Dask worker (a GPU one when the cluster has them). ``model`` is any name load_model takes."""
+    model: str
+    condition: str
+    stories: tuple
+    transcripts_dir: str
+    cache_root: str
+    seed: int = 0
+    leaky: bool = False
+    device: str = "auto"
+    options: tuple = ()       # extract_for keywords as (key, value) pairs
+
+
+def extract_unit(_job, unit: ExtractUnit) -> list[dict]:
+    from .models import load_model
+
+    lm = load_model(unit.model, device=unit.device)
+    return extract_for(lm, list(unit.stories), Path(unit.transcripts_dir), Path(unit.cache_root),
+                       unit.condition, seed=unit.seed, leaky=unit.leaky, **dict(unit.options))
+
+
+def run_extraction(units: list[ExtractUnit], client=None, progress: bool = True) -> pd.DataFrame:
+    """Every unit's activations (serially, or on a Dask ``client``) -> the activations index."""
+    from .cluster import map_units
+    from .sft import gpu_resources
+
+    rows = map_units(extract_unit, None, units, client=client, desc="activations",
+                     progress=progress, resources=gpu_resources(client))
+    return pd.DataFrame([r for rs in rows for r in rs], columns=INDEX_COLUMNS)
 
 
 def read_index(path: Path) -> pd.DataFrame:

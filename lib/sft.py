@@ -323,15 +323,24 @@ def model_dir(models_root: Path, base_tag: str, kind: str, fold: str, seed: int)
 
 
 # --------------------------------------------------------------------------- stage runner
-def run_stage(corpus: dict[str, str], scored: list[str], cfg: SFTConfig, models_root: Path,
-              mode: str = "heldout", controls=CONTROLS, seeds=(0,), n_folds: int | None = None,
-              progress: bool = True) -> tuple[list[dict], pd.DataFrame]:
-    """Train every model the comparison needs. Returns (folds, table of trained models).
+@dataclass(frozen=True)
+class SFTUnit:
+    """One model to train: a fold, a seed and a kind (sft or a control). Plain data, so the
+    same unit runs here or on a Dask worker (a GPU one when the cluster has them)."""
+    cfg: SFTConfig
+    kind: str
+    fold: dict = field(hash=False, compare=False)
+    out_dir: str = ""
+    texts: dict = field(hash=False, compare=False, default_factory=dict)
+    eval_texts: dict = field(hash=False, compare=False, default_factory=dict)
 
-    Per fold and seed: ``sft`` on the fold's training stories and each of ``controls`` with the
-    same budget (see module docstring); ``mode="leaky"`` trains them on every story instead,
-    labelled ``-leaky``.
-    """
+
+def plan_units(corpus: dict[str, str], scored: list[str], cfg: SFTConfig, models_root: Path,
+               mode: str = "heldout", controls=CONTROLS, seeds=(0,),
+               n_folds: int | None = None) -> tuple[list[dict], list[SFTUnit]]:
+    """The folds and every model the comparison needs: per fold and seed, ``sft`` on the fold's
+    training stories and each of ``controls`` with the same budget (see module docstring);
+    ``mode="leaky"`` trains them on every story instead, labelled ``-leaky``."""
     from .models import model_tag
 
     missing = [s for s in scored if s not in corpus]
@@ -342,7 +351,7 @@ def run_stage(corpus: dict[str, str], scored: list[str], cfg: SFTConfig, models_
         raise ValueError(f"unknown SFT controls {sorted(unknown)}; choose from {CONTROLS}")
     folds = plan_folds(scored, corpus, mode, n_folds)
     check_no_leak(folds)
-    rows = []
+    units = []
     base_tag = model_tag(cfg.base_model)
     for fold in folds:
         train_texts = {s: corpus[s] for s in fold["train_stories"]}
@@ -355,15 +364,44 @@ def run_stage(corpus: dict[str, str], scored: list[str], cfg: SFTConfig, models_
             if "scrambled" in controls:
                 kinds.append(("scrambled", scrambled_texts(train_texts, seed)))
             for kind, texts in kinds:
-                c = SFTConfig(**{**asdict(cfg), "seed": int(seed)})
-                cond = condition_name(kind, fold["leaky"])
-                d = model_dir(models_root, base_tag, cond, fold["fold"], seed)
-                m = train(c, texts, d, eval_texts, kind=kind, label=f"{cond} {fold['fold']}",
-                          progress=progress)
-                rows.append(dict(kind=kind, condition=cond, fold=fold["fold"], seed=int(seed),
-                                 path=Paths.from_env().rel(d),
-                                 score_stories=",".join(fold["score_stories"]),
-                                 train_stories=",".join(fold["train_stories"]),
-                                 leaky=fold["leaky"], **{k: v for k, v in m.items()
-                                                         if k not in ("kind", "label")}))
+                d = model_dir(models_root, base_tag, condition_name(kind, fold["leaky"]),
+                              fold["fold"], seed)
+                units.append(SFTUnit(SFTConfig(**{**asdict(cfg), "seed": int(seed)}), kind,
+                                     fold, str(d), texts, eval_texts))
+    return folds, units
+
+
+def train_unit(_job, unit: SFTUnit, progress: bool = True) -> dict:
+    """Train one unit's model (reused when done, resumed from its checkpoint) -> table row."""
+    cond = condition_name(unit.kind, unit.fold["leaky"])
+    m = train(unit.cfg, unit.texts, unit.out_dir, unit.eval_texts, kind=unit.kind,
+              label=f"{cond} {unit.fold['fold']}", progress=progress)
+    return dict(kind=unit.kind, condition=cond, fold=unit.fold["fold"], seed=unit.cfg.seed,
+                path=Paths.from_env().rel(unit.out_dir),
+                score_stories=",".join(unit.fold["score_stories"]),
+                train_stories=",".join(unit.fold["train_stories"]), leaky=unit.fold["leaky"],
+                **{k: v for k, v in m.items() if k not in ("kind", "label")})
+
+
+def run_stage(corpus: dict[str, str], scored: list[str], cfg: SFTConfig, models_root: Path,
+              mode: str = "heldout", controls=CONTROLS, seeds=(0,), n_folds: int | None = None,
+              progress: bool = True, client=None) -> tuple[list[dict], pd.DataFrame]:
+    """Train every model the comparison needs (:func:`plan_units`), serially or on a Dask
+    ``client`` (one GPU per unit where workers advertise GPUs). Returns (folds, models table)."""
+    from functools import partial
+
+    from .cluster import map_units
+
+    folds, units = plan_units(corpus, scored, cfg, models_root, mode, controls, seeds, n_folds)
+    rows = map_units(partial(train_unit, progress=progress and client is None), None, units,
+                     client=client, desc="SFT models", progress=progress,
+                     resources=gpu_resources(client))
     return folds, pd.DataFrame(rows)
+
+
+def gpu_resources(client) -> dict | None:
+    """``{"GPU": 1}`` when the cluster's workers advertise GPUs, else no constraint."""
+    if client is None:
+        return None
+    workers = client.scheduler_info().get("workers", {}).values()
+    return {"GPU": 1} if any(w.get("resources", {}).get("GPU") for w in workers) else None

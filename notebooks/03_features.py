@@ -37,6 +37,9 @@ surprisal = False                 # also each word's surprisal under every LM (s
 feature_spaces = ["word_rate"]    # word-level spaces to compute and cache (see lib/spaces.py)
 device = "auto"
 threads = "auto"                  # one thread count for every pool; auto: the CPUs available
+cluster = "none"                  # none | local | slurm | tcp://host:port (see lib/cluster.py)
+workers = 2
+slurm = {}
 
 # %%
 from pathlib import Path
@@ -56,17 +59,19 @@ cache = Paths.from_env().activations
 kw = dict(layer=layer, context=context_tokens, pooling=pooling, batch_size=batch_size,
           all_layers=layer_profile, surprisal=surprisal)
 
-rows = []
 lm = load_model(model, device=device)
 print(f"{lm.name}: {lm.n_layers} layers, fingerprint {lm.fingerprint}, on {lm.device} ({lm.info})")
-rows += features.extract_for(lm, stories, run / "transcripts", cache, "raw", **kw)
-for b in baselines:
-    if b == "random":
-        rnd = load_model(f"random:{model}", device=device)
-        rows += features.extract_for(rnd, stories, run / "transcripts", cache, "random", **kw)
-    else:
-        raise ValueError(f"unknown baseline {b!r}")
-index = pd.DataFrame(rows, columns=features.INDEX_COLUMNS)
+model_tag = lm.tag
+del lm
+unknown = set(baselines) - {"random"}
+if unknown:
+    raise ValueError(f"unknown baselines {sorted(unknown)}: the one baseline is 'random'")
+units = [features.ExtractUnit(name, cond, (story,), str(run / "transcripts"), str(cache),
+                              device=device, options=tuple(kw.items()))
+         for name, cond in [(model, "raw")] + [(f"random:{model}", "random")] * len(baselines)
+         for story in stories]
+with cl.client_for(cluster, threads, dict(workers=workers, slurm=slurm)) as client:
+    index = features.run_extraction(units, client)
 write_csv(run / "features" / "base_index.csv", index)           # stage 04 adds its models to it
 write_csv(run / "features" / "activations_index.csv", index)
 index
@@ -103,5 +108,5 @@ fig, ax = plt.subplots(figsize=(8, 2.5))
 ax.imshow(acts2d[:200].T, aspect="auto", cmap="RdBu_r",
           vmin=-np.percentile(np.abs(acts2d), 99), vmax=np.percentile(np.abs(acts2d), 99))
 ax.set(xlabel="word", ylabel="unit", title=f"{index.story.iloc[0]}: layer {layer} activations, "
-       f"first 200 words ({lm.tag})")
+       f"first 200 words ({model_tag})")
 plt.show()

@@ -44,6 +44,9 @@ layer_profile = False
 surprisal = False
 device = "auto"
 threads = "auto"
+cluster = "none"                  # none | local | slurm | tcp://host:port (see lib/cluster.py)
+workers = 2
+slurm = {}
 
 # %%
 from dataclasses import asdict
@@ -53,7 +56,6 @@ import pandas as pd
 
 from lib import cluster as cl, data, features, sft
 from lib.cache import write_csv, write_json
-from lib.models import load_model
 from lib.paths import Paths
 from lib.transcripts import read_corpus
 
@@ -66,8 +68,9 @@ corpus = read_corpus(run / "transcripts" / "train_narratives.txt")
 cfg = sft.SFTConfig(base_model=model, steps=sft_steps, lr=sft_lr, batch_size=sft_batch_size,
                     block_size=sft_block_size, method=sft_method,
                     device=None if device == "auto" else device)
-folds, trained = sft.run_stage(corpus, scored, cfg, paths.models, mode=sft_mode,
-                               controls=sft_controls, seeds=sft_seeds)
+with cl.client_for(cluster, threads, dict(workers=workers, slurm=slurm)) as client:
+    folds, trained = sft.run_stage(corpus, scored, cfg, paths.models, mode=sft_mode,
+                                   controls=sft_controls, seeds=sft_seeds, client=client)
 write_csv(run / "sft" / "models.csv", trained)
 write_json(run / "sft" / "folds.json", {"mode": sft_mode, "config": asdict(cfg), "folds": folds})
 pd.DataFrame(folds)[["fold", "score_stories", "heldout", "leaky"]]
@@ -97,14 +100,13 @@ plt.show()
 # %%
 kw = dict(layer=layer, context=context_tokens, pooling=pooling, batch_size=batch_size,
           all_layers=layer_profile, surprisal=surprisal)
-rows = []
-for r in trained.itertuples():
-    lm = load_model(r.path, device=device)
-    rows += features.extract_for(lm, r.score_stories.split(","), run / "transcripts",
-                                 paths.activations, r.condition, seed=r.seed, leaky=bool(r.leaky),
-                                 **kw)
-    del lm
+units = [features.ExtractUnit(r.path, r.condition, tuple(r.score_stories.split(",")),
+                              str(run / "transcripts"), str(paths.activations), seed=r.seed,
+                              leaky=bool(r.leaky), device=device, options=tuple(kw.items()))
+         for r in trained.itertuples()]
+with cl.client_for(cluster, threads, dict(workers=workers, slurm=slurm)) as client:
+    tuned = features.run_extraction(units, client)
 base = features.read_index(run / "features" / "base_index.csv")    # stage 03's models
-index = pd.concat([base, pd.DataFrame(rows, columns=features.INDEX_COLUMNS)], ignore_index=True)
+index = pd.concat([base, tuned], ignore_index=True)
 write_csv(run / "features" / "activations_index.csv", index)
 index
