@@ -95,7 +95,7 @@ def _fit_subject(job: Job, unit: Unit, sub: str, Y: np.ndarray, designs: dict,
             ch = score(_design(job, unit, sub, designs, True, mismatched=True), Y,
                        st.batch_targets)
         arrays["chance_run_scores"] = ch.run_scores
-    if (unit.condition, unit.seed) in job.all_layers:
+    if (unit.condition, unit.seed) in job.all_layers and unit.condition in st.layer_conditions:
         arrays["layer_scores"] = _layer_scores(job, unit, sub, Y[:, -n_sum:], layer_designs)
     D = designs[False]
     meta = dict(subject=sub, condition=unit.condition, seed=unit.seed,

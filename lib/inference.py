@@ -104,6 +104,13 @@ class NullPlan:
     def __post_init__(self):
         names = dict(enumerate(self.design.layout.names))
         self.orders = layout_orders(self.design.layout, self.spec, self.seed, names)
+        self._hats: dict = {}
+
+    def hat(self, f: int, g: int):
+        """Fold f's hat matrix for alpha index g (computed once per plan)."""
+        if (f, g) not in self._hats:
+            self._hats[f, g] = self.design.folds[f].outer.hat(self.design.alphas[g])
+        return self._hats[f, g]
 
     def batch(self, b0: int, b1: int, cols: np.ndarray) -> np.ndarray:
         """Null scores (aggregated like the observed score) of permutations b0..b1 for ``cols``."""
@@ -117,7 +124,7 @@ class NullPlan:
             for c0 in range(0, len(cols), self.batch_targets):
                 c = cols[c0:c0 + self.batch_targets]
                 Yc = _standardised(D.B, self.Y, c)
-                hat = (lambda g, fd=fd: fd.outer.hat(D.alphas[g]))
+                hat = (lambda g, f=f: self.hat(f, g))
                 for run, rr in fold_null(D.B, fd, hat, self.best[f, c], Yc, P,
                                          D.layout).items():
                     acc[run][:, c0:c0 + len(c)] += rr
@@ -133,9 +140,12 @@ def fold_null(B: Backend, fd, hat, best, Yc, P, layout, metric: str = "r",
     (an alpha, or a band weighting and an alpha) and ``best[j]`` target j's group.
 
     For an order P the held-out prediction is H_g Y[P[train]] (no re-centring needed since
-    H_g 1 = 0 for centred features), written as one matrix product per group:
-    [H_g S_1; ...; H_g S_c] @ Y with S_j selecting P_j[train]. ``metric``: Pearson ``r`` or
-    ``r2`` (test-centred, as in :mod:`lib.partition`).
+    H_g 1 = 0 for centred features). A group with many targets is one matrix product,
+    [H_g S_1; ...; H_g S_c] @ Y with S_j selecting P_j[train] (building that matrix costs c x
+    n_test x n whatever the group's size); a group with fewer targets than test TRs gathers its
+    permuted columns instead and multiplies H_g into them (c x n_train x its targets) -- banded
+    ridge has dozens of small groups. ``metric``: Pearson ``r`` or ``r2`` (test-centred, as in
+    :mod:`lib.partition`).
     """
     n, n_te = Yc.shape[0], len(fd.test)
     masks = _run_masks(layout, fd.test)
@@ -145,22 +155,54 @@ def fold_null(B: Backend, fd, hat, best, Yc, P, layout, metric: str = "r",
         Pc = P[c0:c0 + step]
         c = len(Pc)
         rows = Pc[:, fd.train]
-        Yte = Yc[B.idx(Pc[:, fd.test])]                        # (c, n_test, t)
-        jj = np.arange(c)[:, None, None]
-        ii = np.arange(n_te)[None, :, None]
+        M, flat = None, None
         for g in np.unique(best):
             sel_np = np.flatnonzero(best == g)
-            sel = B.idx(sel_np)
-            H = B.to_numpy(hat(g))
-            M = np.zeros((c, n_te, n), np.float32)
-            M[jj, ii, rows[:, None, :]] = H[None]
-            pred = (B.asarray(M).reshape(c * n_te, n) @ Yc[:, sel]).reshape(c, n_te, -1)
+            Ysel = Yc[:, B.idx(sel_np)]
+            H = hat(g)
+            if len(sel_np) >= n_te:
+                if M is None:   # one buffer per chunk: every group writes the same cells
+                    M = np.zeros((c, n_te, n), np.float32)
+                    flat = ((np.arange(c)[:, None, None] * n_te + np.arange(n_te)[None, :, None])
+                            * n + rows[:, None, :]).ravel()
+                M.ravel()[flat] = np.broadcast_to(B.to_numpy(H), (c,) + H.shape).ravel()
+                pred = (B.asarray(M).reshape(c * n_te, n) @ Ysel).reshape(c, n_te, -1)
+            else:
+                pred = H @ Ysel[B.idx(rows)]                      # (c, n_test, t_g)
             for run, m in masks.items():
-                mi = B.idx(m)
-                y = Yte[:, mi][:, :, sel]
-                r = pearson_cols(B, pred[:, mi], y) if metric == "r" else \
-                    r2_cols(B, pred[:, mi], y)
-                out[run][c0:c0 + c, sel_np] = B.to_numpy(r)
+                yte = Ysel[B.idx(Pc[:, fd.test[m]])]              # (c, n_run_test, t_g)
+                out[run][c0:c0 + c, sel_np] = B.to_numpy(
+                    _score_from_sums(B, pred[:, B.idx(m)], yte, metric))
+    return out
+
+
+def _score_from_sums(B: Backend, p, y, metric: str):
+    """r or test-centred R^2 per column of (c, n, t) arrays from five fused sums (no centred
+    copies: on the null's large arrays the copies cost four times the matrix product)."""
+    if B.name == "numpy":
+        spy = np.einsum("cit,cit->ct", p, y)
+        spp = np.einsum("cit,cit->ct", p, p)
+        syy = np.einsum("cit,cit->ct", y, y)
+    else:
+        spy, spp, syy = (p * y).sum(1), (p * p).sum(1), (y * y).sum(1)
+    n = p.shape[1]
+    sp, sy = p.sum(1), y.sum(1)
+    cpy, cpp, cyy = spy - sp * sy / n, spp - sp * sp / n, syy - sy * sy / n
+    if metric == "r":
+        return cpy / ((cpp * cyy) ** 0.5 + 1e-12)
+    return 1 - (cyy - 2 * cpy + cpp) / (cyy + 1e-12)
+
+
+def batch_schedule(n_perm: int, batch: int, h: int | None) -> list[tuple[int, int]]:
+    """Permutation batches: with sequential stopping they start small and double up to
+    ``batch`` (a null target with p ~ 0.5 reaches h = 10 exceedances after ~20 permutations,
+    so most targets stop inside the first, cheap batch); without it, one batch."""
+    out, b0 = [], 0
+    size = max(1, min(batch, 2 * h)) if h else batch
+    while b0 < n_perm:
+        b1 = min(n_perm, b0 + size)
+        out.append((b0, b1))
+        b0, size = b1, min(batch, size * 2)
     return out
 
 
@@ -195,12 +237,10 @@ def permutation_test(plans: list[list[NullPlan]], observed: np.ndarray, spec: Nu
         def batch_fn(b0, b1, cols):
             return [subject_null(sub, b0, b1, cols) for sub in plans]
     h = spec.perm_stop
-    batch = spec.perm_batch if h else n_perm
-    for b0 in range(0, n_perm, batch):
+    for b0, b1 in batch_schedule(n_perm, spec.perm_batch if h else n_perm, h):
         cols = np.flatnonzero(active)
         if len(cols) == 0:
             break
-        b1 = min(n_perm, b0 + batch)
         g = np.mean(batch_fn(b0, b1, cols), 0)
         hits = g >= observed[cols][None]
         if h:

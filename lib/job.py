@@ -39,6 +39,7 @@ class Settings:
     partition: tuple = ()                 # spaces fitted jointly for variance partitioning
     partition_n_iter: int = 20            # band weightings tried by the random search
     partition_null: tuple = ()            # spaces whose unique-variance map gets a group null
+    layer_conditions: tuple = ("raw", "sft")   # conditions whose every layer is scored
     backend: str = "numpy"
     device: str | None = None
     batch_targets: int = 20000
@@ -92,14 +93,15 @@ class Job:
 def plan_units(job: Job, conditions: list[tuple[str, int]], subjects_per_unit: int = 8
                ) -> list[Unit]:
     """One unit per condition and group of at most ``subjects_per_unit`` subjects sharing a
-    signature (:meth:`Job.signature`)."""
+    signature (:meth:`Job.signature`); ordered group by group, so that consecutive units read
+    the same subjects (:func:`subject_targets` keeps the last group's BOLD)."""
     groups: dict[tuple, list[str]] = {}
     for s in sorted(job.runs.subject.unique()):
         groups.setdefault(job.signature(s), []).append(s)
     units = []
-    for cond, seed in conditions:
-        for subs in groups.values():
-            for i in range(0, len(subs), subjects_per_unit):
+    for subs in groups.values():
+        for i in range(0, len(subs), subjects_per_unit):
+            for cond, seed in conditions:
                 units.append(Unit(cond, int(seed), tuple(subs[i:i + subjects_per_unit])))
     return units
 
@@ -189,10 +191,22 @@ def run_targets(job: Job, row, mask: np.ndarray, labels) -> np.ndarray:
     return np.hstack([Y] + extra)
 
 
+#: the targets of the last subjects read, at most one unit's worth (reading a gzipped BOLD run is
+#: most of a small unit's time; units are ordered so that consecutive ones share subjects)
+_TARGETS: dict = {}
+TARGETS_KEPT = 8
+
+
 def subject_targets(job: Job, subject: str, mask: np.ndarray, labels) -> np.ndarray:
     """A subject's runs' targets (:func:`run_targets`), stacked in story, run order."""
-    return np.vstack([run_targets(job, r, mask, labels)
-                      for r in job.subject_runs(subject).itertuples()])
+    rows = list(job.subject_runs(subject).itertuples())
+    key = (subject, job.mask_path, job.labels_path,
+           tuple((r.bold_path, int(r.trim_start), int(r.trim_end)) for r in rows))
+    if key not in _TARGETS:
+        while len(_TARGETS) >= TARGETS_KEPT:
+            _TARGETS.pop(next(iter(_TARGETS)))
+        _TARGETS[key] = np.vstack([run_targets(job, r, mask, labels) for r in rows])
+    return _TARGETS[key]
 
 
 def input_key(job: Job, condition: str, seed: int, subject: str, extra=()) -> str:

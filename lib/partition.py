@@ -220,12 +220,20 @@ class BandedNull:
 
         lay = self.designs[0].layout
         self.orders = layout_orders(lay, self.spec, self.seed, dict(enumerate(lay.names)))
+        self._hats: dict = {}
+
+    def hat(self, f: int, g: int):
+        """Fold f's hat matrix for choice g = weighting * n_alphas + alpha (computed once)."""
+        if (f, g) not in self._hats:
+            c, a = divmod(int(g), len(self.designs[0].alphas))
+            D = self.designs[c]
+            self._hats[f, g] = D.folds[f].outer.hat(D.alphas[a])
+        return self._hats[f, g]
 
     def batch(self, b0: int, b1: int, cols: np.ndarray) -> np.ndarray:
         from .inference import fold_null
 
         D = self.designs[0]
-        n_a = len(D.alphas)
         P = self.orders[b0:b1]
         acc = np.zeros((D.n_runs, len(P), len(cols)))
         cnt = np.zeros(D.n_runs)
@@ -234,11 +242,8 @@ class BandedNull:
             for run in np.unique(D.layout.run[fd.test]):
                 cnt[run] += 1
 
-            def hat(g, f=f):
-                c, a = divmod(int(g), n_a)
-                return self.designs[c].folds[f].outer.hat(D.alphas[a])
-
-            for run, rr in fold_null(D.B, fd, hat, self.choice[f, cols], Yc, P, D.layout,
+            for run, rr in fold_null(D.B, fd, lambda g, f=f: self.hat(f, g),
+                                     self.choice[f, cols], Yc, P, D.layout,
                                      metric="r2").items():
                 acc[run] += rr
         run_null = acc / np.maximum(cnt, 1)[:, None, None]

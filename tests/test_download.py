@@ -5,6 +5,7 @@ import socket
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from lib import download
@@ -25,7 +26,7 @@ def _free_port():
 
 
 @pytest.fixture(scope="module")
-def s3_server(mini):
+def s3_server(mini, tmp_path_factory):
     import boto3
     from moto.server import ThreadedMotoServer
 
@@ -54,6 +55,11 @@ def s3_server(mini):
         put(f"{sub}/func/{sub}_task-tunnel_events.tsv", f / f"{base}_events.tsv")
     for name in ["align.csv", "transcript.txt"]:
         put(f"stimuli/gentle/pieman/{name}", mini / "stimuli/gentle/pieman" / name)
+    from scipy.io import wavfile    # a short generated stand-in for the story's audio
+
+    wav = tmp_path_factory.mktemp("wav") / "pieman_audio.wav"
+    wavfile.write(wav, 8000, (1000 * np.sin(np.arange(8000 * 3) / 5)).astype(np.int16))
+    put("stimuli/pieman_audio.wav", wav)
     yield url, admin
     srv.stop()
 
@@ -186,6 +192,7 @@ def test_stage01_notebook_with_real_profile_on_loopback(s3_server, tmp_path, pro
     assert m.subject.tolist() == ["sub-001", "sub-002", "sub-003"]
     assert m.bold_path.str.contains("derivatives/afni-nosmooth").all()
     assert m.excluded.tolist() == [True, False, False]
+    assert m.audio_path.str.endswith("stimuli/pieman_audio.wav").all()     # download_audio
     nb = nbformat.read(run / "notebooks" / "01_data.ipynb", 4)
     assert not [o for c in nb.cells if c.cell_type == "code" for o in c.outputs
                 if o.output_type == "error"]

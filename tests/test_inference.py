@@ -216,3 +216,24 @@ def test_random_effects_map_finds_a_consistent_effect():
     assert {"t", "logp_max_t", "logp_max_tfce"} <= set(out)
     sig = out["logp_max_t"] > -np.log10(0.05)
     assert sig[: v // 10].mean() > 0.9 and sig[v // 10:].mean() < 0.05
+
+
+def test_null_plan_equals_refitting_the_permuted_bold():
+    """A permutation's null score, computed from the fold decompositions, equals scoring the
+    permuted BOLD with the observed alphas held fixed (r and R^2 alike)."""
+    rng = np.random.default_rng(11)
+    X = smooth_features(rng, 200, p=8)
+    Y = realistic_noise(rng, 200, 30)
+    spec = inf.NullSpec(n_perm=3, perm_stop=None)
+    D = ridge.prepare(X, delays=DELAYS)
+    res = ridge.score(D, Y, null=spec)
+    null = res.null_plan.batch(0, 3, np.arange(30))
+    for j, order in enumerate(res.null_plan.orders):
+        Yp = Y[order]
+        r = np.zeros(30)
+        for f, fd in enumerate(D.folds):
+            for t in range(30):
+                BY = fd.outer.project(D.B, ridge._standardised(D.B, Yp, np.array([t])))
+                pred = fd.outer.predict(res.alphas[f, t], BY)
+                r[t] += ridge.np_pearson(pred, Yp[fd.test, t:t + 1])[0]
+        np.testing.assert_allclose(null[j], r / len(D.folds), atol=1e-4)
