@@ -6,9 +6,10 @@
 
 Data: random features (p = 3072 = 768 x 4 delays) with a planted linear signal in half the targets.
 Every method runs 5 contiguous outer folds (gap 5) and selects one alpha per target from the same
-10 alphas: the engine on a contiguous inner block; sklearn RidgeCV(alpha_per_target=True) by its
-leave-one-out GCV (fit_intercept=True on raw data; its only per-target mode); himalaya
-KernelRidgeCV(kernel="linear") / RidgeCV on the engine's inner split. Seconds are wall time of all
+10 alphas: the engine on its 4 blocked inner folds (each standardised on its own rows); sklearn
+RidgeCV(alpha_per_target=True) by its leave-one-out GCV (fit_intercept=True on raw data; its only
+per-target mode; one decomposition per fold, and leaky on autocorrelated data); himalaya
+KernelRidgeCV(kernel="linear") / RidgeCV on the engine's inner folds. Seconds are wall time of all
 folds; peak memory is the child process's max RSS (each method runs in a fresh process).
 max_abs_dr compares the methods' per-fold r with ONE fixed alpha (so selection rules do not enter):
 it checks they fit the same model.
@@ -40,16 +41,21 @@ def data(n, p, t, seed=0):
     return X, Y
 
 
-def _splits(n):
-    from lib.encoding import contiguous_folds, inner_split
+GAP = 5
 
-    return [(tr, te, *inner_split(tr, te, 0.2, 5)) for tr, te in contiguous_folds(n, 5, 5)]
+
+def _splits(n):
+    """(train, test, inner folds) -- the engine's own folds."""
+    from lib.ridge import Layout, blocked_folds
+
+    lay = Layout.single(n)
+    return [(tr, te, blocked_folds(lay, 4, GAP, rows=tr)) for tr, te in blocked_folds(lay, 5, GAP)]
 
 
 def _r(p, y):
-    from lib.encoding import _np_pearson
+    from lib.ridge import np_pearson
 
-    return _np_pearson(p, y)
+    return np_pearson(p, y)
 
 
 def run_method(method, n, p, t, alphas, threads, out):
@@ -63,20 +69,20 @@ def run_method(method, n, p, t, alphas, threads, out):
     with threadpool_limits(threads):
         t0 = time.perf_counter()
         if method.startswith("engine"):
-            from lib.encoding import fit_score
+            from lib.ridge import fit_score
 
             backend = method.split("-")[1]
             if backend == "torch":
                 import torch
 
                 torch.set_num_threads(threads)
-            res = fit_score(X, Y, alphas=alphas, backend=backend, batch_targets=10000)
-            scores = res.fold_scores
+            res = fit_score(X, Y, alphas=alphas, gap=GAP, backend=backend, batch_targets=10000)
+            scores = res.fold_scores[:, 0]
         elif method == "sklearn":
             from sklearn.linear_model import RidgeCV
             from sklearn.preprocessing import StandardScaler
 
-            for f, (tr, te, _, _) in enumerate(_splits(n)):
+            for f, (tr, te, _) in enumerate(_splits(n)):
                 sc = StandardScaler().fit(X[tr])
                 ysd = Y[tr].std(0)
                 m = RidgeCV(alphas=alphas, alpha_per_target=len(alphas) > 1 and t > 1,
@@ -89,12 +95,13 @@ def run_method(method, n, p, t, alphas, threads, out):
             from himalaya.ridge import RidgeCV as HRidgeCV
 
             set_backend("numpy")
-            for f, (tr, te, fit, val) in enumerate(_splits(n)):
+            for f, (tr, te, inner) in enumerate(_splits(n)):
                 mu, sd = X[tr].mean(0), X[tr].std(0)
                 Xz = (X - mu) / sd
                 Yz = (Y - Y[tr].mean(0)) / Y[tr].std(0)
                 pos = {v: i for i, v in enumerate(tr)}
-                cv = [(np.array([pos[i] for i in fit]), np.array([pos[i] for i in val]))]
+                cv = [(np.array([pos[i] for i in fit]), np.array([pos[i] for i in val]))
+                      for fit, val in inner]
                 est = (KernelRidgeCV(kernel="linear", alphas=alphas, cv=cv,
                                      solver_params=dict(n_targets_batch=10000))
                        if n <= p else HRidgeCV(alphas=alphas, cv=cv,

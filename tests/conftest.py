@@ -6,6 +6,9 @@ import os
 import shutil
 from pathlib import Path
 
+import subprocess
+import sys
+
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -100,5 +103,24 @@ def stage05_job(root, run_dir, paths, n_perm=100, **kw):
     mask = nib.load(str(root / "derivatives/synthetic-truth/brain_mask.nii.gz"))
     return encoding.make_job(m, run_dir / "transcripts", idx, run_dir / "brain_score", mask, st,
                              root / "derivatives/synthetic-truth/planted_mask.nii.gz")
+
+
+# --------------------------------------------------------------------------- the e2e run
+def run_pipeline(args, env_root, timeout=900):
+    import os
+
+    env = {**os.environ, "NARRATIVES_ROOT": str(env_root), "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "lib.pipeline", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def quick_run(project_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("e2e")
+    args = ["--profile", "params/quick.yaml", "--run", "e2e",
+            "--set", f"bids_root={out / 'bids'}", "--report", str(out / "total.ipynb")]
+    p = run_pipeline(args, project_root)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    return out, project_root / "results" / "e2e", args, p
 
 

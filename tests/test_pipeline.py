@@ -1,31 +1,11 @@
 """End to end: the reduced embedded profile (tiny model, 2 analysed subjects, SYNTHETIC BOLD)
 through papermill, the master report, its HTML, the stage cache and a failing stage."""
 import json
-import subprocess
-import sys
 
 import nbformat
 import pytest
 
-from conftest import REPO
-
-
-def _run(args, env_root, timeout=900):
-    import os
-
-    env = {**os.environ, "NARRATIVES_ROOT": str(env_root), "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "lib.pipeline", *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=timeout)
-
-
-@pytest.fixture(scope="module")
-def quick_run(project_root, tmp_path_factory):
-    out = tmp_path_factory.mktemp("e2e")
-    args = ["--profile", "params/quick.yaml", "--run", "e2e",
-            "--set", f"bids_root={out / 'bids'}", "--report", str(out / "total.ipynb")]
-    p = _run(args, project_root)
-    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
-    return out, project_root / "results" / "e2e", args, p
+from conftest import run_pipeline as _run
 
 
 def outputs(nb):
