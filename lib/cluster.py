@@ -40,6 +40,13 @@ def thread_count(threads: int | str | None = "auto") -> int:
     return max(1, min(int(threads), n))
 
 
+def quiet_threads_env() -> dict:
+    """Environment for processes that share cores with others: OpenMP threads (torch, BLAS)
+    sleep when idle instead of spinning -- two processes with spinning pools on the same cores
+    slowed extraction more than 9x (docs/benchmarks.md)."""
+    return {"OMP_WAIT_POLICY": "PASSIVE", "KMP_BLOCKTIME": "0", "OPENBLAS_THREAD_TIMEOUT": "4"}
+
+
 def limit_threads(n: int) -> None:
     """Cap every thread pool of this process (BLAS, OpenMP, torch) at ``n``; also sets the
     environment for child processes. Call before heavy work starts."""
@@ -106,7 +113,8 @@ def _worker_threads(n: int):
 
 
 def _env(n: int) -> dict:
-    return {v: str(n) for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
+    return {**{v: str(n) for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")},
+            **quiet_threads_env()}
 
 
 def slurm_cluster(slurm: dict, threads: int | None = None):

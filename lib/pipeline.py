@@ -79,6 +79,22 @@ def declared_parameters(nb) -> set[str]:
     return set()
 
 
+def _kernel_manager():
+    """Kernels talk to papermill over IPC sockets where the OS has them: no TCP port, and no
+    'Kernel is running over TCP without encryption' warning from every stage."""
+    if os.name != "posix":
+        return {}
+    from jupyter_client.manager import AsyncKernelManager
+    from traitlets import default
+
+    class IPCKernelManager(AsyncKernelManager):
+        @default("transport")
+        def _default_transport(self):
+            return "ipc"
+
+    return {"kernel_manager_class": IPCKernelManager}
+
+
 def execute(stage: str, params: dict, out_nb: Path, root: Path = ROOT, log_output: bool = False):
     import nbformat
     import papermill as pm
@@ -93,7 +109,7 @@ def execute(stage: str, params: dict, out_nb: Path, root: Path = ROOT, log_outpu
     try:
         pm.execute_notebook(str(tmp_in), str(tmp_out), parameters=given, cwd=str(root),
                             kernel_name="python3", progress_bar=False, log_output=log_output,
-                            report_mode=False)
+                            report_mode=False, **_kernel_manager())
     except pm.PapermillExecutionError as e:
         tmp_out.replace(out_nb)  # keep the executed notebook with its traceback
         relabel(out_nb, src)
@@ -125,6 +141,9 @@ def relabel(nb_path: Path, src: Path) -> None:
 def run(params: dict, run_name: str | None = None, force: bool = False, only: list[str] | None
         = None, report: str | None = None, root: Path = ROOT, verbose: bool = True) -> Path:
     os.environ.pop("MPLBACKEND", None)  # an exported Agg backend would strip inline figures
+    from .cluster import quiet_threads_env
+
+    os.environ.update(quiet_threads_env())   # kernels inherit it: idle threads do not spin
     paths = Paths.from_env()  # data/ and results/ (NARRATIVES_ROOT moves them; notebooks stay)
     run_name = run_name or params.get("run") or params["profile"]
     run_dir = paths.run_dir(run_name)
@@ -178,15 +197,50 @@ def clear_outputs(run_dir: Path, stage: str) -> None:
         shutil.rmtree(p) if p.is_dir() else p.unlink()
 
 
+HIDDEN_TAGS = ("parameters", "injected-parameters")   # the header shows the parameters once
+OFFLINE = dict(mathjax_url="", require_js_url="", jquery_url="", widget_renderer_url="",
+               jupyter_widgets_base_url="", mermaid_js_url="", mermaid_layout_elk_js_url="")
+
+
 def export_html(nb_path: Path) -> Path:
-    """HTML next to the notebook, figures embedded as data URIs."""
+    """The reader's HTML next to the notebook (code hidden, a table of contents, figures
+    embedded, nothing fetched from the network) and ``<name>-code.html`` with the code."""
     import nbformat
     from nbconvert import HTMLExporter
 
     from .cache import write_text
 
-    body, _ = HTMLExporter(embed_images=True).from_notebook_node(nbformat.read(nb_path, 4))
-    return write_text(nb_path.with_suffix(".html"), body)
+    nb = nbformat.read(nb_path, 4)
+    nb.cells = [c for c in nb.cells if not set(c.metadata.get("tags", [])) & set(HIDDEN_TAGS)]
+    code_name = nb_path.with_name(nb_path.stem + "-code.html").name
+    reader, _ = HTMLExporter(embed_images=True, exclude_input=True, exclude_input_prompt=True,
+                             exclude_output_prompt=True, **OFFLINE).from_notebook_node(nb)
+    code, _ = HTMLExporter(embed_images=True, **OFFLINE).from_notebook_node(nb)
+    write_text(nb_path.with_name(code_name), offline_html(code))
+    return write_text(nb_path.with_suffix(".html"),
+                      with_toc(offline_html(reader), code_name, nb_path.name))
+
+
+def offline_html(html: str) -> str:
+    """Drop script tags left without a source (the CDN URLs emptied above)."""
+    import re
+
+    return re.sub(r'<script[^>]*\ssrc=""[^>]*>\s*</script>', "", html)
+
+
+def with_toc(html: str, code_name: str, nb_name: str) -> str:
+    """Insert a table of contents (the h2 sections) and the links to the code after the title."""
+    import html as h
+    import re
+
+    items = [f'<li><a href="#{i}">{h.escape(re.sub(r"<[^>]+>|¶", "", t)).strip()}</a></li>'
+             for i, t in re.findall(r'<h2 id="([^"]+)"[^>]*>(.*?)</h2>', html, flags=re.S)]
+    nav = (f'<nav class="report-toc" style="margin:1em 0 2em;padding:.6em 1em;'
+           f'border-left:3px solid #ccc"><strong>Contents</strong><ol>{"".join(items)}</ol>'
+           f'<p>Code: <a href="{code_name}">{code_name}</a> (the same report with its code) '
+           f'or the notebook <a href="{nb_name}">{nb_name}</a>.</p></nav>')
+    m = re.search(r"</h1>", html)
+    return html[:m.end()] + nav + html[m.end():] if m else nav + html
 
 
 def main(argv: list[str] | None = None) -> int:

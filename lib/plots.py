@@ -73,7 +73,7 @@ def stat_map(img, title: str, vmax: float | None = None, cmap: str = "cold_hot",
 
     fig = plt.figure(figsize=(9, 3))
     plotting.plot_stat_map(img, display_mode="ortho", title=title, vmax=vmax, cmap=cmap,
-                           figure=fig, colorbar=True, **kw)
+                           figure=fig, colorbar=True, black_bg=False, **kw)
     return fig
 
 
@@ -82,7 +82,7 @@ def glass_brain(img, title: str, vmax: float | None = None, **kw):
 
     fig = plt.figure(figsize=(9, 3))
     plotting.plot_glass_brain(img, title=title, vmax=vmax, figure=fig, colorbar=True,
-                              plot_abs=False, cmap="cold_hot", **kw)
+                              plot_abs=False, cmap="cold_hot", black_bg=False, **kw)
     return fig
 
 
@@ -105,15 +105,26 @@ def surface(img, title: str, vmax: float | None = None):
     return fig
 
 
-def save_view_img(img, path: str | Path, title: str, vmax: float | None = None) -> Path:
-    """Interactive HTML brain viewer (nilearn ``view_img``) saved next to the report."""
+def save_view_img(img, path: str | Path, title: str, vmax: float | None = None,
+                  fallback=None) -> Path:
+    """Interactive HTML brain viewer (nilearn ``view_img``) saved next to the report; when
+    ``img`` is empty (nothing survived the threshold) ``fallback`` is shown instead and the title
+    says it is unthresholded."""
     from nilearn import plotting
 
     from .cache import atomic_path
 
+    if fallback is not None and not np.any(img.get_fdata()):
+        img, vmax = fallback, None
+        title = f"{title} (unthresholded: no voxel survives the threshold)"
+
+    import re
+
     v = plotting.view_img(img, title=title, vmax=vmax, cmap="cold_hot", symmetric_cmap=True)
+    # nilearn's page is self-contained but for a favicon link to github: drop it (offline)
+    html = re.sub(r'<link[^>]*rel="icon"[^>]*>', "", v.get_standalone())
     with atomic_path(path, suffix=".html") as tmp:
-        v.save_as_html(str(tmp))
+        tmp.write_text(html, encoding="utf-8")
     return Path(path)
 
 

@@ -12,15 +12,29 @@ import pandas as pd
 from .paths import ROOT
 
 
+#: what a run writes itself: never counted as "uncommitted changes" in the header
+RUN_OUTPUTS = ("results", "data", "total.ipynb", "total.html", "total-code.html")
+
+
 def git_commit(root: Path = ROOT) -> str:
+    """Short commit, with "(uncommitted changes)" when tracked code, notebooks or profiles
+    differ from it -- the run's own outputs (RUN_OUTPUTS) do not count."""
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, text=True,
                              capture_output=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=root, text=True, capture_output=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--",
+                                "."] + [f":(exclude){p}" for p in RUN_OUTPUTS], cwd=root,
+                               text=True, capture_output=True, timeout=10).stdout.strip()
         return (out.stdout.strip() or "unknown") + (" (uncommitted changes)" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+def params_table(params: dict) -> pd.DataFrame:
+    """Every parameter of the run, once (the report hides papermill's parameter cells)."""
+    rows = [(k, ", ".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v))
+            for k, v in sorted(params.items()) if k != "run_dir"]
+    return pd.DataFrame(rows, columns=["parameter", "value"]).set_index("parameter")
 
 
 def device_summary() -> str:
@@ -157,3 +171,12 @@ def score_definitions() -> pd.DataFrame:
     ]
     return pd.DataFrame(rows, columns=["quantity", "definition", "TRs", "folds"]
                         ).set_index("quantity")
+
+
+def figure(path, caption: str) -> None:
+    """Show a saved figure with its caption (what is plotted, and the threshold)."""
+    from IPython.display import Image, Markdown, display
+
+    if Path(path).exists():
+        display(Image(filename=str(path)))
+        display(Markdown(f"*{caption}*"))

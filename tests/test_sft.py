@@ -125,3 +125,30 @@ def test_leaky_models_are_labelled_and_kept_apart(corpus, tmp_path):
     _, table = sft.run_stage(small, ["pieman"], cfg, tmp_path, mode="leaky", progress=False)
     assert sorted(table.condition) == ["control-leaky", "scrambled-leaky", "sft-leaky"]
     assert table.leaky.all() and table.path.nunique() == 3
+
+
+def test_training_and_extraction_are_bit_for_bit_reproducible(corpus, tmp_path, pieman_words):
+    """Same inputs, same machine: identical weights, identical activations, identical scores."""
+    import torch
+
+    from lib import features, ridge
+    from lib.models import load_model
+
+    cfg = sft.SFTConfig(base_model="tiny-gpt2", steps=4, lr=1e-3, batch_size=2, block_size=32,
+                        device="cpu")
+    texts = {"black": corpus["black"][:3000]}
+    for d in ("a", "b"):
+        sft.train(cfg, texts, tmp_path / d, None, progress=False)
+    wa = load_model(str(tmp_path / "a"), device="cpu").model.state_dict()
+    wb = load_model(str(tmp_path / "b"), device="cpu").model.state_dict()
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    lm = load_model(str(tmp_path / "a"), device="cpu")
+    words = pieman_words.text.tolist()[:200]
+    a1 = features.windowed_activations(lm, words, 1, 32, progress=False)["activations"]
+    a2 = features.windowed_activations(lm, words, 1, 32, progress=False)["activations"]
+    assert np.array_equal(a1, a2)
+    X = np.repeat(a1[:150], 2, axis=0)
+    Y = np.random.default_rng(0).standard_normal((300, 50)).astype(np.float32)
+    s1 = ridge.fit_score(X, Y, gap=10).scores
+    s2 = ridge.fit_score(X, Y, gap=10).scores
+    assert np.array_equal(s1, s2)
