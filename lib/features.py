@@ -93,7 +93,9 @@ def numerics(model: LoadedModel) -> dict:
     p = next(model.model.parameters())
     return {"dtype": str(p.dtype).replace("torch.", ""), "device": p.device.type,
             "torch": torch.__version__.split("+")[0], "transformers": transformers.__version__,
-            "start_token": start_token(model.tokenizer)}
+            "start_token": start_token(model.tokenizer),
+            "fused_gelu": bool(model.info.get("fused_gelu")),
+            "cpu_bf16": bool(model.info.get("cpu_bf16"))}
 
 
 def _check(model: LoadedModel, layer, context: int, pooling: str) -> list[int]:
@@ -289,12 +291,14 @@ def naive_activations(model: LoadedModel, words: list[str], layer=8, context: in
 def activations_path(root: Path, tag: str, story: str, layer, context: int, pooling: str,
                      env: dict | None = None) -> Path:
     """``<root>/<model_tag>/<story>_layer-<L>_ctx-<C>_<pooling>[_<dtype>-<device>].npz``."""
-    num = f"_{env['dtype']}-{env['device']}" if env else ""
+    num = (f"_{env['dtype']}{'+bf16' if env.get('cpu_bf16') else ''}-{env['device']}"
+           if env else "")
     return Path(root) / tag / f"{story}_layer-{layer}_ctx-{context}_{pooling}{num}.npz"
 
 
 def surprisal_path(root: Path, tag: str, story: str, context: int, env: dict) -> Path:
-    return Path(root) / tag / f"{story}_surprisal_ctx-{context}_{env['dtype']}-{env['device']}.npz"
+    bf = "+bf16" if env.get("cpu_bf16") else ""
+    return Path(root) / tag / f"{story}_surprisal_ctx-{context}_{env['dtype']}{bf}-{env['device']}.npz"
 
 
 def story_activations(model: LoadedModel, transcript: pd.DataFrame, story: str, cache_root: Path,
@@ -387,12 +391,13 @@ class ExtractUnit:
     leaky: bool = False
     device: str = "auto"
     options: tuple = ()       # extract_for keywords as (key, value) pairs
+    cpu_bf16: bool = False
 
 
 def extract_unit(_job, unit: ExtractUnit) -> list[dict]:
     from .models import load_model
 
-    lm = load_model(unit.model, device=unit.device)
+    lm = load_model(unit.model, device=unit.device, cpu_bf16=unit.cpu_bf16)
     return extract_for(lm, list(unit.stories), Path(unit.transcripts_dir), Path(unit.cache_root),
                        unit.condition, seed=unit.seed, leaky=unit.leaky, **dict(unit.options))
 

@@ -105,6 +105,17 @@ def stage05_job(root, run_dir, paths, n_perm=100, **kw):
                              root / "derivatives/synthetic-truth/planted_mask.nii.gz")
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
 # --------------------------------------------------------------------------- the e2e run
 def run_pipeline(args, env_root, timeout=900):
     import os

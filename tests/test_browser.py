@@ -8,7 +8,6 @@ never skipped. Screenshots land in tests/artifacts/ (kept out of git).
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -17,7 +16,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import REPO
+from conftest import REPO, free_port
 
 ARTIFACTS = REPO / "tests" / "artifacts"
 LOCAL = ("file:", "data:", "blob:", "about:", "chrome:", "devtools:")
@@ -134,13 +133,6 @@ def test_brain_viewer_renders_offline(browser, quick_run):
     assert not outside, outside
 
 
-def _free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
-
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
@@ -152,7 +144,7 @@ def lab(tmp_path_factory):
     news = settings / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
     news.parent.mkdir(parents=True)
     news.write_text(json.dumps({"fetchNews": "false"}))                # no network, no pop-up
-    port, token = _free_port(), "narratives-test-token"
+    port, token = free_port(), "narratives-test-token"
     env = {**os.environ, "JUPYTERLAB_SETTINGS_DIR": str(settings),
            "JUPYTER_CONFIG_DIR": str(tmp_path_factory.mktemp("jupyter-config"))}
     jupyter = Path(sys.executable).with_name("jupyter")

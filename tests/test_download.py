@@ -1,7 +1,6 @@
 """lib.download against a real S3 protocol peer on loopback (moto's server), seeded with a small
 tree that uses ds002345's real key layout (small SYNTHETIC NIfTIs)."""
 import json
-import socket
 import subprocess
 import sys
 
@@ -11,18 +10,11 @@ import pytest
 from lib import download
 from lib.download import DownloadError, IntegrityError
 
-from conftest import REPO
+from conftest import REPO, free_port
 
 BUCKET, PREFIX = "openneuro.org", "ds002345"
 DERIV = "_space-MNI152NLin2009cAsym_res-native_desc-clean_bold.nii.gz"
 
-
-def _free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +22,7 @@ def s3_server(mini, tmp_path_factory):
     import boto3
     from moto.server import ThreadedMotoServer
 
-    port = _free_port()
+    port = free_port()
     srv = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     srv.start()
     url = f"http://127.0.0.1:{port}"
@@ -155,7 +147,7 @@ def test_clear_errors(s3_server, tmp_path):
     with pytest.raises(DownloadError, match=r"stimuli/gentle/tunnel/: no alignment"):
         download.plan_subset(["sub-002"], ["pieman", "tunnel"], "raw", url)
     with pytest.raises(DownloadError, match="cannot reach http://127.0.0.1:"):
-        download.plan_subset(["sub-002"], ["pieman"], "raw", f"http://127.0.0.1:{_free_port()}")
+        download.plan_subset(["sub-002"], ["pieman"], "raw", f"http://127.0.0.1:{free_port()}")
     admin.create_bucket(Bucket="private")                 # no public-read policy
     admin.put_object(Bucket="private", Key=f"{PREFIX}/a.json", Body=b"{}")
     bar = type("B", (), {"update": lambda *a: None})()

@@ -91,9 +91,9 @@ def test_cache_never_mixes_numerics(paths, pieman_words, tmp_path, monkeypatch):
     """bf16 and fp32 activations of the same model never share a cache entry, nor do two
     library versions."""
     import copy
+    import sys
 
     import torch
-    import transformers
 
     from lib.models import load_model
 
@@ -105,7 +105,8 @@ def test_cache_never_mixes_numerics(paths, pieman_words, tmp_path, monkeypatch):
     _, hit16, p16 = features.story_activations(m16, tr, "pieman", tmp_path, layer=1, context=32)
     assert not hit16 and p16 != p32 and "bfloat16-cpu" in p16.name and "float32-cpu" in p32.name
     assert features.story_activations(m32, tr, "pieman", tmp_path, layer=1, context=32)[1]
-    monkeypatch.setattr(transformers, "__version__", "0.0.0-other")
+    # transformers swaps its own entry in sys.modules while loading: patch the live one
+    monkeypatch.setattr(sys.modules["transformers"], "__version__", "0.0.0-other")
     assert not features.story_activations(m32, tr, "pieman", tmp_path, layer=1, context=32)[1]
 
 
@@ -154,3 +155,37 @@ def test_smollm2_loads_offline(paths, pieman_words):
     assert acts.shape == (40, 576) and np.isfinite(acts).all()
     again = load_model("smollm2-135m", device="cpu", paths=paths)  # reuses the converted folder
     assert again.fingerprint == lm.fingerprint
+
+
+def test_fused_gelu_changes_nothing_but_rounding(tiny, pieman_words):
+    """The fused tanh-GELU that load_model swaps in computes GPT-2's gelu_new: same activations."""
+    import copy
+
+    from transformers.activations import GELUTanh, NewGELUActivation
+
+    assert tiny.info["fused_gelu"] == 2  # one per block of the 2-layer test model
+    plain = copy.copy(tiny)
+    plain.model = copy.deepcopy(tiny.model)
+    for name, mod in list(plain.model.named_modules()):
+        if isinstance(mod, GELUTanh):
+            parent, _, attr = name.rpartition(".")
+            setattr(plain.model.get_submodule(parent), attr, NewGELUActivation())
+    assert not any(isinstance(m, GELUTanh) for m in plain.model.modules())
+    words = pieman_words.text.tolist()[:80]
+    a = features.windowed_activations(tiny, words, layer="all", context=32, progress=False)
+    b = features.windowed_activations(plain, words, layer="all", context=32, progress=False)
+    np.testing.assert_allclose(a["activations"], b["activations"], atol=1e-5)
+
+
+def test_cpu_bf16_is_close_and_cached_apart(paths, pieman_words, tmp_path):
+    m32 = load_model("tiny-gpt2", device="cpu", paths=paths)
+    m16 = load_model("tiny-gpt2", device="cpu", paths=paths, cpu_bf16=True)
+    assert m16.info["cpu_bf16"] and not m32.info["cpu_bf16"]
+    tr = pieman_words.head(60)
+    a32, _, p32 = features.story_activations(m32, tr, "pieman", tmp_path, layer=2, context=32)
+    a16, hit, p16 = features.story_activations(m16, tr, "pieman", tmp_path, layer=2, context=32)
+    assert not hit and "float32+bf16-cpu" in p16.name and p16 != p32
+    x32, x16 = a32["activations"], a16["activations"]
+    assert x16.dtype == x32.dtype == np.float32
+    assert not np.array_equal(x16, x32)            # autocast really ran in bf16
+    assert np.abs(x16 - x32).max() <= 0.05 * np.abs(x32).max()
