@@ -17,6 +17,7 @@ recomputes only what is missing.
 from __future__ import annotations
 
 import os
+import time
 from contextlib import contextmanager
 from typing import Callable, Iterable
 
@@ -31,12 +32,35 @@ def available_cpus() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def busy_cpus(sample_s: float = 0.3) -> float:
+    """CPUs kept busy by other processes right now, from two reads of ``/proc/stat``
+    ``sample_s`` apart while this thread sleeps (Linux; 0.0 where it cannot be read)."""
+    def read():
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        return sum(v[:8]), v[3] + v[4]          # all time (bar guest), idle + iowait
+
+    try:
+        (t0, i0), _ = read(), time.sleep(sample_s)
+        t1, i1 = read()
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    total = t1 - t0
+    return 0.0 if total <= 0 else available_cpus() * (total - (i1 - i0)) / total
+
+
 def thread_count(threads: int | str | None = "auto") -> int:
-    """The one thread setting for every pool: ``auto`` = the CPUs available, else the number
-    asked for (never more than available)."""
+    """The one thread setting for every pool: ``auto`` = the CPUs available that other processes
+    are not keeping busy right now (a process counts from 0.65 of a CPU; at least 1), else the
+    number asked for (never more than available).
+
+    Why: two processes whose pools together ask for more threads than there are cores lose far
+    more than their fair share to threads waiting on each other (the ridge bench beside a 2-thread
+    torch process: 3.4x slower with 2 threads, 2.0x with 1 -- docs/benchmarks.md). Set a number
+    for bit-for-bit equal reruns whatever else the machine runs."""
     n = available_cpus()
     if threads in (None, "auto", 0):
-        return n
+        return max(1, n - int(busy_cpus() + 0.35))
     return max(1, min(int(threads), n))
 
 

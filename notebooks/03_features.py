@@ -37,7 +37,7 @@ surprisal = False                 # also each word's surprisal under every LM (s
 feature_spaces = ["word_rate"]    # word-level spaces to compute and cache (see lib/spaces.py)
 device = "auto"
 cpu_bf16 = False                  # bfloat16 autocast for extraction on a CPU (faster, ~1% off)
-threads = "auto"                  # one thread count for every pool; auto: the CPUs available
+threads = "auto"                  # one thread count for every pool; auto: CPUs not busy elsewhere
 cluster = "none"                  # none | local | slurm | tcp://host:port (see lib/cluster.py)
 workers = 2
 slurm = {}
@@ -52,7 +52,9 @@ from lib.cache import write_csv
 from lib.models import load_model
 from lib.paths import Paths
 
-cl.limit_threads(cl.thread_count(threads))
+n_threads = cl.thread_count(threads)
+cl.limit_threads(n_threads)
+print(f"threads per pool: {n_threads} of {cl.available_cpus()} CPUs")
 run = Path(run_dir)
 manifest = data.read_manifest(run / "data" / "data_manifest.csv")
 stories = sorted(manifest.loc[~manifest.excluded, "story"].unique())

@@ -60,7 +60,9 @@ from lib.cache import write_csv, write_json
 from lib.paths import Paths
 from lib.transcripts import read_corpus
 
-cl.limit_threads(cl.thread_count(threads))
+n_threads = cl.thread_count(threads)
+cl.limit_threads(n_threads)
+print(f"threads per pool: {n_threads} of {cl.available_cpus()} CPUs")
 run = Path(run_dir)
 paths = Paths.from_env()
 manifest = data.read_manifest(run / "data" / "data_manifest.csv")

@@ -71,6 +71,7 @@ from lib.ridge import DEFAULT_ALPHAS
 
 n_threads = cl.thread_count(threads)
 cl.limit_threads(n_threads)
+print(f"threads per pool: {n_threads} of {cl.available_cpus()} CPUs")
 run = Path(run_dir)
 manifest = data.read_manifest(run / "data" / "data_manifest.csv")
 index = features.read_index(run / "features" / "activations_index.csv")

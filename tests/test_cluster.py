@@ -93,7 +93,31 @@ def test_slurm_job_script_from_a_profile():
         assert line in script, (line, script)
 
 
-def test_thread_setting_never_exceeds_the_cpus():
+def test_thread_setting_never_exceeds_the_cpus(monkeypatch):
     n = cluster.available_cpus()
+    monkeypatch.setattr(cluster, "busy_cpus", lambda sample_s=0.3: 0.1)
     assert cluster.thread_count("auto") == n and cluster.thread_count(10_000) == n
     assert cluster.thread_count(1) == 1
+    # CPUs that other processes keep busy are not counted by "auto" (at least one thread)
+    monkeypatch.setattr(cluster, "busy_cpus", lambda sample_s=0.3: n - 0.2)
+    assert cluster.thread_count("auto") == 1
+    monkeypatch.setattr(cluster, "busy_cpus", lambda sample_s=0.3: 1.0)
+    assert cluster.thread_count("auto") == max(1, n - 1)
+    assert cluster.thread_count(2) == min(2, n)      # an explicit number is kept
+
+
+def test_busy_cpus_sees_a_spinning_process():
+    import subprocess
+    import sys
+    import time
+
+    quiet = cluster.busy_cpus(0.5)
+    spin = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.5)
+        busy = cluster.busy_cpus(0.5)
+    finally:
+        spin.kill()
+        spin.wait()
+    assert 0.0 <= quiet <= cluster.available_cpus()
+    assert busy >= 0.8 and busy >= quiet + 0.5, (quiet, busy)
