@@ -37,7 +37,9 @@ def data(n, p, t, seed=0):
     B = rng.standard_normal((k, t), dtype=np.float32) * (3 / np.sqrt(p * k))
     B[:, t // 2:] = 0
     Y = rng.standard_normal((n, t), dtype=np.float32)
-    Y += (X @ rng.standard_normal((p, k), dtype=np.float32)) @ B
+    XW = X @ rng.standard_normal((p, k), dtype=np.float32)
+    for j in range(0, t, 5000):   # in column chunks: no second (n, t) matrix in memory
+        Y[:, j:j + 5000] += XW @ B[:, j:j + 5000]
     return X, Y
 
 

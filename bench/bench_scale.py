@@ -180,7 +180,9 @@ def projection() -> None:
     a = sec[0] / n[0] ** b
     mem = np.array([meas["pieman"]["peak_rss_mb"], meas["tunnel"]["peak_rss_mb"]], float)
     meta = json.loads((Paths().metadata / "event_meta.json").read_text())
-    length = {t: meta[t][t]["onset"] + meta[t][t]["duration"] + 10 for t in meta}
+    # a scan's TRs: its last event's end (slumlordreach holds two stories) + the tail
+    length = {t: max(e["onset"] + e["duration"] for e in meta[t].values()
+                     if isinstance(e, dict) and "onset" in e) + 10 for t in meta}
     # raw, 3 seeds x (sft, control, scrambled), random, 5 feature spaces (+ chance in each unit)
     conditions = 1 + 9 + 1 + 5
     print("| profile | subjects, scans | fit units | CPU-hours | GPU-hours (SFT + extraction) |"
