@@ -123,15 +123,17 @@ def execute(stage: str, params: dict, out_nb: Path, root: Path = ROOT, log_outpu
 
 
 def relabel(nb_path: Path, src: Path) -> None:
-    """papermill records the temporary notebooks it ran; record the real source and output."""
+    """papermill records the temporary notebooks it ran; record the real source and output.
+    Cell ids (random when jupytext and papermill make cells) become their positions, so a rerun
+    writes the same notebook."""
     import nbformat
 
     from .cache import atomic_path
 
     nb = nbformat.read(nb_path, 4)
-    pm_meta = nb.metadata.get("papermill")
-    if pm_meta is None:
-        return
+    for i, cell in enumerate(nb.cells):
+        cell["id"] = f"cell-{i:03d}"
+    pm_meta = nb.metadata.setdefault("papermill", {})
     pm_meta["input_path"] = Paths.rel(src)
     pm_meta["output_path"] = Paths.rel(nb_path)
     with atomic_path(nb_path, suffix=".ipynb") as tmp:

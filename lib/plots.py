@@ -118,11 +118,17 @@ def save_view_img(img, path: str | Path, title: str, vmax: float | None = None,
         img, vmax = fallback, None
         title = f"{title} (unthresholded: no voxel survives the threshold)"
 
+    import hashlib
     import re
 
     v = plotting.view_img(img, title=title, vmax=vmax, cmap="cold_hot", symmetric_cmap=True)
     # nilearn's page is self-contained but for a favicon link to github: drop it (offline)
     html = re.sub(r'<link[^>]*rel="icon"[^>]*>', "", v.get_standalone())
+    # its element ids are random uuids: make them a function of the page so reruns are identical
+    m = re.search(r"viewer-([0-9a-f]{32})", html)
+    if m:
+        page_id = hashlib.sha256(html.replace(m.group(1), "").encode()).hexdigest()[:32]
+        html = html.replace(m.group(1), page_id)
     with atomic_path(path, suffix=".html") as tmp:
         tmp.write_text(html, encoding="utf-8")
     return Path(path)

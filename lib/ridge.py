@@ -1,6 +1,6 @@
 """The ridge engine: blocked cross-validation, alpha selection on inner folds, fold scores.
 
-Numpy or torch (CPU or CUDA) through one tiny array-namespace shim; no pipeline knowledge.
+Numpy or torch (CPU or CUDA) through the array shim of :mod:`lib.backend`; no pipeline knowledge.
 
 Rows are TRs. A :class:`Layout` says which run, story and position in the story (TR index after
 trimming) each row belongs to, and decides the folds (:func:`blocked_folds`):
@@ -35,6 +35,8 @@ import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from .backend import Backend, np_pearson, pearson_cols, r2_cols, zscore_on  # noqa: F401
 
 DEFAULT_ALPHAS = np.logspace(-1, 8, 10)
 DEFAULT_DELAYS = (1, 2, 3, 4, 5)
@@ -123,84 +125,6 @@ def blocked_folds(layout: Layout, n_folds: int = 5, gap: int = 20, rows=None
                               f"{lo}..{hi} ({len(u)} TRs of story time, {n_folds} folds)")
         folds.append((train, test))
     return folds
-
-
-# --------------------------------------------------------------------------- backends
-class Backend:
-    """The handful of array operations the engine needs, for numpy or torch."""
-
-    def __init__(self, name: str = "numpy", device: str | None = None, dtype: str = "float32"):
-        self.name = name
-        if name == "numpy":
-            self.xp, self.dtype, self.device = np, np.dtype(dtype), "cpu"
-        elif name == "torch":
-            import torch
-
-            self.xp = torch
-            self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-            self.dtype = getattr(torch, dtype)
-        else:
-            raise ValueError(f"backend must be 'numpy' or 'torch', got {name!r}")
-
-    def asarray(self, a, dtype=None):
-        if self.name == "numpy":
-            return np.asarray(a, dtype=dtype or self.dtype)
-        import torch
-
-        return torch.as_tensor(np.asarray(a), device=self.device).to(dtype or self.dtype)
-
-    def idx(self, i):
-        if self.name == "numpy":
-            return np.asarray(i)
-        import torch
-
-        return torch.as_tensor(np.asarray(i), device=self.device)
-
-    def to_numpy(self, a) -> np.ndarray:
-        if self.name == "numpy":
-            return np.asarray(a)
-        a = a.detach()
-        return (a.float() if a.is_floating_point() else a).cpu().numpy()
-
-    def zeros(self, shape):
-        if self.name == "numpy":
-            return np.zeros(shape, self.dtype)
-        return self.xp.zeros(shape, dtype=self.dtype, device=self.device)
-
-    def eigh(self, G):
-        """Eigendecomposition in float64 (Gram matrices square the condition number)."""
-        if self.name == "numpy":
-            lam, U = np.linalg.eigh(G.astype(np.float64))
-            return lam.astype(self.dtype), U.astype(self.dtype)
-        import torch
-
-        lam, U = torch.linalg.eigh(G.to(torch.float64))
-        return lam.to(self.dtype), U.to(self.dtype)
-
-    def mean0(self, a, keep=False):
-        return a.mean(0, keepdims=keep) if self.name == "numpy" else a.mean(0, keepdim=keep)
-
-
-def pearson_cols(B: Backend, p, y, eps: float = 1e-12):
-    """Column-wise Pearson r of p and y, shape (..., n, t) -> (..., t)."""
-    kd = {"keepdims": True} if B.name == "numpy" else {"keepdim": True}
-    p = p - p.mean(-2, **kd)
-    y = y - y.mean(-2, **kd)
-    return (p * y).sum(-2) / (((p * p).sum(-2) * (y * y).sum(-2)) ** 0.5 + eps)
-
-
-def np_pearson(p: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Column-wise Pearson r (numpy)."""
-    return pearson_cols(Backend("numpy", dtype="float64"), np.asarray(p, float),
-                        np.asarray(y, float))
-
-
-def zscore_on(B: Backend, a, rows, eps: float = 1e-8):
-    """Standardise the columns of ``a`` with the mean and sd of ``rows`` only."""
-    sub = a[B.idx(rows)]
-    mu = B.mean0(sub)
-    sd = B.mean0((sub - mu) ** 2) ** 0.5
-    return (a - mu) / B.xp.where(sd > eps, sd, B.xp.ones_like(sd))
 
 
 # --------------------------------------------------------------------------- decompositions
@@ -335,15 +259,6 @@ def aggregate_runs(run_values: np.ndarray, run_story: np.ndarray) -> np.ndarray:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         return np.nanmean([np.nanmean(run_values[run_story == s], 0) for s in stories], 0)
-
-
-def r2_cols(B: Backend, p, y, eps: float = 1e-12):
-    """Column-wise R^2 of block-centred predictions vs block-centred y, (..., n, t) -> (..., t)
-    (offsets ignored, like r; unlike r, the prediction's scale counts)."""
-    kd = {"keepdims": True} if B.name == "numpy" else {"keepdim": True}
-    p = p - p.mean(-2, **kd)
-    y = y - y.mean(-2, **kd)
-    return 1 - ((y - p) ** 2).sum(-2) / ((y * y).sum(-2) + eps)
 
 
 def inner_scores(B: Backend, fd: FoldDesign, alphas, Y, metric: str = "r"):

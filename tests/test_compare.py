@@ -107,3 +107,19 @@ def test_headline_says_the_test_and_its_limit():
     h = compare.headline(stats, synthetic=True)
     assert "5 of 5 subjects improved" in h and "sign-flip p = 0.0625" in h
     assert "smallest p possible with 5 subjects is 0.0625" in h and "SYNTHETIC" in h
+
+
+def test_brain_viewer_pages_are_identical_on_rerun(tmp_path):
+    """nilearn names the viewer's elements with random ids; the saved page must not change
+    between reruns of the same map (committed reports are compared byte for byte)."""
+    import nibabel as nib
+
+    from lib.plots import save_view_img
+
+    data = np.zeros((9, 9, 9), np.float32)
+    data[3:6, 3:6, 3:6] = 1.0
+    img = nib.Nifti1Image(data, np.diag([4.0, 4.0, 4.0, 1.0]))
+    a = save_view_img(img, tmp_path / "a.html", "map").read_text()
+    b = save_view_img(img, tmp_path / "b.html", "map").read_text()
+    assert a == b and 'rel="icon"' not in a
+    assert "viewer-" in a

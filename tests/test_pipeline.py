@@ -56,3 +56,26 @@ def test_broken_stage_fails_with_its_name(quick_run, project_root):
               f"bids_root={out / 'bids'}", "--set", "model=no-such/model!"], project_root)
     assert p.returncode != 0
     assert "stage 03_features failed" in p.stderr and "03_features.ipynb" in p.stderr
+
+
+def test_executed_notebooks_get_stable_cell_ids(tmp_path):
+    """jupytext and papermill give new cells random ids: relabel makes them positions, so two
+    runs of the same stage write the same notebook (and the same HTML)."""
+    import nbformat
+
+    from lib.pipeline import relabel
+
+    def made():
+        nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# t"),
+                                             nbformat.v4.new_code_cell("x = 1")])
+        nb.metadata["papermill"] = {"input_path": "/tmp/.x.input.ipynb"}
+        path = tmp_path / "nb.ipynb"
+        nbformat.write(nb, path)
+        relabel(path, tmp_path / "notebooks" / "x.py")
+        return path.read_text()
+
+    a, b = made(), made()
+    assert a == b
+    nb = nbformat.reads(a, 4)
+    assert [c.id for c in nb.cells] == ["cell-000", "cell-001"]
+    assert nb.metadata.papermill["input_path"].endswith("x.py")
