@@ -33,20 +33,31 @@ def available_cpus() -> int:
 
 
 def busy_cpus(sample_s: float = 0.3) -> float:
-    """CPUs kept busy by other processes right now, from two reads of ``/proc/stat``
-    ``sample_s`` apart while this thread sleeps (Linux; 0.0 where it cannot be read)."""
+    """How many of the CPUs this process may use other processes keep busy right now: the
+    non-idle share of those CPUs' time between two reads of ``/proc/stat`` ``sample_s`` apart,
+    while this thread sleeps (Linux; 0.0 where it cannot be read)."""
+    try:
+        mine = {f"cpu{i}" for i in os.sched_getaffinity(0)}
+    except AttributeError:
+        return 0.0
+
     def read():
+        total = idle = 0
         with open("/proc/stat") as f:
-            v = [int(x) for x in f.readline().split()[1:]]
-        return sum(v[:8]), v[3] + v[4]          # all time (bar guest), idle + iowait
+            for line in f:
+                name, *v = line.split()
+                if name in mine:
+                    v = [int(x) for x in v[:8]]      # user .. steal (guest time is inside user)
+                    total, idle = total + sum(v), idle + v[3] + v[4]   # idle + iowait
+        return total, idle
 
     try:
         (t0, i0), _ = read(), time.sleep(sample_s)
         t1, i1 = read()
-    except (OSError, ValueError, IndexError):
+    except (OSError, ValueError):
         return 0.0
     total = t1 - t0
-    return 0.0 if total <= 0 else available_cpus() * (total - (i1 - i0)) / total
+    return 0.0 if total <= 0 else len(mine) * (total - (i1 - i0)) / total
 
 
 def thread_count(threads: int | str | None = "auto") -> int:
