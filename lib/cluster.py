@@ -102,6 +102,15 @@ def limit_threads(n: int) -> None:
         pass
 
 
+def use_threads(threads: int | str | None = "auto") -> int:
+    """A stage's thread setting: resolve it (:func:`thread_count`), cap every pool of this
+    process at it (:func:`limit_threads`) and say so. Returns the number."""
+    n = thread_count(threads)
+    limit_threads(n)
+    print(f"threads per pool: {n} of {available_cpus()} CPUs")
+    return n
+
+
 def map_units(fn: Callable, job, units: Iterable, client=None, desc: str = "units",
               progress: bool = True, retries: int = 2, resources: dict | None = None) -> list:
     """``[fn(job, u) for u in units]``, serially or on ``client`` (a dask.distributed Client);

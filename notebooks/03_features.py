@@ -52,9 +52,7 @@ from lib.cache import write_csv
 from lib.models import load_model
 from lib.paths import Paths
 
-n_threads = cl.thread_count(threads)
-cl.limit_threads(n_threads)
-print(f"threads per pool: {n_threads} of {cl.available_cpus()} CPUs")
+cl.use_threads(threads)
 run = Path(run_dir)
 manifest = data.read_manifest(run / "data" / "data_manifest.csv")
 stories = sorted(manifest.loc[~manifest.excluded, "story"].unique())

@@ -60,9 +60,7 @@ from lib.cache import write_csv, write_json
 from lib.paths import Paths
 from lib.transcripts import read_corpus
 
-n_threads = cl.thread_count(threads)
-cl.limit_threads(n_threads)
-print(f"threads per pool: {n_threads} of {cl.available_cpus()} CPUs")
+cl.use_threads(threads)
 run = Path(run_dir)
 paths = Paths.from_env()
 manifest = data.read_manifest(run / "data" / "data_manifest.csv")

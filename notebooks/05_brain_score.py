@@ -69,9 +69,7 @@ from lib import cluster as cl, data, encoding, features
 from lib.inference import NullSpec
 from lib.ridge import DEFAULT_ALPHAS
 
-n_threads = cl.thread_count(threads)
-cl.limit_threads(n_threads)
-print(f"threads per pool: {n_threads} of {cl.available_cpus()} CPUs")
+n_threads = cl.use_threads(threads)
 run = Path(run_dir)
 manifest = data.read_manifest(run / "data" / "data_manifest.csv")
 index = features.read_index(run / "features" / "activations_index.csv")
