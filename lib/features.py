@@ -291,14 +291,18 @@ def naive_activations(model: LoadedModel, words: list[str], layer=8, context: in
 def activations_path(root: Path, tag: str, story: str, layer, context: int, pooling: str,
                      env: dict | None = None) -> Path:
     """``<root>/<model_tag>/<story>_layer-<L>_ctx-<C>_<pooling>[_<dtype>-<device>].npz``."""
-    num = (f"_{env['dtype']}{'+bf16' if env.get('cpu_bf16') else ''}-{env['device']}"
-           if env else "")
+    num = f"_{_numerics_tag(env)}" if env else ""
     return Path(root) / tag / f"{story}_layer-{layer}_ctx-{context}_{pooling}{num}.npz"
 
 
 def surprisal_path(root: Path, tag: str, story: str, context: int, env: dict) -> Path:
-    bf = "+bf16" if env.get("cpu_bf16") else ""
-    return Path(root) / tag / f"{story}_surprisal_ctx-{context}_{env['dtype']}{bf}-{env['device']}.npz"
+    return Path(root) / tag / f"{story}_surprisal_ctx-{context}_{_numerics_tag(env)}.npz"
+
+
+def _numerics_tag(env: dict) -> str:
+    """``<dtype>[+bf16]-<device>`` of :func:`numerics`: the part of a cache file's name that
+    keeps different numerics apart."""
+    return f"{env['dtype']}{'+bf16' if env.get('cpu_bf16') else ''}-{env['device']}"
 
 
 def story_activations(model: LoadedModel, transcript: pd.DataFrame, story: str, cache_root: Path,
