@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup report test sync bench lab offline-assets clean
+.PHONY: setup report test sync bench lab offline-assets clean browser
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,10 +25,26 @@ offline-assets:
 
 setup: $(STAMP)
 
-report: setup
-	$(BIN)/python -m lib.pipeline --profile params/mini.yaml --report total.ipynb
+# FORCE=1 reruns every stage (from-scratch timings); otherwise unchanged stages are reused and
+# the run says which it reused and which it ran
+FORCE_FLAG := $(if $(filter 1,$(FORCE)),--force,)
 
-test: setup
+report: setup
+	$(BIN)/python -m lib.pipeline --profile params/lebel.yaml $(FORCE_FLAG)
+	$(BIN)/python -m lib.pipeline --profile params/mini.yaml --report total.ipynb $(FORCE_FLAG)
+
+# the browser tests drive the system's Chromium (Selenium cannot download one here)
+browser:
+	@if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then \
+	    if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	        apt-get update -q && apt-get install -y -q chromium chromium-driver; \
+	    else \
+	        echo "Chromium is missing. Run: sudo apt-get install chromium chromium-driver" >&2; \
+	        exit 1; \
+	    fi; \
+	fi
+
+test: setup browser
 	$(BIN)/python -m pytest -q tests
 
 sync: setup

@@ -106,10 +106,10 @@ def unit() -> dict:
 
 
 def _stage(job, client=None, per_unit=8):
-    from lib import encoding
+    from lib import brain_score
 
     t0 = time.perf_counter()
-    encoding.run_stage(job, client=client, subjects_per_unit=per_unit, progress=False)
+    brain_score.run_stage(job, client=client, subjects_per_unit=per_unit, progress=False)
     return time.perf_counter() - t0
 
 

@@ -112,8 +112,9 @@ def ridge(res):
     for stop in (10, None):
         spec = inf.NullSpec(n_perm=1000, perm_stop=stop)
         t0 = time.perf_counter()
-        r = enc.fit_score(X, Y, delays=(1, 2, 3, 4, 5), backend="torch", device="cuda", null=spec)
-        _, p, n_done = inf.permutation_test([[r.null_plan]], r.scores, spec)
+        D = enc.prepare(X, delays=(1, 2, 3, 4, 5), backend="torch", device="cuda")
+        r = enc.score(D, Y)
+        _, p, n_done = inf.permutation_test([[inf.null_plan(D, Y, r, spec)]], r.scores, spec)
         sync()
         res[f"perm1000_stop{stop}"] = {"s": time.perf_counter() - t0,
                                        "fpr05": float(np.mean(p < 0.05)),

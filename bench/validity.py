@@ -27,6 +27,13 @@ from lib.synthetic import _ar1, realistic_noise, smooth_null_features  # noqa: E
 DELAYS = (1, 2, 3, 4, 5)
 
 
+
+def with_null(D, Y, spec):
+    """ridge.score with its permutation null plan attached (``.null_plan``)."""
+    r = ridge.score(D, Y)
+    r.null_plan = inf.null_plan(D, Y, r, spec)
+    return r
+
 def bold(kind, rng, n, m):
     return _ar1(rng, n, m, 0.9) if kind == "AR(0.9)" else realistic_noise(rng, n, m)
 
@@ -73,7 +80,7 @@ def null(n_sets=4):
             D = ridge.prepare(smooth_null_features(rng, 279), delays=DELAYS)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                fits = [ridge.score(D, realistic_noise(rng, 279, 600), null=spec)
+                fits = [with_null(D, realistic_noise(rng, 279, 600), spec)
                         for _ in range(3)]
             for r in fits:
                 p = inf.permutation_test([[r.null_plan]], r.scores, spec)[1]

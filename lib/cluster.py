@@ -232,3 +232,11 @@ def client_for(spec=None, threads: int | str = "auto", profile: dict | None = No
         client.close()
         if cluster is not None:
             cluster.close()
+
+
+def gpu_resources(client) -> dict | None:
+    """``{"GPU": 1}`` when the cluster's workers advertise GPUs, else no constraint."""
+    if client is None:
+        return None
+    workers = client.scheduler_info().get("workers", {}).values()
+    return {"GPU": 1} if any(w.get("resources", {}).get("GPU") for w in workers) else None

@@ -13,7 +13,7 @@ the *other* subjects). Neither selection uses a model's map, so neither can favo
 contrast.
 
 Contrasts (Δ = a - b) are tested across subjects by :func:`lib.inference.paired_stats`: number
-improved, mean and median Δ, exact sign-flip permutation p, BCa bootstrap CI, Wilcoxon and t,
+improved, mean and median Δ, exact sign-flip permutation p, Student-t 95% CI, Wilcoxon and t,
 Cohen's d_z, and the smallest p the sign tests can reach with n subjects (0.0625 at n = 5).
 """
 from __future__ import annotations
@@ -225,7 +225,7 @@ def headline(stats: pd.DataFrame, contrast: str = "sft - raw", targets=HEADLINE_
     target = r.name
     tag = " (SYNTHETIC BOLD: a pipeline check, not a finding about brains)" if synthetic else ""
     return (f"Fine-tuning changed the brain score ({target}) by Δr = {r.mean_delta:+.4f} "
-            f"(BCa 95% CI {r.ci95_low:+.4f} to {r.ci95_high:+.4f}); {r.n_improved} of "
+            f"(t 95% CI {r.ci95_low:+.4f} to {r.ci95_high:+.4f}); {r.n_improved} of "
             f"{r.n_subjects} subjects improved; exact sign-flip p = {r.p_sign_flip:.3g} "
             f"(the smallest p possible with {r.n_subjects} subjects is "
             f"{r.p_min_attainable:.3g}){tag}.")

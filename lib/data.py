@@ -18,9 +18,10 @@ import numpy as np
 import pandas as pd
 
 from .cache import write_csv
+from .errors import DataError  # noqa: F401  (re-exported: lib.data.DataError)
 from .paths import Paths
 
-TR_S = 1.5  # every Narratives story was scanned at TR = 1.5 s
+TR_S = 1.5  # Narratives' TR: only the fallback when neither a sidecar nor a header gives one
 
 #: BOLD file patterns (relative to the BIDS root) for each source the manifest can use.
 BOLD_SOURCES = {
@@ -38,11 +39,12 @@ MANIFEST_COLUMNS = [
     "subject", "story", "run", "bold_path", "n_trs", "tr", "alignment_path", "transcript_path",
     "audio_start_s", "trim_start", "trim_end", "story_onset_tr", "story_duration_tr",
     "excluded", "exclusion_reason", "synthetic_bold", "audio_path",
+    "responses", "words_path", "split",
 ]
+#: defaults of the columns added after the first manifests (read_manifest fills them in)
+MANIFEST_DEFAULTS = {"audio_path": "", "responses": "nifti", "words_path": "", "split": ""}
 
 
-class DataError(ValueError):
-    """Bad input data: the message names the file and the problem."""
 
 
 # --------------------------------------------------------------------------- metadata
@@ -96,10 +98,11 @@ TAIL_TRS = 8
 
 def story_timing(story: str, paths: Paths | None = None, events_tsv: Path | None = None,
                  n_trs: int | None = None, trim_after_onset: int = TRIM_AFTER_ONSET,
-                 tail_trs: int = TAIL_TRS, last_word_tr: int | None = None) -> StoryTiming:
+                 tail_trs: int = TAIL_TRS, last_word_tr: int | None = None,
+                 tr: float = TR_S) -> StoryTiming:
     """Timing of ``story`` from the dataset metadata (event_meta, events.tsv, story_facts), with
-    the trims of the convention above. Without ``last_word_tr`` the story's end (event_meta
-    onset + duration) stands in for the last word."""
+    the trims of the convention above, at the run's ``tr``. Without ``last_word_tr`` the story's
+    end (event_meta onset + duration) stands in for the last word."""
     paths = paths or Paths.from_env()
     meta = _load_json(paths.metadata / "event_meta.json")
     if story not in meta or story not in meta[story]:
@@ -122,12 +125,12 @@ def story_timing(story: str, paths: Paths | None = None, events_tsv: Path | None
     t0 = onset + int(trim_after_onset)
     end = last + 1 + int(tail_trs)
     t1 = max(0, n_trs - end) if n_trs is not None else 0
-    return StoryTiming(story, TR_S, float(audio), onset, duration, t0, t1)
+    return StoryTiming(story, float(tr), float(audio), onset, duration, t0, t1)
 
 
 def last_word_tr(alignment: Path, audio_start_s: float, tr: float = TR_S) -> int:
     """TR of the last word's onset (Gentle times + where the audio starts in the scan)."""
-    from .transcripts import read_alignment
+    from .alignment import read_alignment
 
     words = read_alignment(alignment)
     return int(np.floor((float(words["onset"].max()) + audio_start_s) / tr + 1e-9))
@@ -276,10 +279,10 @@ def build_manifest(root: str | Path, subjects: list[str] | None = None,
                         if bold_source != "raw" else bold, root, story, header_tr)
         ev = events if events.exists() else None
         align, transcript = alignment_paths(root, story)
-        audio = story_timing(story, paths, ev, n_trs).audio_start_s
-        last = last_words.setdefault((story, audio), last_word_tr(align, audio)) if align \
-            else None
-        timing = story_timing(story, paths, ev, n_trs, trim_after_onset, tail_trs, last)
+        audio = story_timing(story, paths, ev, n_trs, tr=tr).audio_start_s
+        last = last_words.setdefault((story, audio, tr), last_word_tr(align, audio, tr)) \
+            if align else None
+        timing = story_timing(story, paths, ev, n_trs, trim_after_onset, tail_trs, last, tr)
         if timing.onset_tr + timing.duration_tr > n_trs:
             raise DataError(
                 f"{bold}: {n_trs} TRs cannot hold story {story!r}, which runs to TR "
@@ -295,7 +298,8 @@ def build_manifest(root: str | Path, subjects: list[str] | None = None,
             audio_start_s=timing.audio_start_s, trim_start=timing.trim_start,
             trim_end=timing.trim_end, story_onset_tr=timing.onset_tr,
             story_duration_tr=timing.duration_tr, excluded=excluded, exclusion_reason=reason,
-            synthetic_bold=synthetic, audio_path=str(audio_file(root, story) or "")))
+            synthetic_bold=synthetic, audio_path=str(audio_file(root, story) or ""),
+            responses="nifti", words_path="", split=""))
     df = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
     if subjects:
         missing = sorted(set(subjects) - set(df["subject"]))
@@ -323,8 +327,9 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
         df = pd.read_csv(path, keep_default_na=False)
     except FileNotFoundError:
         raise DataError(f"{path}: manifest not found (run stage 01 first)") from None
-    if "audio_path" not in df:          # manifests written before audio was tracked
-        df["audio_path"] = ""
+    for col, default in MANIFEST_DEFAULTS.items():   # manifests written before these columns
+        if col not in df:
+            df[col] = default
     missing = set(MANIFEST_COLUMNS) - set(df.columns)
     if missing:
         raise DataError(f"{path}: manifest lacks columns {sorted(missing)}")

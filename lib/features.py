@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from .cache import cached_npz, is_fresh, key_of
 from .data import DataError
-from .models import LoadedModel, ModelError
+from .models import LoadedModel, ModelError, start_token  # noqa: F401  (re-exported)
 from .paths import Paths
 
 FEATURES_VERSION = 2
@@ -73,16 +73,6 @@ def plan_windows(n_tokens: int, context: int, stride: int) -> tuple[np.ndarray, 
     owner_start[max(0, last + context - stride if len(starts) > 1 else 0):] = last
     owner_start[:min(context, n_tokens)] = 0
     return starts, owner_start
-
-
-def start_token(tokenizer) -> int:
-    """The document-start token prepended to every window (see module docstring)."""
-    tid = tokenizer.convert_tokens_to_ids("<|endoftext|>") if "<|endoftext|>" in \
-        tokenizer.get_vocab() else None
-    for cand in (tid, tokenizer.bos_token_id, tokenizer.eos_token_id):
-        if cand is not None:
-            return int(cand)
-    raise ModelError("the tokenizer has no <|endoftext|>, BOS or EOS token to start windows with")
 
 
 def numerics(model: LoadedModel) -> dict:
@@ -164,8 +154,9 @@ def _forward(model: LoadedModel, batch: list[np.ndarray], layers: list[int],
 
     ids, att = _batch_ids(model, batch)
     deepest = max(layers)
+    final_norm = _final_norm(model) if deepest >= model.n_layers and not logits else None
     with torch.inference_mode(), _autocast_cpu(model):
-        if logits or deepest >= model.n_layers:
+        if logits or (deepest >= model.n_layers and final_norm is None):
             out = model.model(input_ids=ids, attention_mask=att, output_hidden_states=True,
                               use_cache=False)
             hs = torch.stack([out.hidden_states[l] for l in layers]).float().cpu().numpy()
@@ -189,8 +180,10 @@ def _forward(model: LoadedModel, batch: list[np.ndarray], layers: list[int],
 
         if 0 in layers:
             hooks.append(blocks[0].register_forward_pre_hook(embeddings, with_kwargs=True))
-        for l in sorted(set(layers) - {0}):
+        for l in sorted(set(layers) - {0, model.n_layers}):
             hooks.append(blocks[l - 1].register_forward_hook(keep(l)))
+        if final_norm is not None:   # the last layer as HF reports it: after the final norm
+            hooks.append(final_norm.register_forward_hook(keep(model.n_layers)))
         try:
             model.model(input_ids=ids, attention_mask=att, use_cache=False)
         except _Stop:
@@ -200,6 +193,22 @@ def _forward(model: LoadedModel, batch: list[np.ndarray], layers: list[int],
                 h.remove()
         hs = torch.stack([got[l] for l in layers]).float().cpu().numpy()
     return hs, None
+
+
+def _final_norm(model: LoadedModel):
+    """The norm after the last block (GPT-2 ``transformer.ln_f``, Llama-style ``model.norm``):
+    hooking it gives the last layer without running the LM head (a 49k-word projection of every
+    token for SmolLM2, about a fifth of a full pass). None when the model has no such module."""
+    m = model.model
+    for path in ("transformer.ln_f", "model.norm", "gpt_neox.final_layer_norm"):
+        obj = m
+        for part in path.split("."):
+            obj = getattr(obj, part, None)
+            if obj is None:
+                break
+        if obj is not None:
+            return obj
+    return None
 
 
 def _autocast_cpu(model: LoadedModel):
@@ -408,8 +417,7 @@ def extract_unit(_job, unit: ExtractUnit) -> list[dict]:
 
 def run_extraction(units: list[ExtractUnit], client=None, progress: bool = True) -> pd.DataFrame:
     """Every unit's activations (serially, or on a Dask ``client``) -> the activations index."""
-    from .cluster import map_units
-    from .sft import gpu_resources
+    from .cluster import gpu_resources, map_units
 
     rows = map_units(extract_unit, None, units, client=client, desc="activations",
                      progress=progress, resources=gpu_resources(client))

@@ -164,10 +164,23 @@ def hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def _dir_fingerprint(d: Path) -> str:
+PROBE = "Once upon a time, she didn't say \"naïve café\" -- it's 2026!\n  Done."
+
+
+def _dir_fingerprint(d: Path, tok) -> str:
+    """Content of a model folder: its weight and model-config files, the tokenizer as it
+    behaves (vocabulary and the encoding of a probe text: the same tokenizer can be serialised
+    in different ways), and of a fine-tuned model's ``sft_config.json`` only its training key
+    (config, training text, kind) -- never run metrics (seconds, device), so an identical
+    retraining keeps the fingerprint."""
+    skip = ("source.json", "sft_metrics.json", "sft_config.json")
     files = sorted(p for p in d.iterdir() if p.suffix in (".json", ".safetensors", ".bin", ".txt")
-                   and p.name not in ("source.json", "sft_metrics.json"))
-    return key_of([(p.name, file_hash(p)) for p in files])
+                   and p.name not in skip and not p.name.startswith(("tokenizer", "vocab",
+                                                                      "merges", "special_tokens")))
+    sft = d / "sft_config.json"
+    train_key = json.loads(sft.read_text()).get("key") if sft.exists() else None
+    tokenizer = key_of(sorted(tok.get_vocab().items()), tok(PROBE)["input_ids"])
+    return key_of([(p.name, file_hash(p)) for p in files], tokenizer, train_key)
 
 
 def _from_pretrained(src: str, local_only: bool):
@@ -237,7 +250,7 @@ def load_model(name: str, device: str | None = None, dtype: str = "auto",
             model, tok = _from_pretrained(str(d), local_only=True)
         except (OSError, ValueError) as e:
             raise ModelError(f"{d}: not a loadable model folder ({e})") from None
-        fp = _dir_fingerprint(d)
+        fp = _dir_fingerprint(d, tok)
         if (d / "sft_config.json").exists():
             info["sft"] = json.loads((d / "sft_config.json").read_text())
     else:
@@ -272,3 +285,13 @@ def load_model(name: str, device: str | None = None, dtype: str = "auto",
         tok.pad_token = tok.eos_token
     info.update(dtype=dtype, cpu_bf16=bool(cpu_bf16) and device == "cpu")
     return LoadedModel(model, tok, name, model_tag(name), fp, device, n_layers, max_pos, info)
+
+
+def start_token(tokenizer) -> int:
+    """The document-start token prepended to every window (see module docstring)."""
+    tid = tokenizer.convert_tokens_to_ids("<|endoftext|>") if "<|endoftext|>" in \
+        tokenizer.get_vocab() else None
+    for cand in (tid, tokenizer.bos_token_id, tokenizer.eos_token_id):
+        if cand is not None:
+            return int(cand)
+    raise ModelError("the tokenizer has no <|endoftext|>, BOS or EOS token to start windows with")

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .ridge import (ALPHA_TIE, DEFAULT_ALPHAS, Layout, _run_masks, _standardised, aggregate_runs,
+from .ridge import (ALPHA_TIE, DEFAULT_ALPHAS, Layout, run_masks, standardised, aggregate_runs,
                     inner_scores, pearson_cols, prepare)
 
 
@@ -133,7 +133,7 @@ def banded_score(designs: list, Y: np.ndarray, batch_targets: int = 20000,
     cols_all = np.flatnonzero(valid)
     for s in range(0, len(cols_all), batch_targets):
         cols = cols_all[s:s + batch_targets]
-        Yb = _standardised(B, Y, cols)
+        Yb = standardised(B, Y, cols)
         for f in range(nf):
             rs = np.stack([B.to_numpy(inner_scores(B, D.folds[f], al, Yb, select))
                            for D in designs])
@@ -150,7 +150,7 @@ def banded_score(designs: list, Y: np.ndarray, batch_targets: int = 20000,
                     parts[b][:, sel] = B.to_numpy(
                         (out.A_parts[b] / (out.lam + float(al[a]))) @ BY)
             yt = B.to_numpy(Yb[B.idx(test)]).astype(np.float64)
-            for run, m in _run_masks(lay, test).items():
+            for run, m in run_masks(lay, test).items():
                 joint = parts[:, m].sum(0)
                 fold_r2[f, run, cols] = _r2(yt[m], joint)
                 fold_r[f, run, cols] = B.to_numpy(pearson_cols(
@@ -237,7 +237,7 @@ class BandedNull:
         P = self.orders[b0:b1]
         acc = np.zeros((D.n_runs, len(P), len(cols)))
         cnt = np.zeros(D.n_runs)
-        Yc = _standardised(D.B, self.Y, cols)
+        Yc = standardised(D.B, self.Y, cols)
         for f, fd in enumerate(D.folds):
             for run in np.unique(D.layout.run[fd.test]):
                 cnt[run] += 1

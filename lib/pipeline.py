@@ -59,7 +59,26 @@ def notebook_source(stage: str, root: Path = ROOT):
 
 
 def lib_hash(root: Path = ROOT) -> str:
-    return key_of([(p.name, file_hash(p)) for p in sorted((root / "lib").glob("*.py"))])
+    lib = root / "lib"
+    return key_of([(str(p.relative_to(lib)), file_hash(p)) for p in sorted(lib.rglob("*.py"))])
+
+
+#: stages with a notebook per kind of responses: ``<stage>_matrix.py`` when every run of the
+#: manifest is a response matrix (ROI / component series), ``<stage>.py`` for volumes
+VARIANT_STAGES = ("05_brain_score", "06_compare")
+
+
+def stage_notebook(stage: str, run_dir: Path) -> str:
+    """The notebook that runs ``stage`` for this run: the matrix variant where stage 01's
+    manifest has only response matrices."""
+    manifest = Path(run_dir) / "data" / "data_manifest.csv"
+    if stage in VARIANT_STAGES and manifest.exists():
+        import pandas as pd
+
+        kinds = set(pd.read_csv(manifest, keep_default_na=False).get("responses", ["nifti"]))
+        if kinds == {"matrix"}:
+            return f"{stage}_matrix"
+    return stage
 
 
 def declared_parameters(nb) -> set[str]:
@@ -95,11 +114,12 @@ def _kernel_manager():
     return {"kernel_manager_class": IPCKernelManager}
 
 
-def execute(stage: str, params: dict, out_nb: Path, root: Path = ROOT, log_output: bool = False):
+def execute(stage: str, params: dict, out_nb: Path, root: Path = ROOT, log_output: bool = False,
+            notebook: str | None = None):
     import nbformat
     import papermill as pm
 
-    nb, src = notebook_source(stage, root)
+    nb, src = notebook_source(notebook or stage, root)
     declared = declared_parameters(nb)
     tmp_in = out_nb.parent / f".{stage}.input.ipynb"
     out_nb.parent.mkdir(parents=True, exist_ok=True)
@@ -152,22 +172,26 @@ def run(params: dict, run_name: str | None = None, force: bool = False, only: li
     params = {**params, "run_dir": Paths(root).rel(run_dir)}  # relative to the kernel cwd
     write_json(run_dir / "params.json", params)
     upstream, lh = [], lib_hash(root)
+    ran, reused = [], []
     for stage in STAGES:
-        _, src = notebook_source(stage, root)
+        notebook = stage_notebook(stage, run_dir)
+        _, src = notebook_source(notebook, root)
         key = key_of(stage, file_hash(src), lh, params, upstream)
         upstream.append(key)
         out_nb = run_dir / "notebooks" / f"{stage}.ipynb"
         if only and stage not in only and not any(stage.startswith(o) for o in only):
             continue
         if not force and is_fresh(out_nb, key):
+            reused.append(stage)
             if verbose:
                 print(f"[{stage}] unchanged: reusing {out_nb}", flush=True)
             continue
+        ran.append(stage)
         t0 = time.time()
         if verbose:
             print(f"[{stage}] running ...", flush=True)
         clear_outputs(run_dir, stage)
-        execute(stage, params, out_nb, root)
+        execute(stage, params, out_nb, root, notebook=notebook)
         write_sidecar(out_nb, key, seconds=round(time.time() - t0, 1))
         if verbose:
             print(f"[{stage}] done in {time.time() - t0:.0f} s -> {out_nb}", flush=True)
@@ -182,6 +206,11 @@ def run(params: dict, run_name: str | None = None, force: bool = False, only: li
         if verbose:
             print(f"[{REPORT}] done in {time.time() - t0:.0f} s -> {report_path} and "
                   f"{report_path.with_suffix('.html')}", flush=True)
+    if verbose:
+        print(f"run {run_name}: ran {', '.join(ran) or 'no stage'}; reused "
+              f"{', '.join(reused) or 'no stage'}"
+              + ("" if force or not reused else " (unchanged code, parameters and inputs; "
+                 "--force or make report FORCE=1 reruns them)"), flush=True)
     return run_dir
 
 

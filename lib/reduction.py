@@ -205,7 +205,9 @@ def random_effects(job: Job, a: str, seeds: list[int], b: str | None = None,
         return np.arctanh(np.clip(np.nan_to_num(m[:-n_sum]), -0.999999, 0.999999))
 
     zmaps = np.stack([smap(a, s) - (smap(b, s) if b else 0) for s in subs])
-    return random_effects_map(zmaps, nib.load(job.mask_path), n_perm=n_perm, tfce=True)
+    # a difference of two models can go either way: its map is tested two-sided
+    return random_effects_map(zmaps, nib.load(job.mask_path), n_perm=n_perm, tfce=True,
+                              two_sided=b is not None)
 
 
 # --------------------------------------------------------------------------- partition

@@ -128,8 +128,8 @@ def method_table(run_dir: str | Path, params: dict) -> pd.DataFrame:
                           "to one subject's ceiling; repeat-based sqrt(r(run-1, run-2)) where a "
                           "story was heard twice; normalised scores only where the ceiling >= "
                           "min_ceiling (NaN elsewhere, counted)"),
-        ("across subjects", "the subject is the unit: exact sign-flip permutation test, BCa "
-                            "bootstrap 95% CI, Wilcoxon and paired t, Cohen's d_z; with n "
+        ("across subjects", "the subject is the unit: exact sign-flip permutation test, Student-t "
+                            "95% CI, Wilcoxon and paired t, Cohen's d_z; with n "
                             "subjects no sign test can go below p = 2 / 2^n"),
         ("feature spaces", f"each alone: {', '.join(params.get('feature_spaces', ['word_rate']))}"
                            f" (word-level values aggregated like the LM's); banded ridge for the "
@@ -180,3 +180,47 @@ def figure(path, caption: str) -> None:
     if Path(path).exists():
         display(Image(filename=str(path)))
         display(Markdown(f"*{caption}*"))
+
+
+def real_data_sentence(run_dir: str | Path, params: dict) -> str:
+    """What the real-data part rests on: the data, its licence, the split and the stories used
+    (counted from the run's manifest)."""
+    m = pd.read_csv(Path(run_dir) / "data" / "data_manifest.csv", keep_default_na=False)
+    m = m[m.subject == m.subject.iloc[0]]
+    n_train, tests = (m.split == "train").sum(), sorted(m.loc[m.split == "test", "story"])
+    cap = params.get("max_train_stories")
+    budget = (f" (the first {n_train} of the dataset's 27 training stories: the time budget of "
+              f"`make report`; the `lebel-full` profile uses all 27)" if cap else "")
+    return (f"> **REAL fMRI.** LeBel et al. 2023, *A natural language fMRI dataset for voxelwise "
+            f"encoding models* (OpenNeuro ds003020, CC0): whole-cortex BOLD of "
+            f"{pd.read_csv(Path(run_dir) / 'data' / 'data_manifest.csv').subject.nunique()} "
+            f"subjects listening to Moth stories, as the first 200 spatial principal components "
+            f"of each subject's responses (shipped in `data/lebel`, see its README), TR "
+            f"{m.tr.iloc[0]:g} s. Models are fitted on {n_train} training stories{budget} and "
+            f"scored on the dataset's {len(tests)} test stories ({', '.join(tests)}), whose "
+            f"responses are averaged over repeated presentations.")
+
+
+def sft_sentence(models: pd.DataFrame, perplexity_csv: str | Path | None = None) -> str:
+    """How the fine-tuned models were made: corpus, tokens seen, epochs, seeds, and the
+    perplexity on the scored stories before and after."""
+    sft = models[models.condition == "sft"]
+    if sft.empty:
+        return "No fine-tuned model in this run."
+    r = sft.iloc[0]
+    n_train = len(str(r.train_stories).split(","))
+    seeds = sorted(sft.seed.unique())
+    out = (f"Fine-tuning: {r.condition} and the controls ({', '.join(sorted(set(models.condition) - {'sft'}))}) "
+           f"each saw {int(r.train_tokens_seen)} tokens = {float(r.epochs):.2f} epochs of "
+           f"{n_train} Narratives stories (none of the scored stories: one fine-tuned model per "
+           f"seed scores every story); seed{'s' if len(seeds) > 1 else ''} "
+           f"{', '.join(map(str, seeds))}.")
+    if len(seeds) == 1:
+        out += (" With one seed, the variability between fine-tuned models is not in the "
+                "intervals above.")
+    p = Path(perplexity_csv) if perplexity_csv else None
+    if p is not None and p.exists():
+        ppl = pd.read_csv(p).set_index("model").perplexity
+        out += (" Perplexity on the held-out test stories: " +
+                ", ".join(f"{k} {v:.1f}" for k, v in ppl.items()) + ".")
+    return out

@@ -127,6 +127,36 @@ def blocked_folds(layout: Layout, n_folds: int = 5, gap: int = 20, rows=None
     return folds
 
 
+def story_group_folds(layout: Layout, n_groups: int, rows=None
+                      ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(train, test) row indices holding out groups of whole stories: the stories of ``rows``
+    dealt round-robin (in story order) into ``n_groups`` groups. With many stories this is the
+    inner-fold scheme of a fit on a dataset's training split: every validation set is whole
+    stories (no gap needed), and ``n_groups`` decompositions instead of one per story."""
+    rows = np.arange(len(layout)) if rows is None else np.asarray(rows)
+    stories = np.unique(layout.story[rows])
+    if len(stories) < 2:
+        raise EngineError(f"story-grouped folds need at least 2 stories, got {len(stories)}")
+    k = min(int(n_groups), len(stories))
+    if k < 2:
+        raise EngineError("need at least 2 story groups")
+    group = {s: i % k for i, s in enumerate(stories)}
+    g = np.array([group[s] for s in layout.story[rows]])
+    return [(rows[g != i], rows[g == i]) for i in range(k)]
+
+
+def split_folds(layout: Layout, test_stories) -> list[tuple[np.ndarray, np.ndarray]]:
+    """One outer fold: every row of the ``test_stories`` (names of ``layout.names``) is tested,
+    every other row trains (a dataset's own train/test split)."""
+    idx = [layout.names.index(s) for s in test_stories if s in layout.names]
+    if not idx:
+        raise EngineError(f"none of the test stories {list(test_stories)} is in the layout")
+    test = np.isin(layout.story, idx)
+    if test.all():
+        raise EngineError("every story is a test story: nothing to train on")
+    return [(np.flatnonzero(~test), np.flatnonzero(test))]
+
+
 # --------------------------------------------------------------------------- decompositions
 @dataclass
 class Decomp:
@@ -197,9 +227,12 @@ class Design:
 def prepare(X: np.ndarray, layout: Layout | None = None, *, delays=None, gap: int | None = None,
             n_folds: int = 5, inner_folds: int = DEFAULT_INNER_FOLDS, alphas=DEFAULT_ALPHAS,
             backend: str = "numpy", device: str | None = None, dtype: str = "float32",
-            folds=None, source: str = "", col_scale=None, groups=None) -> Design:
+            folds=None, source: str = "", col_scale=None, groups=None,
+            inner_groups: int | None = None) -> Design:
     """Folds and decompositions for features ``X`` (n, p) that already carry their delays.
     ``col_scale`` and ``groups``: band weights and bands, for banded ridge (lib.partition).
+    ``inner_groups``: inner folds hold out groups of whole training stories
+    (:func:`story_group_folds`) instead of one story each (or blocks of a single story).
 
     ``gap`` defaults to :func:`default_gap` of ``delays``; one of the two must be given so the
     gap always matches the features (a direct caller cannot silently get a 5-TR gap).
@@ -224,8 +257,10 @@ def prepare(X: np.ndarray, layout: Layout | None = None, *, delays=None, gap: in
     fds = []
     try:
         for train, test in outer:
-            inner = [decompose(B, Xb, fit, val, col_scale)
-                     for fit, val in blocked_folds(layout, inner_folds, gap, rows=train)]
+            grouped = inner_groups and len(np.unique(layout.story[train])) >= 2
+            inner_sets = (story_group_folds(layout, inner_groups, rows=train) if grouped else
+                          blocked_folds(layout, inner_folds, gap, rows=train))
+            inner = [decompose(B, Xb, fit, val, col_scale) for fit, val in inner_sets]
             fds.append(FoldDesign(train, test, inner,
                                   decompose(B, Xb, train, test, col_scale, groups)))
     except EngineError as e:
@@ -249,7 +284,7 @@ class EncodingResult:
     edge: np.ndarray | None = None    # (n_folds, t) those choices
     null: np.ndarray | None = None       # (n_perm, t) permutation null of ``scores``
     pvalues: np.ndarray | None = None
-    null_plan: object = None
+    best: np.ndarray | None = None       # (n_folds, t) index of each fold's alpha (-1: not fit)
     info: dict = field(default_factory=dict)
 
 
@@ -302,17 +337,17 @@ def _predict_grouped(B: Backend, dec: Decomp, alphas, best: np.ndarray, BY):
     return pred
 
 
-def _run_masks(layout: Layout, test: np.ndarray) -> dict[int, np.ndarray]:
+def run_masks(layout: Layout, test: np.ndarray) -> dict[int, np.ndarray]:
     runs = layout.run[test]
     return {int(r): np.flatnonzero(runs == r) for r in np.unique(runs)}
 
 
 def score(design: Design, Y: np.ndarray, batch_targets: int = 20000, source: str = "",
-          null=None, seed: int = 0, select: str = "r") -> EncodingResult:
+          select: str = "r") -> EncodingResult:
     """Cross-validated brain scores of ``design``'s features for targets ``Y`` (n, t).
 
-    ``null`` (a :class:`lib.inference.NullSpec`) attaches a permutation-null plan to the result
-    (``res.null_plan``); :func:`lib.inference.permutation_test` runs it.
+    The result keeps each fold's chosen alphas (``best``): :func:`lib.inference.null_plan`
+    builds the permutation null of these scores from it.
     """
     where = f" ({source})" if source else ""
     D, B = design, design.B
@@ -338,7 +373,7 @@ def score(design: Design, Y: np.ndarray, batch_targets: int = 20000, source: str
     late_invalid = np.zeros(t, bool)
     for s in range(0, len(vidx), batch_targets):
         cols = vidx[s:s + batch_targets]
-        Yb = _standardised(B, Y, cols)
+        Yb = standardised(B, Y, cols)
         for f, fd in enumerate(D.folds):
             sd = B.to_numpy(Yb[B.idx(fd.train)].std(0))
             late_invalid[cols[sd <= 1e-6]] = True
@@ -348,7 +383,7 @@ def score(design: Design, Y: np.ndarray, batch_targets: int = 20000, source: str
             BYo = fd.outer.project(B, Yb)
             pred = _predict_grouped(B, fd.outer, D.alphas, best, BYo)
             yt = Yb[B.idx(fd.test)]
-            for run, m in _run_masks(D.layout, fd.test).items():
+            for run, m in run_masks(D.layout, fd.test).items():
                 mi = B.idx(m)
                 fold_scores[f, run, cols] = B.to_numpy(pearson_cols(B, pred[mi], yt[mi]))
             # diagnostic: concatenated predictions with the training mean added back
@@ -378,14 +413,43 @@ def score(design: Design, Y: np.ndarray, batch_targets: int = 20000, source: str
                                          backend=B.name, n_trs=len(Y),
                                          n_features=D.n_features,
                                          inner_folds=len(D.folds[0].inner)))
-    if null is not None:
-        from .inference import NullPlan
-
-        res.null_plan = NullPlan(D, Y, valid, fold_best, null, seed, batch_targets)
+    res.best = fold_best
     return res
 
 
-def _standardised(B: Backend, Y: np.ndarray, cols: np.ndarray):
+def heldout_predictions(design: Design, Y: np.ndarray, batch_targets: int = 20000,
+                        source: str = "") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Held-out predictions of every outer fold: (test rows, predictions (rows, t) float32,
+    chosen alphas (n_folds, t)). Predictions are of the targets standardised over all rows
+    (a per-target affine map: correlations and their differences are unchanged); rows of
+    different folds are stacked in fold order. Targets that are constant or NaN raise."""
+    D, B = design, design.B
+    Y = np.asarray(Y, np.float32)
+    where = f" ({source})" if source else ""
+    if len(Y) != len(D.layout):
+        raise EngineError(f"TR mismatch: features have {len(D.layout)} TRs but the responses "
+                          f"have {len(Y)} TRs{where}")
+    with np.errstate(invalid="ignore"):
+        ok = np.isfinite(Y).all(0) & (np.ptp(Y, axis=0) > 1e-6)
+    if not ok.all():
+        raise EngineError(f"{int((~ok).sum())} targets are constant or hold NaN{where}")
+    rows = np.concatenate([fd.test for fd in D.folds])
+    pred = np.zeros((len(rows), Y.shape[1]), np.float32)
+    alphas = np.zeros((len(D.folds), Y.shape[1]))
+    for s in range(0, Y.shape[1], batch_targets):
+        cols = np.arange(s, min(s + batch_targets, Y.shape[1]))
+        Yb = standardised(B, Y, cols)
+        at = 0
+        for f, fd in enumerate(D.folds):
+            best, _ = _select_alpha(B, fd, D.alphas, Yb)
+            alphas[f, cols] = D.alphas[best]
+            p = _predict_grouped(B, fd.outer, D.alphas, best, fd.outer.project(B, Yb))
+            pred[at:at + len(fd.test), cols] = B.to_numpy(p)
+            at += len(fd.test)
+    return rows, pred, alphas
+
+
+def standardised(B: Backend, Y: np.ndarray, cols: np.ndarray):
     """Columns ``cols`` of Y standardised over ALL rows (accuracy only: predictions and r are
     invariant to a per-target affine map, see the module docstring). Mean and sd are summed in
     float64 without a float64 copy of the batch (that copy and its temporaries were the peak of
@@ -412,8 +476,8 @@ def _concat_r(cs: dict, m: int) -> np.ndarray:
 def fit_score(X: np.ndarray, Y: np.ndarray, layout: Layout | None = None, *, delays=None,
               gap: int | None = None, n_folds: int = 5, inner_folds: int = DEFAULT_INNER_FOLDS,
               alphas=DEFAULT_ALPHAS, backend: str = "numpy", device: str | None = None,
-              dtype: str = "float32", batch_targets: int = 20000, folds=None, null=None,
-              seed: int = 0, source: str = "", select: str = "r") -> EncodingResult:
+              dtype: str = "float32", batch_targets: int = 20000, folds=None,
+              source: str = "", select: str = "r") -> EncodingResult:
     """:func:`prepare` then :func:`score`: cross-validated ridge brain scores of ``X`` for ``Y``."""
     if len(X) != len(Y):
         raise EngineError(f"TR mismatch: features have {len(X)} TRs but BOLD has {len(Y)} TRs"
@@ -421,6 +485,6 @@ def fit_score(X: np.ndarray, Y: np.ndarray, layout: Layout | None = None, *, del
     design = prepare(X, layout, delays=delays, gap=gap, n_folds=n_folds,
                      inner_folds=inner_folds, alphas=alphas, backend=backend, device=device,
                      dtype=dtype, folds=folds, source=source)
-    return score(design, Y, batch_targets=batch_targets, source=source, null=null, seed=seed,
+    return score(design, Y, batch_targets=batch_targets, source=source,
                  select=select)
 

@@ -64,7 +64,7 @@ class SFTConfig:
         d = asdict(self)
         d.pop("device")
         d.pop("checkpoint_every")
-        return key_of("sft", 2, d, train_text_hash, kind)
+        return key_of("sft", 3, d, train_text_hash, kind)   # 3: extraction-format blocks, bf16
 
 
 # --------------------------------------------------------------------------- folds
@@ -80,13 +80,28 @@ def overlap(a: str, b: str) -> float:
 
 
 def plan_folds(scored: list[str], corpus: dict[str, str], mode: str = "heldout",
-               n_folds: int | None = None) -> list[dict]:
+               n_folds: int | None = None, exclude=()) -> list[dict]:
     """Which stories each SFT model trains on and which scored stories it is used for.
+
+    ``external``: one model for every scored story, trained on the corpus stories that are
+    neither scored nor in ``exclude`` (nor near-duplicates of either) -- for a dataset whose
+    stories are not in the fine-tuning corpus at all (the LeBel moth stories with the Narratives
+    corpus), so no cross-fitting is needed.
 
     Returns a list of folds: ``{"fold", "score_stories", "heldout", "train_stories", "leaky"}``.
     """
-    if mode not in ("heldout", "leaky"):
-        raise ValueError(f"SFT mode must be 'heldout' or 'leaky', got {mode!r}")
+    if mode not in ("heldout", "leaky", "external"):
+        raise ValueError(f"SFT mode must be 'heldout', 'leaky' or 'external', got {mode!r}")
+    if mode == "external":
+        held = set(scored) | set(exclude)
+        near = {c for c in corpus if c not in held and
+                any(overlap(corpus[c], corpus[h]) > OVERLAP_THRESHOLD for h in held if h in corpus)}
+        train = sorted(c for c in corpus if c not in held and c not in near)
+        if not train:
+            raise DataError(f"no corpus story left to train on after holding out the "
+                            f"{len(scored)} scored stories and {sorted(exclude)}")
+        return [dict(fold="external-" + key_of(train)[:8], score_stories=list(scored),
+                     heldout=sorted(held | near), train_stories=train, leaky=False)]
     if mode == "leaky":
         return [dict(fold="leaky", score_stories=list(scored), heldout=[],
                      train_stories=sorted(corpus), leaky=True)]
@@ -161,7 +176,12 @@ def condition_name(kind: str, leaky: bool) -> str:
 # --------------------------------------------------------------------------- blocks
 def make_blocks(texts: list[str], tokenizer, block_size: int, source: str = "training text"
                 ) -> np.ndarray:
-    """Concatenate texts (EOS between) and cut into (n_blocks, block_size) token ids."""
+    """Blocks in the extraction format: the texts concatenated (EOS between), cut into pieces of
+    ``block_size`` tokens, each after the start token that begins every extraction window
+    (:func:`lib.features.start_token`) -> (n_blocks, block_size + 1) token ids. With
+    ``block_size`` = the extraction context, every position a feature is read at (1..context,
+    after the start token) is a position fine-tuning trained."""
+    from .models import start_token
     from .transcripts import flatten
 
     ids: list[int] = []
@@ -173,7 +193,14 @@ def make_blocks(texts: list[str], tokenizer, block_size: int, source: str = "tra
     n = len(ids) // block_size
     if n < 1:
         raise DataError(f"{source}: {len(ids)} tokens is shorter than one block of {block_size}")
-    return np.asarray(ids[:n * block_size], dtype=np.int64).reshape(n, block_size)
+    body = np.asarray(ids[:n * block_size], dtype=np.int64).reshape(n, block_size)
+    return np.hstack([np.full((n, 1), start_token(tokenizer), np.int64), body])
+
+
+def trained_positions(block_size: int) -> np.ndarray:
+    """Positions a block of :func:`make_blocks` trains: the start token's (0) and every token's
+    after it (1..block_size)."""
+    return np.arange(block_size + 1)
 
 
 def eval_loss(model: LoadedModel, blocks: np.ndarray, batch_size: int = 8) -> float:
@@ -197,12 +224,26 @@ def eval_loss(model: LoadedModel, blocks: np.ndarray, batch_size: int = 8) -> fl
 
 
 def _autocast(device: str):
+    """bf16 mixed precision (fp32 weights and optimizer) on a GPU that has it, and on a CPU
+    with bf16 instructions: measured 2.9 vs 4.4 s per 514-token SmolLM2 step on 2 cores
+    (docs/benchmarks.md)."""
     import contextlib
     import torch
 
     if device == "cuda" and torch.cuda.is_bf16_supported():
         return torch.autocast("cuda", dtype=torch.bfloat16)
+    if device == "cpu" and _cpu_has_bf16():
+        return torch.autocast("cpu", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def _cpu_has_bf16() -> bool:
+    """AVX-512 bf16 or AMX on this CPU (elsewhere bf16 autocast is emulated and slower)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
 
 
 # --------------------------------------------------------------------------- training
@@ -300,7 +341,8 @@ def train(cfg: SFTConfig, train_texts: dict[str, str], out_dir: str | Path,
     hist = pd.DataFrame(history)
     metrics = dict(
         kind=kind, label=label, n_train_blocks=int(len(blocks)), n_eval_blocks=int(len(ev)),
-        train_tokens_seen=int(cfg.steps * cfg.batch_size * cfg.block_size),
+        train_tokens_seen=int(cfg.steps * cfg.batch_size * (cfg.block_size + 1)),
+        epochs=float(cfg.steps * cfg.batch_size / len(blocks)),
         train_loss_first=float(hist["train_loss"].iloc[:5].mean()),
         train_loss_last=float(hist["train_loss"].iloc[-5:].mean()),
         val_loss_before=val_before, val_loss_after=val_after,
@@ -316,6 +358,22 @@ def train(cfg: SFTConfig, train_texts: dict[str, str], out_dir: str | Path,
         shutil.rmtree(out_dir)
     tmp.rename(out_dir)
     return metrics
+
+
+def perplexity_table(models: list[str], labels: list[str], texts: dict[str, str],
+                     block_size: int = 128, n_blocks: int = 16, device: str | None = None
+                     ) -> pd.DataFrame:
+    """Perplexity of each model on the first ``n_blocks`` blocks of ``texts`` (the scored
+    stories' own text, which no model trained on in ``external`` mode)."""
+    rows = []
+    for name, label in zip(models, labels):
+        lm = load_model(str(name), device=device, dtype="float32")
+        blocks = make_blocks([texts[s] for s in sorted(texts)], lm.tokenizer, block_size,
+                             source=f"evaluation text ({', '.join(sorted(texts))})")[:n_blocks]
+        loss = eval_loss(lm, blocks)
+        rows.append(dict(model=label, path=str(name), text=",".join(sorted(texts)),
+                         tokens=int(blocks.size), loss=loss, perplexity=math.exp(loss)))
+    return pd.DataFrame(rows)
 
 
 def model_dir(models_root: Path, base_tag: str, kind: str, fold: str, seed: int) -> Path:
@@ -338,7 +396,7 @@ class SFTUnit:
 
 def plan_units(corpus: dict[str, str], scored: list[str], cfg: SFTConfig, models_root: Path,
                mode: str = "heldout", controls=CONTROLS, seeds=(0,),
-               n_folds: int | None = None) -> tuple[list[dict], list[SFTUnit]]:
+               n_folds: int | None = None, exclude=()) -> tuple[list[dict], list[SFTUnit]]:
     """The folds and every model the comparison needs: per fold and seed, ``sft`` on the fold's
     training stories and each of ``controls`` with the same budget (see module docstring);
     ``mode="leaky"`` trains them on every story instead, labelled ``-leaky``."""
@@ -350,7 +408,7 @@ def plan_units(corpus: dict[str, str], scored: list[str], cfg: SFTConfig, models
     unknown = set(controls) - set(CONTROLS)
     if unknown:
         raise ValueError(f"unknown SFT controls {sorted(unknown)}; choose from {CONTROLS}")
-    folds = plan_folds(scored, corpus, mode, n_folds)
+    folds = plan_folds(scored, corpus, mode, n_folds, exclude)
     check_no_leak(folds)
     units = []
     base_tag = model_tag(cfg.base_model)
@@ -365,11 +423,31 @@ def plan_units(corpus: dict[str, str], scored: list[str], cfg: SFTConfig, models
             if "scrambled" in controls:
                 kinds.append(("scrambled", scrambled_texts(train_texts, seed)))
             for kind, texts in kinds:
-                d = model_dir(models_root, base_tag, condition_name(kind, fold["leaky"]),
+                ucfg = SFTConfig(**{**asdict(cfg), "seed": int(seed)})
+                d = trained_dir(models_root, base_tag, ucfg.key(key_of(sorted(texts.items())),
+                                                                kind)) or \
+                    model_dir(models_root, base_tag, condition_name(kind, fold["leaky"]),
                               fold["fold"], seed)
-                units.append(SFTUnit(SFTConfig(**{**asdict(cfg), "seed": int(seed)}), kind,
-                                     fold, str(d), texts, eval_texts))
+                units.append(SFTUnit(ucfg, kind, fold, str(d), texts, eval_texts))
     return folds, units
+
+
+def trained_dir(models_root: Path, base_tag: str, key: str) -> Path | None:
+    """A finished model with this training key (same config, training text and kind), wherever
+    an earlier run put it: another profile whose fold trained on the same stories reuses it."""
+    for cfg_file in sorted((Path(models_root) / f"{base_tag}_sft_model").glob("*/sft_config.json")):
+        try:
+            if json.loads(cfg_file.read_text()).get("key") == key:
+                return cfg_file.parent
+        except ValueError:
+            continue
+    return None
+
+
+MODEL_COLUMNS = ["kind", "condition", "fold", "seed", "path", "score_stories", "train_stories",
+                 "leaky", "n_train_blocks", "n_eval_blocks", "train_tokens_seen", "epochs",
+                 "train_loss_first", "train_loss_last", "val_loss_before", "val_loss_after",
+                 "val_ppl_before", "val_ppl_after", "seconds", "device"]
 
 
 def train_unit(_job, unit: SFTUnit, progress: bool = True) -> dict:
@@ -386,23 +464,16 @@ def train_unit(_job, unit: SFTUnit, progress: bool = True) -> dict:
 
 def run_stage(corpus: dict[str, str], scored: list[str], cfg: SFTConfig, models_root: Path,
               mode: str = "heldout", controls=CONTROLS, seeds=(0,), n_folds: int | None = None,
-              progress: bool = True, client=None) -> tuple[list[dict], pd.DataFrame]:
+              progress: bool = True, client=None, exclude=()) -> tuple[list[dict], pd.DataFrame]:
     """Train every model the comparison needs (:func:`plan_units`), serially or on a Dask
     ``client`` (one GPU per unit where workers advertise GPUs). Returns (folds, models table)."""
     from functools import partial
 
-    from .cluster import map_units
+    from .cluster import gpu_resources, map_units
 
-    folds, units = plan_units(corpus, scored, cfg, models_root, mode, controls, seeds, n_folds)
+    folds, units = plan_units(corpus, scored, cfg, models_root, mode, controls, seeds, n_folds,
+                              exclude)
     rows = map_units(partial(train_unit, progress=progress and client is None), None, units,
                      client=client, desc="SFT models", progress=progress,
                      resources=gpu_resources(client))
-    return folds, pd.DataFrame(rows)
-
-
-def gpu_resources(client) -> dict | None:
-    """``{"GPU": 1}`` when the cluster's workers advertise GPUs, else no constraint."""
-    if client is None:
-        return None
-    workers = client.scheduler_info().get("workers", {}).values()
-    return {"GPU": 1} if any(w.get("resources", {}).get("GPU") for w in workers) else None
+    return folds, pd.DataFrame(rows, columns=MODEL_COLUMNS)

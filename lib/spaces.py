@@ -21,17 +21,22 @@ from .data import DataError
 
 
 def tr_features(word_values: np.ndarray, word_trs: np.ndarray, n_trs: int, how: str = "sum",
-                word_times: np.ndarray | None = None, tr: float = 1.5, window: int = 3
-                ) -> np.ndarray:
-    """(n_trs, d) features from (n_words, d) word values and each word's TR index."""
+                word_times: np.ndarray | None = None, tr: float | None = None, window: int = 3,
+                source: str = "") -> np.ndarray:
+    """(n_trs, d) features from (n_words, d) word values and each word's TR index. Lanczos
+    needs each word's onset (``word_times``, scan seconds) and the run's ``tr``; words known only
+    by their TR (``source`` names their file in the error) cannot be interpolated."""
     word_values = np.asarray(word_values, np.float32)
     if word_values.ndim == 1:
         word_values = word_values[:, None]
     if len(word_values) != len(word_trs):
         raise DataError(f"{len(word_values)} word values but {len(word_trs)} word TRs")
     if how == "lanczos":
-        if word_times is None:
-            raise ValueError("lanczos aggregation needs the word onset times")
+        if word_times is None or not np.isfinite(word_times).all():
+            raise DataError(f"{source or 'these words'}: lanczos aggregation needs word onsets, "
+                            f"but the words are known only by their TR; use 'sum' or 'mean'")
+        if tr is None:
+            raise ValueError("lanczos aggregation needs the run's TR")
         return (lanczos_matrix(word_times, n_trs, tr, window) @ word_values).astype(np.float32)
     out = np.zeros((n_trs, word_values.shape[1]), np.float32)
     np.add.at(out, np.asarray(word_trs), word_values)
@@ -43,7 +48,7 @@ def tr_features(word_values: np.ndarray, word_trs: np.ndarray, n_trs: int, how: 
     return out
 
 
-def lanczos_matrix(times: np.ndarray, n_trs: int, tr: float = 1.5, window: int = 3,
+def lanczos_matrix(times: np.ndarray, n_trs: int, tr: float, window: int = 3,
                    cutoff_mult: float = 1.0) -> np.ndarray:
     """(n_trs, n_words) Lanczos interpolation weights from word onsets to TR times.
 
@@ -279,4 +284,5 @@ def run_features(space: str, row, transcript_path, aggregation: str = "sum",
         raise DataError(f"{activations or surprisal or space}: {len(vals)} word values but "
                         f"{transcript_path} has {len(words)} words")
     return tr_features(vals, words["tr"].to_numpy(int), n_trs, aggregation,
-                       words["onset"].to_numpy(float) + float(row.audio_start_s), tr)
+                       words["onset"].to_numpy(float) + float(row.audio_start_s), tr,
+                       source=str(transcript_path))

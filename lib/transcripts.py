@@ -21,10 +21,7 @@ Conventions (documented in the README and tested):
 """
 from __future__ import annotations
 
-import csv
-import io
 import json
-import math
 import re
 from pathlib import Path
 
@@ -32,143 +29,11 @@ import numpy as np
 import pandas as pd
 
 from .cache import write_csv, write_text
+from .alignment import (WORD_COLUMNS, AlignmentError, interpolate_missing,  # noqa: F401
+                        parse_gentle, read_align_csv, read_align_json,  # (re-exported)
+                        read_alignment)
 from .data import DataError, StoryTiming
 
-WORD_COLUMNS = ["word", "aligned_word", "onset", "offset", "aligned"]
-
-
-class AlignmentError(DataError):
-    """A Gentle alignment that cannot be used; the message names the file."""
-
-
-# --------------------------------------------------------------------------- parsing
-def _num(x: str, path: Path, lineno: int, what: str) -> float:
-    if x is None or str(x).strip() == "":
-        return math.nan
-    try:
-        v = float(x)
-    except ValueError:
-        raise AlignmentError(f"{path}: line {lineno}: {what} {x!r} is not a number") from None
-    if not math.isfinite(v) or v < 0:
-        raise AlignmentError(f"{path}: line {lineno}: {what} {x!r} is not a time >= 0")
-    return v
-
-
-def read_align_csv(path: str | Path) -> pd.DataFrame:
-    """Gentle's headerless ``align.csv``: word, aligned word or ``<unk>``, onset, offset.
-
-    Empty onset/offset = not found in the audio (times are NaN here, interpolated later).
-    """
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise AlignmentError(f"{path}: alignment file not found") from None
-    rows = []
-    for lineno, rec in enumerate(csv.reader(io.StringIO(text)), start=1):
-        if not rec:
-            continue
-        if len(rec) != 4:
-            raise AlignmentError(f"{path}: line {lineno}: expected 4 fields (word, aligned word, "
-                                 f"onset, offset), got {len(rec)}: {rec!r}")
-        word, aligned, on, off = rec
-        if not word.strip():
-            raise AlignmentError(f"{path}: line {lineno}: empty word")
-        on, off = _num(on, path, lineno, "onset"), _num(off, path, lineno, "offset")
-        if math.isnan(on) != math.isnan(off):
-            raise AlignmentError(f"{path}: line {lineno}: onset and offset must both be set or "
-                                 f"both empty")
-        if not math.isnan(on) and off < on:
-            raise AlignmentError(f"{path}: line {lineno}: offset {off} before onset {on}")
-        rows.append((word, aligned, on, off))
-    if not rows:
-        raise AlignmentError(f"{path}: no words")
-    df = pd.DataFrame(rows, columns=["word", "aligned_word", "onset", "offset"])
-    _check_monotonic(df, path, first_line=1)
-    return df
-
-
-def read_align_json(path: str | Path) -> pd.DataFrame:
-    """Gentle's JSON output (``transcript`` + ``words[]`` with ``case``/``start``/``end``)."""
-    path = Path(path)
-    try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise AlignmentError(f"{path}: alignment file not found") from None
-    except ValueError as e:
-        raise AlignmentError(f"{path}: not valid JSON ({e})") from None
-    return parse_gentle(obj, path)
-
-
-def parse_gentle(obj, source: str | Path = "<gentle>") -> pd.DataFrame:
-    if not isinstance(obj, dict) or not isinstance(obj.get("words"), list) \
-            or "transcript" not in obj:
-        raise AlignmentError(f"{source}: not Gentle output (expected an object with "
-                             f"'transcript' and a 'words' list)")
-    rows = []
-    for i, w in enumerate(obj["words"]):
-        if not isinstance(w, dict) or "word" not in w or "case" not in w:
-            raise AlignmentError(f"{source}: words[{i}] is not a Gentle word "
-                                 f"(needs 'word' and 'case')")
-        if w["case"] == "success":
-            if "start" not in w or "end" not in w:
-                raise AlignmentError(f"{source}: words[{i}] succeeded but has no start/end")
-            on, off = float(w["start"]), float(w["end"])
-            if off < on or on < 0:
-                raise AlignmentError(f"{source}: words[{i}]: bad times start={on} end={off}")
-        else:
-            on = off = math.nan
-        rows.append((w["word"], w.get("alignedWord", "<unk>"), on, off))
-    if not rows:
-        raise AlignmentError(f"{source}: no words")
-    df = pd.DataFrame(rows, columns=["word", "aligned_word", "onset", "offset"])
-    _check_monotonic(df, source, first_line=None)
-    return df
-
-
-def _check_monotonic(df: pd.DataFrame, source, first_line: int | None) -> None:
-    on = df["onset"].to_numpy()
-    idx = np.flatnonzero(~np.isnan(on))
-    bad = np.flatnonzero(np.diff(on[idx]) < -1e-6)
-    if len(bad):
-        j = idx[bad[0] + 1]
-        where = f"line {j + first_line}" if first_line is not None else f"word {j}"
-        raise AlignmentError(f"{source}: {where}: onset {on[j]} goes back in time (previous "
-                             f"found word starts at {on[idx[bad[0]]]}); onsets must not decrease")
-
-
-def read_alignment(path: str | Path) -> pd.DataFrame:
-    path = Path(path)
-    df = read_align_json(path) if path.suffix == ".json" else read_align_csv(path)
-    return interpolate_missing(df)
-
-
-def interpolate_missing(df: pd.DataFrame) -> pd.DataFrame:
-    """Fill times of words not found in the audio (see module docstring); add ``aligned``."""
-    df = df.copy()
-    on, off = df["onset"].to_numpy(float).copy(), df["offset"].to_numpy(float).copy()
-    found = ~np.isnan(on)
-    if not found.any():
-        raise AlignmentError("no word of the alignment was found in the audio")
-    n, i = len(df), 0
-    while i < n:
-        if found[i]:
-            i += 1
-            continue
-        j = i
-        while j < n and not found[j]:
-            j += 1
-        a = off[i - 1] if i > 0 else on[j]
-        b = on[j] if j < n else off[i - 1]
-        k = j - i
-        edges = np.linspace(a, max(a, b), k + 1)
-        on[i:j], off[i:j] = edges[:-1], edges[1:]
-        i = j
-    df["onset"], df["offset"], df["aligned"] = on, off, found
-    return df
-
-
-# --------------------------------------------------------------------------- punctuation
 _PUNCT_AFTER = re.compile(r"[^\s]*")
 
 
@@ -241,6 +106,8 @@ def read_transcript(path: str | Path) -> pd.DataFrame:
     if len(df) == 0:
         raise DataError(f"{path}: transcript is empty")
     df["aligned"] = df["aligned"].astype(str).str.lower().isin(["true", "1"])
+    for c in ("onset", "offset"):     # empty for words known only by their TR
+        df[c] = pd.to_numeric(df[c], errors="coerce")
     return df
 
 
@@ -249,7 +116,11 @@ def story_text(words: pd.DataFrame, pause_s: float = PAUSE_S) -> str:
     """The story's text, one utterance per line (a new line where the pause before a word is at
     least ``pause_s``)."""
     text = words["text"].astype(str).to_numpy()
-    gaps = words["onset"].to_numpy(float)[1:] - words["offset"].to_numpy(float)[:-1]
+    if words["onset"].isna().all() and "tr" in words:   # words per TR: a silent TR is a pause
+        gaps = np.diff(words["tr"].to_numpy(int)) - 1.0
+        pause_s = 1.0
+    else:
+        gaps = words["onset"].to_numpy(float)[1:] - words["offset"].to_numpy(float)[:-1]
     cuts = np.r_[0, np.flatnonzero(gaps >= pause_s) + 1, len(text)]
     return "\n".join(" ".join(text[a:b]) for a, b in zip(cuts[:-1], cuts[1:]) if b > a)
 
@@ -332,6 +203,32 @@ def gentle_align(audio: str | Path, transcript: str | Path, url: str = "http://l
 
 
 # --------------------------------------------------------------------------- stage runner
+def _story_words(story: str, runs: pd.DataFrame, text_style: str) -> tuple[pd.DataFrame, str]:
+    """A story's transcript from its Gentle alignment, or from the word file of a dataset
+    adapter (:mod:`lib.datasets.words`); every run of the story must hold the same words."""
+    from .data import timing_of_row
+    from .datasets.words import read_words
+
+    first = runs.iloc[0]
+    words_path = str(first.get("words_path", "") or "")
+    if words_path:
+        df = read_words(words_path, float(first["tr"]), int(first["n_trs"]))
+        for _, r in runs.iterrows():
+            other = read_words(r["words_path"], float(r["tr"]), int(r["n_trs"]))
+            if other["word"].tolist() != df["word"].tolist() or \
+                    other["tr"].tolist() != df["tr"].tolist():
+                raise DataError(f"{r['words_path']}: story {story!r} has other words or word "
+                                f"TRs than {words_path}")
+        return df, words_path
+    if not first["alignment_path"]:
+        raise DataError(f"story {story!r}: no alignment and no word file in the manifest")
+    df = story_transcript(first["alignment_path"], first["transcript_path"] or None, text_style)
+    for _, r in runs.iterrows():  # every run must hold the words
+        tr = assign_trs(df, timing_of_row(r), int(r["n_trs"]), first["alignment_path"])
+    df["tr"] = tr
+    return df, first["alignment_path"]
+
+
 def build_transcripts(manifest: pd.DataFrame, out_dir: str | Path, corpus_sources=(),
                       corpus_path: str | Path | None = None, text_style: str = "words",
                       pause_s: float = PAUSE_S) -> dict:
@@ -343,24 +240,19 @@ def build_transcripts(manifest: pd.DataFrame, out_dir: str | Path, corpus_source
     left out (``punctuated`` style without a transcript)}.
     """
     out_dir = Path(out_dir)
-    rows, texts, skipped = [], {}, []
-    for story, runs in manifest.groupby("story"):
-        first = runs.iloc[0]
-        if not first["alignment_path"]:
-            raise DataError(f"story {story!r}: no alignment in the manifest")
-        df = story_transcript(first["alignment_path"], first["transcript_path"] or None,
-                              text_style)
-        from .data import timing_of_row
-
-        for _, r in runs.iterrows():  # every run must hold the words
-            tr = assign_trs(df, timing_of_row(r), int(r["n_trs"]), first["alignment_path"])
-        df["tr"] = tr
-        write_transcript(df, out_dir / f"{story}.tsv")
+    rows, texts, skipped, frames = [], {}, [], {}
+    for story, runs in manifest.groupby("story"):   # everything is read and checked first
+        df, source = _story_words(story, runs, text_style)
+        frames[story] = df
         texts[story] = story_text(df, pause_s)
-        rows.append(dict(story=story, n_words=len(df), n_not_found=int((~df["aligned"]).sum()),
+        tr = df["tr"].to_numpy(int)
+        rows.append(dict(story=story, n_words=len(df),
+                         word_times="per TR" if df["onset"].isna().all() else "onsets",
+                         n_not_found=int((~df["aligned"]).sum()),
                          n_unk=int((df["aligned_word"] == "<unk>").sum()),
-                         first_tr=int(tr.min()), last_tr=int(tr.max()),
-                         alignment=first["alignment_path"]))
+                         first_tr=int(tr.min()), last_tr=int(tr.max()), alignment=source))
+    for story, df in frames.items():
+        write_transcript(df, out_dir / f"{story}.tsv")
     for src in corpus_sources:
         for align in sorted(Path(src).glob("*/align.csv")):
             story = align.parent.name

@@ -33,6 +33,7 @@ pooling = "last"                  # last | mean
 batch_size = 8
 baselines = ["random"]            # random-init model of the same architecture
 layer_profile = False             # also cache every layer (stage 05 then scores each layer)
+layer_profile_conditions = ["raw", "sft"]   # whose every layer is cached when layer_profile
 surprisal = False                 # also each word's surprisal under every LM (same pass)
 feature_spaces = ["word_rate"]    # word-level spaces to compute and cache (see lib/spaces.py)
 device = "auto"
@@ -58,7 +59,7 @@ manifest = data.read_manifest(run / "data" / "data_manifest.csv")
 stories = sorted(manifest.loc[~manifest.excluded, "story"].unique())
 cache = Paths.from_env().activations
 kw = dict(layer=layer, context=context_tokens, pooling=pooling, batch_size=batch_size,
-          all_layers=layer_profile, surprisal=surprisal)
+          surprisal=surprisal)
 
 lm = load_model(model, device=device)
 print(f"{lm.name}: {lm.n_layers} layers, fingerprint {lm.fingerprint}, on {lm.device} ({lm.info})")
@@ -68,7 +69,9 @@ unknown = set(baselines) - {"random"}
 if unknown:
     raise ValueError(f"unknown baselines {sorted(unknown)}: the one baseline is 'random'")
 units = [features.ExtractUnit(name, cond, (story,), str(run / "transcripts"), str(cache),
-                              device=device, options=tuple(kw.items()), cpu_bf16=cpu_bf16)
+                              device=device, cpu_bf16=cpu_bf16,
+                              options=tuple({**kw, "all_layers": layer_profile and cond
+                                             in layer_profile_conditions}.items()))
          for name, cond in [(model, "raw")] + [(f"random:{model}", "random")] * len(baselines)
          for story in stories]
 with cl.client_for(cluster, threads, dict(workers=workers, slurm=slurm)) as client:

@@ -32,7 +32,8 @@ layer = 8
 context_tokens = 256
 pooling = "last"
 batch_size = 8
-sft_mode = "heldout"              # heldout | leaky
+sft_mode = "heldout"              # heldout | leaky | external (corpus stories only, none scored)
+sft_exclude = []                  # corpus stories (and their near-duplicates) never trained on
 sft_controls = ["control", "scrambled"]   # word-shuffled and utterance-scrambled controls
 sft_steps = 24
 sft_lr = 5e-5
@@ -41,6 +42,7 @@ sft_block_size = 128
 sft_seeds = [0]
 sft_method = "full"               # full | lora
 layer_profile = False
+layer_profile_conditions = ["raw", "sft"]   # whose every layer is cached when layer_profile
 surprisal = False
 device = "auto"
 cpu_bf16 = False                  # bfloat16 autocast for extraction on a CPU (faster, ~1% off)
@@ -54,6 +56,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import pandas as pd
+from IPython.display import display
 
 from lib import cluster as cl, data, features, sft
 from lib.cache import write_csv, write_json
@@ -66,22 +69,41 @@ paths = Paths.from_env()
 manifest = data.read_manifest(run / "data" / "data_manifest.csv")
 scored = sorted(manifest.loc[~manifest.excluded, "story"].unique())
 corpus = read_corpus(run / "transcripts" / "train_narratives.txt")
+if sft_block_size < context_tokens:
+    print(f"WARNING: sft_block_size {sft_block_size} < context_tokens {context_tokens}: features "
+          f"read at positions {sft_block_size + 1}..{context_tokens} were never trained")
 cfg = sft.SFTConfig(base_model=model, steps=sft_steps, lr=sft_lr, batch_size=sft_batch_size,
                     block_size=sft_block_size, method=sft_method,
                     device=None if device == "auto" else device)
 with cl.client_for(cluster, threads, dict(workers=workers, slurm=slurm)) as client:
     folds, trained = sft.run_stage(corpus, scored, cfg, paths.models, mode=sft_mode,
-                                   controls=sft_controls, seeds=sft_seeds, client=client)
+                                   controls=sft_controls, seeds=sft_seeds, client=client,
+                                   exclude=sft_exclude)
 write_csv(run / "sft" / "models.csv", trained)
 write_json(run / "sft" / "folds.json", {"mode": sft_mode, "config": asdict(cfg), "folds": folds})
 pd.DataFrame(folds)[["fold", "score_stories", "heldout", "leaky"]]
 
 # %% [markdown]
-# ## Training record: loss and held-out perplexity before → after
+# ## Training record: tokens seen, epochs, loss and held-out perplexity before → after
+#
+# With `sft_mode = "external"` the validation text is the start of the corpus's held-out stories;
+# the perplexity on the scored stories (the dataset's own text) follows below.
 
 # %%
-trained[["condition", "fold", "seed", "train_tokens_seen", "train_loss_first", "train_loss_last",
-         "val_ppl_before", "val_ppl_after", "seconds", "device"]]
+print(f"{trained.train_tokens_seen.iloc[0]} tokens seen per model = "
+      f"{trained.epochs.iloc[0]:.2f} epochs of its training text; seeds {sorted(set(trained.seed))}")
+trained[["condition", "fold", "seed", "train_tokens_seen", "epochs", "train_loss_first",
+         "train_loss_last", "val_ppl_before", "val_ppl_after", "seconds", "device"]]
+
+# %%
+if sft_mode == "external":
+    test = sorted(manifest.loc[manifest.split == "test", "story"].unique()) or scored
+    ppl = sft.perplexity_table([model] + trained.path.tolist(),
+                               ["raw"] + trained.condition.tolist(),
+                               {s: corpus[s] for s in test}, block_size=sft_block_size,
+                               device=None if device == "auto" else device)
+    write_csv(run / "sft" / "perplexity.csv", ppl)
+    display(ppl)
 
 # %%
 import matplotlib.pyplot as plt
@@ -100,11 +122,12 @@ plt.show()
 
 # %%
 kw = dict(layer=layer, context=context_tokens, pooling=pooling, batch_size=batch_size,
-          all_layers=layer_profile, surprisal=surprisal)
+          surprisal=surprisal)
 units = [features.ExtractUnit(r.path, r.condition, tuple(r.score_stories.split(",")),
                               str(run / "transcripts"), str(paths.activations), seed=r.seed,
-                              leaky=bool(r.leaky), device=device, options=tuple(kw.items()),
-                              cpu_bf16=cpu_bf16)
+                              leaky=bool(r.leaky), device=device, cpu_bf16=cpu_bf16,
+                              options=tuple({**kw, "all_layers": layer_profile and r.condition
+                                             in layer_profile_conditions}.items()))
          for r in trained.itertuples()]
 with cl.client_for(cluster, threads, dict(workers=workers, slurm=slurm)) as client:
     tuned = features.run_extraction(units, client)

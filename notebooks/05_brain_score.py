@@ -65,7 +65,7 @@ from pathlib import Path
 import numpy as np
 from IPython.display import display
 
-from lib import cluster as cl, data, encoding, features
+from lib import brain_score, cluster as cl, data, encoding, features
 from lib.inference import NullSpec
 from lib.ridge import DEFAULT_ALPHAS
 
@@ -87,7 +87,7 @@ settings = encoding.Settings(
 job = encoding.make_job(manifest, run / "transcripts", index, run / "brain_score", mask_img,
                         settings, labels)
 with cl.client_for(cluster, n_threads, dict(workers=workers, slurm=slurm)) as client:
-    res = encoding.run_stage(job, fdr_q=fdr_q, re_min_subjects=re_min_subjects, client=client)
+    res = brain_score.run_stage(job, fdr_q=fdr_q, re_min_subjects=re_min_subjects, client=client)
 scores = res["scores"]
 print(f"{len(scores)} scores; mask has {int((mask_img.get_fdata() > 0).sum())} voxels; "
       f"{'SYNTHETIC BOLD' if manifest.synthetic_bold.any() else 'real BOLD'}; "

@@ -18,7 +18,7 @@
 # # 06 · Does fine-tuning change brain scores?
 #
 # Paired comparisons across subjects, the unit of inference (runs averaged within a story, stories
-# equally, then seeds). For every contrast: subjects improved, mean Δ with a BCa bootstrap 95% CI,
+# equally, then seeds). For every contrast: subjects improved, mean Δ with a Student-t 95% CI,
 # exact sign-flip permutation p (and Wilcoxon, t, Cohen's d_z), with the smallest p the sign tests
 # can reach for this number of subjects. Each measure three ways: the brain score r, r above its
 # chance level (time-mismatched features), and r / noise ceiling. Voxel summaries select voxels

@@ -15,16 +15,17 @@
 # ---
 
 # %% [markdown]
-# # Does fine-tuning a language model on Narratives text change its brain score?
+# # Does fine-tuning a language model on story text change its brain score?
 #
-# Master report of one pipeline run (`python -m lib.pipeline`, or `make report` for the embedded
-# default). Question: does supervised fine-tuning (SFT) on Narratives story text change how well a
-# language model's layer activations predict fMRI responses to those stories? The stage notebooks
-# (linked at the end) hold every detail; this page gathers the answer, its statistics, the figures
-# and how each number was made.
+# Master report of `make report`. Question: does supervised fine-tuning (SFT) of a language model
+# on story text change how well its layer-8 activations predict fMRI responses to spoken stories?
+# **Part 1 answers it on real fMRI** that ships with the project (LeBel et al. 2023). **Part 2** is
+# the Narratives pipeline check on the embedded default, whose BOLD is synthetic. The stage
+# notebooks (linked at the end of each part) hold every detail.
 
 # %% tags=["parameters"]
 run_dir = "results/mini"
+real_run_dir = "results/lebel"
 
 # %%
 from pathlib import Path
@@ -34,9 +35,80 @@ import numpy as np
 import pandas as pd
 from IPython.display import Markdown, display
 
-from lib import compare, plots, report
+from lib import compare, matrix_compare as mc, plots, report
 
 pd.set_option("display.max_colwidth", 200)
+figure = report.figure
+real = Path(real_run_dir)
+has_real = (real / "brain_score" / "deltas.csv").exists()
+if has_real:
+    rst = mc.load_stage05(real / "brain_score")
+    rparams = report.load_params(real)
+    rmodels = pd.read_csv(real / "sft" / "models.csv")
+    display(Markdown(report.real_data_sentence(real, rparams)))
+else:
+    display(Markdown(f"> No real-data run at `{real_run_dir}` (run `make report`)."))
+
+# %% [markdown]
+# ## Part 1 · The answer on real fMRI
+
+# %%
+if has_real:
+    n_seeds = rmodels.loc[rmodels.condition == "sft", "seed"].nunique()
+    source = (f"On real fMRI (LeBel et al. 2023, {rst['scores'].subject.nunique()} subjects, "
+              f"{len(str(rst['scores'].test_stories.iloc[0]).split(','))} held-out stories): ")
+    for targets in ("first10", "all"):
+        display(Markdown("**" + mc.answer(rst["deltas"], "sft - raw", targets, n_seeds, source)
+                         + "**"))
+    display(Markdown(mc.sanity_text(mc.sanity(rst["scores"], "raw", "first10"))))
+    display(Markdown(report.sft_sentence(rmodels, real / "sft" / "perplexity.csv")))
+    figure(real / "compare" / "deltas.png", "Δ mean held-out r (first 10 response components) of "
+           "each contrast, per subject, with its 95% CI (inverted block-exchange test over "
+           "held-out time).")
+
+# %% [markdown]
+# ### Every contrast, per subject
+# Δ = score(A) − score(B) on the same held-out TRs; CI and two-sided p from exchanging the two
+# models' predictions in blocks of TRs (block length from the measured autocorrelation). `first10`:
+# mean r over the first 10 response components (most variance), `all`: over all 200, each
+# component weighted equally.
+
+# %%
+if has_real:
+    display(rst["deltas"][["subject", "contrast", "seed", "targets", "score_a", "score_b", "delta",
+                           "ci_low", "ci_high", "p", "block_trs", "n_blocks"]].round(4))
+
+# %% [markdown]
+# ### Brain scores, baselines and chance levels
+
+# %%
+if has_real:
+    figure(real / "compare" / "scores.png", "Mean held-out r over the first 10 components of every "
+           "model and feature space, per subject; black ticks: the chance score (the same "
+           "features shifted in time by half of each story).")
+    display(rst["scores"].pivot_table(index=["targets", "condition"], columns="subject",
+                                      values=["brain_score", "chance_score"]).round(4))
+    figure(real / "compare" / "components.png", "Held-out r of each of the first 40 response "
+           "components, raw and fine-tuned model, per subject; dotted: the raw model's chance.")
+    figure(real / "compare" / "layers.png", "Layer profile: mean held-out r over the first 10 "
+           "components for every layer (0 = embeddings).")
+
+# %% [markdown]
+# ### Perplexity on the held-out moth stories, before and after fine-tuning
+
+# %%
+if has_real and (real / "sft" / "perplexity.csv").exists():
+    display(pd.read_csv(real / "sft" / "perplexity.csv")[["model", "text", "tokens", "perplexity"]])
+
+# %%
+if has_real:
+    display(Markdown("Stage notebooks of the real-data run: " + ", ".join(
+        f"[{p.stem}]({p.as_posix()})" for p in sorted((real / "notebooks").glob("*.ipynb")))))
+
+# %% [markdown]
+# ## Part 2 · Narratives pipeline check (embedded default)
+
+# %%
 run = Path(run_dir)
 cmp = run / "compare"
 params = report.load_params(run)
@@ -45,16 +117,14 @@ synthetic = header.loc["data", "value"].startswith("SYNTHETIC")
 tag = " [synthetic BOLD]" if synthetic else ""
 fdr_q = params.get("fdr_q", 0.05)
 
-figure = report.figure
-
 if synthetic:
-    display(Markdown("> **SYNTHETIC BOLD.** The fMRI data in this run are generated (real pieman "
+    display(Markdown("> **SYNTHETIC BOLD.** The fMRI data in this part are generated (real pieman "
                      "stimuli, planted signal in superior temporal voxels). The numbers test the "
                      "pipeline, not the brain."))
 header
 
 # %% [markdown]
-# ## The answer
+# ### The answer on the embedded Narratives run
 
 # %%
 stats = pd.read_csv(cmp / "stats.csv")
@@ -66,7 +136,7 @@ figure(cmp / "delta_distribution.png", "Distribution over voxels of Δ brain sco
        f"(block permutation, q < {fdr_q}).")
 
 # %% [markdown]
-# ## Δ brain score across subjects
+# ### Δ brain score across subjects
 # Contrasts: `sft − raw` (the question), `control − raw` and `scrambled − raw` (same budget on
 # word-shuffled / utterance-scrambled text), `sft − control` and `sft − scrambled` (what narrative
 # language adds beyond any extra training), and sanity checks `raw − random` and `raw − word_rate`.
@@ -87,7 +157,7 @@ dt[dt.measure == "brain_score"]
 dt[dt.measure != "brain_score"].dropna(subset=["mean_delta"])
 
 # %% [markdown]
-# ## Brain maps
+# ### Brain maps
 # Group-mean brain score (mean over subjects of each subject's map) of the raw and the fine-tuned
 # model in the voxels that survive the group block-permutation test (BH-FDR), and Δ (SFT − raw)
 # in voxels significant for either model. One colour scale for both models.
@@ -110,7 +180,7 @@ display(Markdown("Interactive viewers (open offline in a browser): " + ", ".join
     f"[{p.name}]({p.as_posix()})" for p in sorted(cmp.glob("view_*.html")))))
 
 # %% [markdown]
-# ## Feature spaces and variance partitioning
+# ### Feature spaces and variance partitioning
 # Each space's brain score alone (with its chance level), and the banded-ridge partition: what
 # the fine-tuned model explains that the raw model and the low-level spaces do not
 # (`unique lm:sft`), and the reverse (`unique lm:raw`). Held-out R², centred on each test block.
@@ -131,7 +201,7 @@ figure(cmp / "alpha_diagnostic.png", "Share of ridge penalties chosen at each va
        "per model: mass at an end of the grid says widen it.")
 
 # %% [markdown]
-# ## Layer profile
+# ### Layer profile
 
 # %%
 for p in sorted(cmp.glob("layer_profile_*.png")):
@@ -139,38 +209,38 @@ for p in sorted(cmp.glob("layer_profile_*.png")):
               f"over subjects, band: bootstrap 95% CI over subjects.")
 
 # %% [markdown]
-# ## Fine-tuning: held-out perplexity before → after
+# ### Fine-tuning: held-out perplexity before → after
 
 # %%
 compare.sft_summary(run / "sft" / "models.csv")
 
 # %% [markdown]
-# ## Per-subject scores
+# ### Per-subject scores
 
 # %%
 tab = pd.read_csv(cmp / "subject_scores.csv")
 tab.pivot_table(index=["target", "subject"], columns="condition", values="brain_score").round(3)
 
 # %% [markdown]
-# ## Methods in one table
+# ### Methods in one table
 
 # %%
 report.method_table(run, params)
 
 # %% [markdown]
-# ## What each number is
+# ### What each number is
 
 # %%
 report.score_definitions()
 
 # %% [markdown]
-# ## Parameters of this run
+# ### Parameters of this run
 
 # %%
 report.params_table(params)
 
 # %% [markdown]
-# ## Stage notebooks
+# ### Stage notebooks
 
 # %%
 nbs = sorted((run / "notebooks").glob("*.ipynb"))

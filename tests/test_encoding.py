@@ -4,7 +4,7 @@ import warnings
 import numpy as np
 import pytest
 
-from lib import encoding, ridge
+from lib import brain_score, encoding, ridge
 from lib.synthetic import load_truth, make_mini
 
 from conftest import stage05_job as _job
@@ -46,7 +46,7 @@ def test_planted_voxels_recovered_on_mini(mini):
 def stage(mini, paths, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("stage05")
     job = _job(mini, run_dir, paths, n_perm=1000)
-    res = encoding.run_stage(job, fdr_q=0.05, progress=False)
+    res = brain_score.run_stage(job, fdr_q=0.05, progress=False)
     return job, res
 
 
@@ -69,7 +69,7 @@ def test_stage_outputs(stage, mini):
 
 def test_rerun_computes_no_unit_and_fdr_q_reaches_the_maps(stage):
     job, res = stage
-    again = encoding.run_stage(job, fdr_q=0.5, progress=False)
+    again = brain_score.run_stage(job, fdr_q=0.5, progress=False)
     assert set(again["units"].status) == {"cached"}
     assert again["group"]["raw"]["fdr"].sum() > res["group"]["raw"]["fdr"].sum()
     np.testing.assert_array_equal(again["group"]["raw"]["p"], res["group"]["raw"]["p"])
@@ -85,7 +85,7 @@ def test_corrupt_bold_fails_its_unit_only(mini, paths, tmp_path):
     bad = root / "sub-002/func/sub-002_task-pieman_run-1_bold.nii.gz"
     bad.write_bytes(bad.read_bytes()[:5000])
     with pytest.raises(encoding.UnitsFailed, match=r"sub-002: .*sub-002_task-pieman_run-1_bold"):
-        encoding.run_stage(job, progress=False)
+        brain_score.run_stage(job, progress=False)
     for sub in ("sub-001", "sub-003"):
         assert job.result_path("raw", 0, sub).exists()
     assert not job.result_path("raw", 0, "sub-002").exists()
@@ -97,7 +97,7 @@ def test_repeated_hearings_scored_separately(paths, tmp_path):
     root = make_mini(tmp_path / "bids", resolution_mm=12, subjects=["sub-002", "sub-003"], runs=2,
                      paths=paths)
     job = _job(root, tmp_path / "run", paths, n_perm=0)
-    res = encoding.run_stage(job, progress=False)
+    res = brain_score.run_stage(job, progress=False)
     sc = res["scores"]
     assert sorted(sc.run.unique()) == [1, 2]
     r = sc[(sc.target == "roi-1") & (sc.condition == "raw")]

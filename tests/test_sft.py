@@ -152,3 +152,45 @@ def test_training_and_extraction_are_bit_for_bit_reproducible(corpus, tmp_path, 
     s1 = ridge.fit_score(X, Y, gap=10).scores
     s2 = ridge.fit_score(X, Y, gap=10).scores
     assert np.array_equal(s1, s2)
+    # the fingerprint is the content (weights, tokenizer, training key), never the run metrics
+    assert lm.fingerprint == load_model(str(tmp_path / "b"), device="cpu").fingerprint
+
+
+def test_training_blocks_are_in_the_extraction_format(tiny, pieman_words):
+    """Every block starts with the start token that begins every extraction window, and spans
+    the extraction context: every position a feature is read at is a position SFT trains."""
+    from lib import features
+
+    context = 32
+    blocks = sft.make_blocks([" ".join(pieman_words.text)], tiny.tokenizer, context)
+    assert (blocks[:, 0] == features.start_token(tiny.tokenizer)).all()
+    assert blocks.shape[1] == context + 1
+    words = pieman_words.text.tolist()[:300]
+    layers, ids, ends, starts_tok, starts, word_win, _ = features._plan(tiny, words, 1, context,
+                                                                         None, "last")
+    read = np.concatenate([np.arange(starts_tok[w] - word_win[w] + 1, ends[w] - word_win[w] + 1)
+                           for w in range(len(words))])   # +1: after the start token
+    assert set(read) <= set(sft.trained_positions(context)) and read.max() == context
+
+
+def test_external_mode_trains_on_unscored_stories_only(corpus, tmp_path):
+    """A dataset whose stories are not in the corpus: one fold, no scored story and no excluded
+    story (nor its near-duplicate) in training; a model with the same training key is reused
+    wherever an earlier run put it."""
+    scored = {"storyA": "a b c d e f g h " * 50}
+    full = {**corpus, **scored}
+    (fold,) = sft.plan_folds(["storyA"], full, "external", exclude=["pieman"])
+    assert fold["score_stories"] == ["storyA"] and not fold["leaky"]
+    assert "storyA" not in fold["train_stories"] and "pieman" not in fold["train_stories"]
+    assert "piemanpni" not in fold["train_stories"]                 # near-duplicate of pieman
+    heldout = sft.plan_folds(["pieman"], corpus, "heldout")[0]
+    assert heldout["train_stories"] == fold["train_stories"]      # the same training text
+    cfg = sft.SFTConfig(base_model="tiny-gpt2", steps=2, lr=1e-3, batch_size=2, block_size=32,
+                        device="cpu")
+    small = {k: v[:2000] for k, v in corpus.items()}     # a Narratives run: its own corpus
+    _, t1 = sft.run_stage(small, ["pieman"], cfg, tmp_path, controls=(), progress=False)
+    small["storyA"] = scored["storyA"]                   # another dataset: its story added
+    _, t2 = sft.run_stage(small, ["storyA"], cfg, tmp_path, mode="external", controls=(),
+                          exclude=["pieman"], progress=False)
+    assert t2.path.iloc[0] == t1.path.iloc[0]                     # trained once, used twice
+    assert list(t2.columns) == sft.MODEL_COLUMNS

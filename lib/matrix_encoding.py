@@ -1,0 +1,384 @@
+"""Stage 05 for response matrices (ROI / parcel / component series), as units of work.
+
+A unit fits one condition (an LM's activations, a feature space; one SFT seed) for the subjects
+who heard the same stories with the same TRs: they share the features, the folds and every
+decomposition. Per subject:
+
+* targets: each run's response matrix (rows = TRs, columns = ROIs or components), z-scored over
+  the run's kept TRs;
+* folds: the dataset's own split when it has one (fit on every ``train`` story, score the ``test``
+  stories) -- else leave one story out; alphas per target on inner folds that hold out groups of
+  whole training stories (``inner_groups``), each standardised on its own fit rows;
+* scores: held-out predictions (kept, so two models can be compared on the same TRs), the r of
+  each target per held-out story averaged over stories, and the *chance* score of the same
+  features circularly shifted within each story (:func:`lib.spaces.mismatch`);
+* the layer profile: the same fit for every layer of the conditions that have all layers.
+
+:func:`run_stage` then writes ``component_scores.csv`` (per target), ``scores.csv`` (per named set
+of targets: the mean r over the first k targets and over all), ``layer_scores.csv`` and
+``deltas.csv``: per subject, Δ of each contrast (``sft - raw`` first) with its block CI and
+block-exchange permutation p from :mod:`lib.paired` -- held-out time is the unit, there is no
+group test. Unit results are cached by the content of their inputs.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from .cache import is_fresh, key_of, write_csv, write_npz, write_sidecar
+from .data import DataError
+from .job import content_hash, design_inputs, kept_slice
+from .paired import paired_comparison, scores as target_scores
+from .ridge import (DEFAULT_ALPHAS, EngineError, Layout, heldout_predictions, prepare,
+                    split_folds)
+
+MATRIX_VERSION = 1
+CONTRASTS = (("sft", "raw"), ("sft", "control"), ("sft", "scrambled"), ("raw", "random"),
+             ("raw", "word_rate"))
+
+
+@dataclass(frozen=True)
+class MatrixSettings:
+    delays: tuple = (1, 2, 3, 4)
+    aggregation: str = "sum"
+    alphas: tuple = tuple(DEFAULT_ALPHAS)
+    inner_groups: int = 5
+    gap: int = 0                    # unused between whole stories; kept for Job compatibility
+    chance: bool = True
+    spaces: tuple = ("word_rate",)
+    layer_conditions: tuple = ("raw", "sft")
+    layer_stride: int = 1           # layer profile: every k-th layer (and the last) ...
+    layer: int = 8                  # ... and always the layer the headline scores
+    target_sets: tuple = (("first10", 10), ("all", 0))   # (name, first k targets; 0 = all)
+    contrasts: tuple = CONTRASTS
+    n_perm: int = 10000
+    backend: str = "numpy"
+    device: str | None = None
+
+    def key(self) -> str:
+        d = asdict(self)
+        for k in ("device", "backend", "n_perm", "contrasts", "target_sets"):
+            d.pop(k)
+        return key_of("matrix05", MATRIX_VERSION, d)
+
+
+@dataclass
+class MatrixJob:
+    """Plain data for the units (picklable)."""
+    settings: MatrixSettings
+    runs: pd.DataFrame
+    transcripts_dir: str
+    features: dict                  # (condition, seed) -> {story: activations path}
+    all_layers: dict
+    out_dir: str
+    spaces_cache: str = ""
+    surprisal: dict = field(default_factory=dict)
+    audio: dict = field(default_factory=dict)
+
+    def subject_runs(self, subject: str) -> pd.DataFrame:
+        return self.runs[self.runs.subject == subject].sort_values(["story", "run"])
+
+    def signature(self, subject: str) -> tuple:
+        r = self.subject_runs(subject)
+        return tuple(zip(r.story, r.run.astype(int), r.n_trs.astype(int), r.split))
+
+    def test_stories(self) -> list[str]:
+        return sorted(set(self.runs.loc[self.runs.split == "test", "story"]))
+
+    def result_path(self, condition: str, seed: int, subject: str) -> Path:
+        return Path(self.out_dir) / "units" / f"{condition}_seed-{seed}" / f"{subject}.npz"
+
+
+def make_job(manifest: pd.DataFrame, transcripts_dir, index: pd.DataFrame, out_dir,
+             settings: MatrixSettings, spaces_cache) -> MatrixJob:
+    runs = manifest[~manifest["excluded"]].sort_values(["subject", "story", "run"])
+    if runs.empty:
+        raise DataError("no run left after exclusions")
+    if (runs.responses != "matrix").any():
+        raise DataError("matrix_encoding fits response matrices; NIfTI runs go through "
+                        "lib.encoding")
+    feats, layers = {}, {}
+    for r in index.itertuples():
+        k = (r.condition, int(r.seed))
+        feats.setdefault(k, {})[r.story] = r.path
+        if getattr(r, "all_layers_path", ""):
+            layers.setdefault(k, {})[r.story] = r.all_layers_path
+    return MatrixJob(settings, runs.reset_index(drop=True), str(transcripts_dir), feats, layers,
+                     str(out_dir), str(spaces_cache))
+
+
+# --------------------------------------------------------------------------- one subject
+def subject_responses(job: MatrixJob, subject: str) -> tuple[np.ndarray, list[str]]:
+    """(rows, targets) responses of a subject's runs, each z-scored over its kept TRs, and the
+    story of each row."""
+    from .datasets import read_matrix
+    from .inference import zscore_time
+
+    Ys, stories = [], []
+    widths = set()
+    for r in job.subject_runs(subject).itertuples():
+        Y = read_matrix(r.bold_path)
+        if len(Y) != int(r.n_trs):
+            raise DataError(f"{r.bold_path}: {len(Y)} TRs but the manifest says {r.n_trs}")
+        Ys.append(zscore_time(Y[kept_slice(r)]).astype(np.float32))
+        stories += [r.story] * len(Ys[-1])
+        widths.add(Y.shape[1])
+    if len(widths) > 1:
+        raise DataError(f"{subject}: runs have different numbers of targets {sorted(widths)}")
+    return np.vstack(Ys), stories
+
+
+def _prepare(job: MatrixJob, X: np.ndarray, layout, source: str):
+    st = job.settings
+    tests = job.test_stories()
+    folds = split_folds(layout, tests) if tests else None
+    if folds is None and len(layout.names) < 2:
+        raise EngineError(f"{source}: one story and no split: nothing to hold out")
+    return prepare(X, layout, gap=st.gap, folds=folds, inner_groups=st.inner_groups,
+                   alphas=st.alphas, backend=st.backend, device=st.device, source=source)
+
+
+def _design(job: MatrixJob, condition: str, seed: int, subject: str, cache: dict,
+            mismatched: bool = False):
+    key = (condition, seed, mismatched, job.signature(subject))
+    if key not in cache:
+        X, layout = design_inputs(job, condition, seed, subject, mismatched)
+        cache[key] = _prepare(job, X, layout, f"{condition} seed {seed} {subject}")
+    return cache[key]
+
+
+def layer_designs(job: MatrixJob, condition: str, seed: int, subject: str):
+    """(layer, Design) for every layer of the condition's all-layer activations; each story's
+    file is read once (one pass over the words for all layers), not once per layer."""
+    from .features import load_activations
+    from .spaces import design_matrix, tr_features
+    from .transcripts import read_transcript
+
+    st = job.settings
+    rows = list(job.subject_runs(subject).itertuples())
+    per_run = []
+    for r in rows:
+        acts = load_activations(job.all_layers[(condition, seed)][r.story])   # (L, words, d)
+        words = read_transcript(Path(job.transcripts_dir) / f"{r.story}.tsv")
+        n_l, n_w, d = acts.shape
+        F = tr_features(acts.transpose(1, 0, 2).reshape(n_w, n_l * d), words["tr"].to_numpy(int),
+                        int(r.n_trs), st.aggregation, words["onset"].to_numpy(float), float(r.tr),
+                        source=str(job.all_layers[(condition, seed)][r.story]))
+        per_run.append(F.reshape(int(r.n_trs), n_l, d))
+    n_l = per_run[0].shape[1]
+    for layer in sorted(set(range(0, n_l, st.layer_stride)) | {n_l - 1, st.layer}):
+        Xs = [design_matrix(F[:, layer], kept_slice(r), st.delays) for F, r in zip(per_run, rows)]
+        layout = Layout.of_runs([len(x) for x in Xs], [r.story for r in rows])
+        yield layer, _prepare(job, np.vstack(Xs), layout, f"{condition} layer {layer} {subject}")
+
+
+def input_key(job: MatrixJob, condition: str, seed: int, subject: str) -> str:
+    rows = job.subject_runs(subject)
+    stories = sorted(set(rows.story))
+    feats = [(s, content_hash(src[s])) for src in (job.features.get((condition, seed), {}),
+                                                   job.all_layers.get((condition, seed), {}))
+             for s in stories if s in src]
+    from .spaces import space_version
+
+    return key_of(job.settings.key(), condition, space_version(condition), seed, feats,
+                  [content_hash(Path(job.transcripts_dir) / f"{s}.tsv") for s in stories],
+                  [(r.story, int(r.run), content_hash(r.bold_path), int(r.trim_start),
+                    int(r.trim_end), r.split) for r in rows.itertuples()])
+
+
+def fit_subjects(job: MatrixJob, condition: str, seed: int, subjects: list[str], cache: dict
+                 ) -> dict[str, dict]:
+    """Held-out predictions and scores of one condition for subjects who share a signature
+    (the same stories and TRs: every design, the layer profile's too, is computed once)."""
+    st = job.settings
+    out = {}
+    for sub in subjects:
+        Y, stories = subject_responses(job, sub)
+        D = _design(job, condition, seed, sub, cache)
+        rows, pred, alphas = heldout_predictions(D, Y, source=f"{sub} {condition}")
+        seg = np.asarray(stories)[rows]
+        out[sub] = dict(rows=rows.astype(np.int64), pred=pred, alphas=alphas.astype(np.float32),
+                        r=target_scores(Y[rows], pred, seg).astype(np.float32))
+        if st.chance:
+            Dc = _design(job, condition, seed, sub, cache, mismatched=True)
+            _, pc, _ = heldout_predictions(Dc, Y)
+            out[sub]["chance_r"] = target_scores(Y[rows], pc, seg).astype(np.float32)
+        out[sub]["_Y"], out[sub]["_seg"] = Y, seg
+    if (condition, seed) in job.all_layers and condition in st.layer_conditions:
+        prof = {sub: [] for sub in subjects}
+        done = []
+        for layer, Dl in tqdm(layer_designs(job, condition, seed, subjects[0]),
+                              desc=f"layer profile {condition}", leave=False):
+            done.append(layer)
+            for sub in subjects:
+                _, pl, _ = heldout_predictions(Dl, out[sub]["_Y"])
+                prof[sub].append(target_scores(out[sub]["_Y"][out[sub]["rows"]], pl,
+                                               out[sub]["_seg"]))
+        for sub in subjects:
+            out[sub]["layer_r"] = np.asarray(prof[sub], np.float32)
+            out[sub]["layers"] = np.asarray(done, np.int64)
+    for sub in subjects:
+        del out[sub]["_Y"], out[sub]["_seg"]
+    return out
+
+
+@dataclass(frozen=True)
+class Unit:
+    condition: str
+    seed: int
+    subjects: tuple
+
+
+def fit_unit(job: MatrixJob, unit: Unit, progress=None) -> list[dict]:
+    """Fit ``unit`` for its subjects whose cached result is missing or stale; a subject whose
+    input is bad fails alone, with its file named."""
+    status, todo = {}, []
+    for sub in unit.subjects:
+        try:
+            key = input_key(job, unit.condition, unit.seed, sub)
+        except (DataError, OSError) as e:
+            status[sub] = dict(subject=sub, status="failed", error=str(e))
+            continue
+        if is_fresh(job.result_path(unit.condition, unit.seed, sub), key):
+            status[sub] = dict(subject=sub, status="cached", error="")
+        else:
+            todo.append((sub, key))
+    cache: dict = {}
+    for sub, key in todo:   # one at a time first: a bad subject must not stop the others
+        try:
+            subject_responses(job, sub)
+        except (DataError, OSError) as e:
+            status[sub] = dict(subject=sub, status="failed", error=str(e))
+    good = [(s, k) for s, k in todo if s not in status]
+    try:
+        arrays = fit_subjects(job, unit.condition, unit.seed, [s for s, _ in good], cache) \
+            if good else {}
+        for sub, key in good:
+            path = job.result_path(unit.condition, unit.seed, sub)
+            write_npz(path, **arrays[sub])
+            write_sidecar(path, key, subject=sub, condition=unit.condition, seed=unit.seed,
+                          test_stories=job.test_stories())
+            status[sub] = dict(subject=sub, status="fitted", error="")
+    except (DataError, EngineError, OSError) as e:
+        for sub, _ in good:
+            status[sub] = dict(subject=sub, status="failed", error=str(e))
+    return [status[s] for s in unit.subjects]
+
+
+def plan_units(job: MatrixJob, conditions) -> list[Unit]:
+    groups: dict[tuple, list[str]] = {}
+    for s in sorted(job.runs.subject.unique()):
+        groups.setdefault(job.signature(s), []).append(s)
+    return [Unit(c, int(sd), tuple(subs)) for subs in groups.values() for c, sd in conditions]
+
+
+def load(job: MatrixJob, condition: str, seed: int, subject: str) -> dict:
+    with np.load(job.result_path(condition, seed, subject)) as z:
+        return {k: z[k] for k in z.files}
+
+
+# --------------------------------------------------------------------------- the stage
+def target_sets(settings: MatrixSettings, n_targets: int) -> dict[str, np.ndarray]:
+    """Named sets of target columns: the first k (k = 0: all)."""
+    return {name: np.arange(min(k, n_targets) if k else n_targets)
+            for name, k in settings.target_sets}
+
+
+class UnitsFailed(DataError):
+    """Some unit fits failed on bad input; the others' results are kept."""
+
+
+def run_stage(job: MatrixJob, conditions: list[tuple[str, int]], client=None,
+              progress: bool = True) -> dict:
+    """Fit every unit (serially or on Dask), then write the score tables and the deltas."""
+    from .cluster import map_units
+
+    units = plan_units(job, conditions)
+    status = map_units(fit_unit, job, units, client=client, desc="encoding units",
+                       progress=progress)
+    failed = [(u, s) for u, sts in zip(units, status) for s in sts if s["status"] == "failed"]
+    if failed:
+        raise UnitsFailed(f"{len(failed)} unit fits failed (the others are saved):\n" +
+                          "\n".join(f"  {u.condition} seed {u.seed} {s['subject']}: {s['error']}"
+                                    for u, s in failed))
+    comp, summ, layers = score_tables(job, conditions)
+    deltas = delta_table(job, conditions)
+    out = Path(job.out_dir)
+    write_csv(out / "component_scores.csv", comp)
+    write_csv(out / "scores.csv", summ)
+    write_csv(out / "layer_scores.csv", layers)
+    write_csv(out / "deltas.csv", deltas)
+    return dict(component_scores=comp, scores=summ, layer_scores=layers, deltas=deltas,
+                units=pd.DataFrame([dict(condition=u.condition, seed=u.seed, **s)
+                                    for u, sts in zip(units, status) for s in sts]))
+
+
+SCORE_COLUMNS = ["subject", "condition", "seed", "targets", "n_targets", "brain_score",
+                 "chance_score", "above_chance", "n_test_trs", "test_stories", "synthetic_bold"]
+
+
+def score_tables(job: MatrixJob, conditions) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    comp, summ, layers = [], [], []
+    tests = ",".join(job.test_stories()) or "leave-one-story-out"
+    synthetic = bool(job.runs["synthetic_bold"].any())
+    for sub in sorted(job.runs.subject.unique()):
+        for cond, seed in conditions:
+            a = load(job, cond, seed, sub)
+            r, ch = a["r"], a.get("chance_r", np.full_like(a["r"], np.nan))
+            comp += [dict(subject=sub, condition=cond, seed=seed, target=k, brain_score=r[k],
+                          chance_score=ch[k]) for k in range(len(r))]
+            for name, cols in target_sets(job.settings, len(r)).items():
+                summ.append(dict(subject=sub, condition=cond, seed=seed, targets=name,
+                                 n_targets=len(cols), brain_score=float(r[cols].mean()),
+                                 chance_score=float(ch[cols].mean()),
+                                 above_chance=float(r[cols].mean() - ch[cols].mean()),
+                                 n_test_trs=len(a["rows"]), test_stories=tests,
+                                 synthetic_bold=synthetic))
+                if "layer_r" in a:
+                    layers += [dict(subject=sub, condition=cond, seed=seed, targets=name,
+                                    layer=int(i), brain_score=float(lr[cols].mean()))
+                               for i, lr in zip(a["layers"], a["layer_r"])]
+    return (pd.DataFrame(comp, columns=["subject", "condition", "seed", "target", "brain_score",
+                                        "chance_score"]),
+            pd.DataFrame(summ, columns=SCORE_COLUMNS),
+            pd.DataFrame(layers, columns=["subject", "condition", "seed", "targets", "layer",
+                                          "brain_score"]))
+
+
+DELTA_COLUMNS = ["subject", "contrast", "seed", "targets", "n_targets", "score_a", "score_b",
+                 "delta", "ci_low", "ci_high", "p", "block_trs", "n_blocks", "autocorr_trs",
+                 "n_trs", "unit", "ci_method"]
+
+
+def delta_table(job: MatrixJob, conditions) -> pd.DataFrame:
+    """Per subject and contrast (a - b, same seed where b has it, else b's seed 0): Δ with its
+    block CI and block-exchange permutation p on the same held-out TRs."""
+    have = {(c, s) for c, s in conditions}
+    out = []
+    for sub in sorted(job.runs.subject.unique()):
+        Y, stories = subject_responses(job, sub)
+        for a_cond, b_cond in job.settings.contrasts:
+            for seed in sorted(s for c, s in have if c == a_cond):
+                b_seed = seed if (b_cond, seed) in have else 0
+                if (b_cond, b_seed) not in have:
+                    continue
+                A, B = load(job, a_cond, seed, sub), load(job, b_cond, b_seed, sub)
+                if not np.array_equal(A["rows"], B["rows"]):
+                    raise DataError(f"{sub}: {a_cond} and {b_cond} were scored on different TRs")
+                rows = A["rows"]
+                res = paired_comparison(Y[rows], A["pred"], B["pred"], np.asarray(stories)[rows],
+                                        target_sets(job.settings, Y.shape[1]),
+                                        n_perm=job.settings.n_perm, seed=seed)
+                res.insert(0, "subject", sub)
+                res.insert(1, "contrast", f"{a_cond} - {b_cond}")
+                res.insert(2, "seed", seed)
+                res["unit"] = "held-out time (blocks of TRs within one subject)"
+                res["ci_method"] = "inverted block-exchange test"
+                out.append(res.rename(columns={"targets": "targets"}))
+    if not out:
+        return pd.DataFrame(columns=DELTA_COLUMNS)
+    return pd.concat(out, ignore_index=True)[DELTA_COLUMNS]

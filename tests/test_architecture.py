@@ -1,0 +1,90 @@
+"""The house: imports inside lib/ only run one way (no circles), read from the code (ast)."""
+import ast
+from pathlib import Path
+
+LIB = Path(__file__).resolve().parent.parent / "lib"
+
+
+def module_imports() -> dict[str, set[str]]:
+    """lib module -> the lib modules it imports (anywhere in the file, lazy imports included)."""
+    mods = {}
+    for p in LIB.rglob("*.py"):
+        parts = p.relative_to(LIB.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        mods[name] = p
+    graph = {}
+    for name, p in mods.items():
+        pkg = name if p.name == "__init__.py" else name.rsplit(".", 1)[0]
+        out = set()
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = pkg.split(".")[:len(pkg.split(".")) - (node.level - 1)]
+                    target = ".".join(base + ([node.module] if node.module else []))
+                else:
+                    target = node.module or ""
+                out |= {c for c in [target] + [f"{target}.{a.name}" for a in node.names]
+                        if c in mods}
+            elif isinstance(node, ast.Import):
+                out |= {a.name for a in node.names if a.name in mods}
+        out.discard(name)
+        graph[name] = out
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[tuple[str, str]]:
+    def reach(a):
+        seen, stack = set(), [a]
+        while stack:
+            for b in graph[stack.pop()]:
+                if b not in seen:
+                    seen.add(b)
+                    stack.append(b)
+        return seen
+
+    r = {m: reach(m) for m in graph}
+    # a package's __init__ re-exporting its modules is not a circle
+    is_pkg = {m for m in graph if (LIB.parent / m.replace(".", "/") / "__init__.py").exists()}
+    return sorted({tuple(sorted((a, b))) for a in graph for b in r[a]
+                   if a != b and a in r[b] and a not in is_pkg and b not in is_pkg})
+
+
+def test_the_checker_finds_a_circle():
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == [("a", "b"), ("a", "c"), ("b", "c")]
+
+
+def test_lib_has_no_import_circles():
+    assert cycles(module_imports()) == []
+
+
+def test_paired_statistics_import_nothing_of_the_pipeline():
+    g = module_imports()
+    assert g["lib.paired"] == set()
+    assert g["lib.errors"] == set() and g["lib.alignment"] == {"lib.errors"}
+
+
+LAYERS = [  # bottom to top; a module may import its own layer and the layers below it
+    {"lib", "lib.errors", "lib.paths", "lib.cache", "lib.cluster"},
+    {"lib.backend", "lib.ridge", "lib.inference", "lib.partition", "lib.paired"},
+    {"lib.alignment", "lib.data", "lib.datasets", "lib.datasets.matrices",
+     "lib.datasets.generic", "lib.datasets.words", "lib.transcripts", "lib.download"},
+    {"lib.models", "lib.features", "lib.spaces", "lib.sft"},
+    {"lib.synthetic", "lib.job", "lib.encoding", "lib.reduction", "lib.brain_score",
+     "lib.matrix_encoding", "lib.compare", "lib.matrix_compare", "lib.plots"},
+    {"lib.pipeline", "lib.report"},
+]
+
+
+def test_imports_only_go_down_the_layers():
+    g = module_imports()
+    level = {m: i for i, layer in enumerate(LAYERS) for m in layer}
+    assert set(g) == set(level), f"place new modules in a layer: {sorted(set(g) ^ set(level))}"
+    up = [(a, b) for a, bs in g.items() for b in bs if level[b] > level[a]]
+    assert up == [], f"imports that climb a layer: {up}"
+
+
+def test_the_engine_imports_nothing_above_it():
+    g = module_imports()
+    engine = LAYERS[1]
+    for m in engine:
+        assert g[m] <= engine, (m, g[m] - engine)
