@@ -22,7 +22,7 @@ RIDGE = """
 import time, numpy as np
 from lib.cluster import limit_threads, thread_count
 limit_threads(thread_count({threads!r}))
-from lib.ridge import fit_score
+from lib.engine.ridge import fit_score
 rng = np.random.default_rng(0)
 X = rng.standard_normal((1000, 3072), dtype=np.float32)
 Y = rng.standard_normal((1000, 5000), dtype=np.float32)

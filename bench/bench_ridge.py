@@ -48,14 +48,14 @@ GAP = 5
 
 def _splits(n):
     """(train, test, inner folds) -- the engine's own folds."""
-    from lib.ridge import Layout, blocked_folds
+    from lib.engine.ridge import Layout, blocked_folds
 
     lay = Layout.single(n)
     return [(tr, te, blocked_folds(lay, 4, GAP, rows=tr)) for tr, te in blocked_folds(lay, 5, GAP)]
 
 
 def _r(p, y):
-    from lib.ridge import np_pearson
+    from lib.engine.ridge import np_pearson
 
     return np_pearson(p, y)
 
@@ -71,7 +71,7 @@ def run_method(method, n, p, t, alphas, threads, out):
     with threadpool_limits(threads):
         t0 = time.perf_counter()
         if method.startswith("engine"):
-            from lib.ridge import fit_score
+            from lib.engine.ridge import fit_score
 
             backend = method.split("-")[1]
             if backend == "torch":

@@ -51,7 +51,7 @@ def _job(root, run_dir, stories, subjects=None, n_perm=0, spaces=(), dim=768):
     import nibabel as nib
 
     from lib import data, encoding, transcripts
-    from lib.inference import NullSpec
+    from lib.engine.inference import NullSpec
 
     m = data.build_manifest(root, subjects=subjects, stories=stories, include_excluded=True,
                             check_integrity=False)

@@ -82,8 +82,8 @@ def ridge(res):
     import numpy as np
     import torch
 
-    from lib import inference as inf
-    from lib import ridge as enc
+    from lib.engine import inference as inf
+    from lib.engine import ridge as enc
 
     rng = np.random.default_rng(0)
     for n, t in [(1000, 5000), (3000, 50000)]:

@@ -20,8 +20,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from lib import inference as inf  # noqa: E402
-from lib import ridge  # noqa: E402
+from lib.engine import inference as inf  # noqa: E402
+from lib.engine import ridge  # noqa: E402
 from lib.synthetic import _ar1, realistic_noise, smooth_null_features  # noqa: E402
 
 DELAYS = (1, 2, 3, 4, 5)

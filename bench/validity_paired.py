@@ -18,7 +18,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from lib import paired  # noqa: E402
+from lib.engine import paired  # noqa: E402
 
 LENS = (291, 348, 271)
 

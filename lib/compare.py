@@ -12,7 +12,7 @@ circular shifts, stage 05) and ``voxels_top<k>pct`` (the top k% of voxels by the
 the *other* subjects). Neither selection uses a model's map, so neither can favour a side of a
 contrast.
 
-Contrasts (Δ = a - b) are tested across subjects by :func:`lib.inference.paired_stats`: number
+Contrasts (Δ = a - b) are tested across subjects by :func:`lib.engine.inference.paired_stats`: number
 improved, mean and median Δ, exact sign-flip permutation p, Student-t 95% CI, Wilcoxon and t,
 Cohen's d_z, and the smallest p the sign tests can reach with n subjects (0.0625 at n = 5).
 """
@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from .data import DataError
-from .inference import normalised, paired_stats
+from .engine.inference import normalised, paired_stats
 
 CONTRASTS = [("sft", "raw"), ("control", "raw"), ("scrambled", "raw"), ("sft", "control"),
              ("sft", "scrambled"), ("sft-leaky", "raw"), ("raw", "random"),

@@ -338,6 +338,15 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
     return df
 
 
+def single_tr(manifest: pd.DataFrame) -> float:
+    """The TR of the runs in use (one per analysis: time constants are converted at it)."""
+    trs = sorted(set(manifest.loc[~manifest["excluded"], "tr"].astype(float).round(6)))
+    if len(trs) != 1:
+        raise DataError(f"runs with different TRs ({', '.join(f'{t:g} s' for t in trs)}) "
+                        f"cannot be modelled together; select one TR's runs")
+    return trs[0]
+
+
 def timing_of_row(row) -> StoryTiming:
     return StoryTiming(row["story"], float(row["tr"]), float(row["audio_start_s"]),
                        int(row["story_onset_tr"]), int(row["story_duration_tr"]),

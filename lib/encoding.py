@@ -2,13 +2,13 @@
 
 A *unit* fits one condition (``raw``, ``sft``, ``control``, ``word_rate``, ...; one SFT seed) for a
 few subjects who heard the same stories with the same TRs: they share the features, the folds and
-every decomposition (:func:`lib.ridge.prepare` once, :func:`lib.ridge.score` per subject), and each
+every decomposition (:func:`lib.engine.ridge.prepare` once, :func:`lib.engine.ridge.score` per subject), and each
 subject's BOLD is read inside the unit, one subject at a time. A unit writes one result file per
 subject (``units/<condition>_seed-<k>/<subject>.npz``) atomically, keyed by the content of its
 inputs (features, BOLD, mask, labels) and the settings, so a rerun or a resumed run recomputes only
 what is missing. A subject whose input is bad fails alone, with its file named; the others finish.
 
-Per subject, all its runs are fitted together (:mod:`lib.ridge` decides the folds: leave one story
+Per subject, all its runs are fitted together (:mod:`lib.engine.ridge` decides the folds: leave one story
 out, or contiguous blocks of story time with a gap when it heard one story, repeats held out
 together). Targets: every voxel in the mask, the whole-brain mean BOLD per TR, the mean BOLD of each
 ROI label. Each run's BOLD is z-scored over its kept TRs (runs differ in baseline). Next to every
@@ -17,7 +17,7 @@ score is its *chance* score: the same features circularly shifted in time by hal
 
 :func:`reduce` gathers the per-subject files into ``scores.csv`` (one row per subject, story, run,
 condition, seed and target), ``voxel_scores.npz``, maps, the noise ceilings and the group
-permutation tests (:mod:`lib.inference`).
+permutation tests (:mod:`lib.engine.inference`).
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ from .cache import is_fresh, write_npz, write_sidecar
 from .data import DataError
 from .job import (Job, Settings, Unit, design_inputs, input_key, labels_of, mask_of,
                   plan_units, run_targets, subject_targets, summary_names)
-from .ridge import EngineError, prepare, score
+from .engine.ridge import EngineError, prepare, score
 
 __all__ = ["Job", "Settings", "Unit", "fit_unit", "make_job", "brain_mask",
            "roi_labels_for", "null_plans", "load_result", "plan_units", "run_targets",
@@ -150,7 +150,7 @@ def partition_seeds(job: Job) -> list[int]:
 
 
 def _partition_designs(job: Job, seed: int, sub: str, cache: dict) -> dict:
-    from .partition import banded_prepare, needed_fits
+    from .engine.partition import banded_prepare, needed_fits
 
     st = job.settings
     key = job.signature(sub)
@@ -167,9 +167,9 @@ def _partition_designs(job: Job, seed: int, sub: str, cache: dict) -> dict:
 
 
 def fit_partition_unit(job: Job, unit: Unit, progress=None) -> list[dict]:
-    """Banded fits of a variance partition (every subset :func:`lib.partition.needed_fits`
+    """Banded fits of a variance partition (every subset :func:`lib.engine.partition.needed_fits`
     asks for) for each subject of ``unit``; designs are shared by the unit's subjects."""
-    from .partition import banded_score
+    from .engine.partition import banded_score
 
     mask = mask_of(job)
     labels = labels_of(job, mask)
@@ -209,7 +209,7 @@ def fit_partition_unit(job: Job, unit: Unit, progress=None) -> list[dict]:
 def partition_null(job: Job, seed: int, subject: str, space: str, cache: dict | None = None):
     """The null of ``space``'s unique R^2 for a subject (full and reduced fits reusing their
     saved choices, the same reorderings for both)."""
-    from .partition import BandedNull, UniqueNull
+    from .engine.partition import BandedNull, UniqueNull
 
     mask = mask_of(job)
     Y = subject_targets(job, subject, mask, labels_of(job, mask))
@@ -230,7 +230,7 @@ def partition_null(job: Job, seed: int, subject: str, space: str, cache: dict | 
 def null_plans(job: Job, condition: str, seeds: list[int], subject: str,
                cache: dict | None = None) -> list:
     """The subject's NullPlans for ``condition`` (one per seed), rebuilt from its saved alphas."""
-    from .inference import NullPlan
+    from .engine.inference import NullPlan
 
     st = job.settings
     mask = mask_of(job)

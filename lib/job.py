@@ -15,8 +15,8 @@ import pandas as pd
 
 from .cache import file_hash, key_of
 from .data import DataError
-from .inference import NullSpec
-from .ridge import DEFAULT_ALPHAS, DEFAULT_DELAYS, Layout, default_gap
+from .engine.inference import NullSpec
+from .engine.ridge import DEFAULT_ALPHAS, DEFAULT_DELAYS, Layout, default_gap
 from .spaces import design_matrix
 
 ENGINE_VERSION = 4
@@ -31,7 +31,8 @@ class Settings:
     alphas: tuple = tuple(DEFAULT_ALPHAS)
     n_folds: int = 5
     inner_folds: int = 4
-    gap: int | None = None               # None: ridge.default_gap(delays)
+    gap: int | None = None               # None: ridge.default_gap(delays, tr)
+    tr: float = 1.5                      # seconds; the gap's story time is converted at it
     null: NullSpec = NullSpec()
     perm_conditions: tuple = ("raw", "sft")
     chance: bool = True
@@ -46,7 +47,7 @@ class Settings:
 
     @property
     def gap_trs(self) -> int:
-        return default_gap(self.delays) if self.gap is None else int(self.gap)
+        return default_gap(self.delays, self.tr) if self.gap is None else int(self.gap)
 
     def key(self) -> str:
         d = asdict(self)
@@ -178,7 +179,7 @@ def run_targets(job: Job, row, mask: np.ndarray, labels) -> np.ndarray:
     """(n_kept_trs, n_voxels + n_summary) targets of one run: BOLD z-scored over its kept TRs,
     then the whole-brain mean and the ROI means of that."""
     from .data import load_bold
-    from .inference import zscore_time
+    from .engine.inference import zscore_time
 
     Y = load_bold(row.bold_path, mask)
     if len(Y) != int(row.n_trs):

@@ -2,7 +2,7 @@
 
 Reads stage 05's tables (:mod:`lib.matrix_encoding`): ``scores.csv``, ``component_scores.csv``,
 ``layer_scores.csv``, ``deltas.csv``. The unit of inference is held-out time within a subject
-(:mod:`lib.paired`); subjects are reported side by side and never pooled into a group claim.
+(:mod:`lib.engine.paired`); subjects are reported side by side and never pooled into a group claim.
 Every sentence is built from the tables, never written by hand.
 """
 from __future__ import annotations

@@ -17,7 +17,7 @@ decomposition. Per subject:
 :func:`run_stage` then writes ``component_scores.csv`` (per target), ``scores.csv`` (per named set
 of targets: the mean r over the first k targets and over all), ``layer_scores.csv`` and
 ``deltas.csv``: per subject, Δ of each contrast (``sft - raw`` first) with its block CI and
-block-exchange permutation p from :mod:`lib.paired` -- held-out time is the unit, there is no
+block-exchange permutation p from :mod:`lib.engine.paired` -- held-out time is the unit, there is no
 group test. Unit results are cached by the content of their inputs.
 """
 from __future__ import annotations
@@ -32,8 +32,8 @@ from tqdm.auto import tqdm
 from .cache import is_fresh, key_of, write_csv, write_npz, write_sidecar
 from .data import DataError
 from .job import content_hash, design_inputs, kept_slice
-from .paired import paired_comparison, scores as target_scores
-from .ridge import (DEFAULT_ALPHAS, EngineError, Layout, heldout_predictions, prepare,
+from .engine.paired import paired_comparison, scores as target_scores
+from .engine.ridge import (DEFAULT_ALPHAS, EngineError, Layout, heldout_predictions, prepare,
                     split_folds)
 
 MATRIX_VERSION = 1
@@ -116,7 +116,7 @@ def subject_responses(job: MatrixJob, subject: str) -> tuple[np.ndarray, list[st
     """(rows, targets) responses of a subject's runs, each z-scored over its kept TRs, and the
     story of each row."""
     from .datasets import read_matrix
-    from .inference import zscore_time
+    from .engine.inference import zscore_time
 
     Ys, stories = [], []
     widths = set()

@@ -6,7 +6,7 @@ the others), so memory holds one subject plus the sum; the group permutation tes
 subject's null plan from its saved alphas.
 
 Aggregation everywhere: runs are averaged within a story, then stories with equal weight, then
-seeds (:func:`lib.ridge.aggregate_runs`); the group score is the mean over subjects.
+seeds (:func:`lib.engine.ridge.aggregate_runs`); the group score is the mean over subjects.
 """
 from __future__ import annotations
 
@@ -18,9 +18,9 @@ import pandas as pd
 from .cache import save_nifti, write_csv, write_npz
 from .encoding import load_result, null_plans
 from .job import Job, labels_of, mask_of, run_targets, summary_names
-from .inference import ceiling_from_isc, fdr_bh, permutation_test, random_effects_map, \
+from .engine.inference import ceiling_from_isc, fdr_bh, permutation_test, random_effects_map, \
     repeat_ceiling, zscore_time
-from .ridge import aggregate_runs, np_pearson
+from .engine.ridge import aggregate_runs, np_pearson
 
 
 def _run_story(meta: dict) -> np.ndarray:
@@ -86,12 +86,12 @@ def score_tables(job: Job, conditions: list[tuple[str, int]], synthetic: bool
 def noise_ceilings(job: Job, synthetic: bool, fdr_q: float = 0.05, n_iter: int = 1000,
                    max_subjects: int = 20) -> tuple[pd.DataFrame, dict]:
     """Per (story, run) with >= 2 subjects: LOSO ISC of z-scored BOLD and the Spearman-Brown
-    corrected ceiling (:func:`lib.inference.ceiling_from_isc`), and which voxels respond
+    corrected ceiling (:func:`lib.engine.inference.ceiling_from_isc`), and which voxels respond
     reliably to the story: group ISC significant at FDR ``fdr_q`` against independent circular
-    shifts of every subject (:func:`lib.inference.isc_reliability`, at most ``max_subjects`` of
+    shifts of every subject (:func:`lib.engine.inference.isc_reliability`, at most ``max_subjects`` of
     them, chosen at random) -- a model-free selection (``isc_reliable``). Per subject with two
     hearings of a story: the repeat-based ceiling. Returns (table, voxel maps)."""
-    from .inference import isc_reliability
+    from .engine.inference import isc_reliability
     mask = mask_of(job)
     labels = labels_of(job, mask)
     names = summary_names(job)
@@ -154,7 +154,7 @@ def group_tests(job: Job, condition: str, seeds: list[int], fdr_q: float = 0.05,
 
     Serially, every subject's null plan is held here; with a Dask ``client`` each subject's plan
     is built and kept on a worker, and only the batches of null scores travel."""
-    from .inference import subject_null
+    from .engine.inference import subject_null
 
     names = summary_names(job)
     subs = sorted(job.runs.subject.unique())
@@ -233,7 +233,7 @@ def partition_outputs(job: Job, seeds: list[int], synthetic: bool, fdr_q: float 
     run and summary target (and the voxel mean); maps per run; for each space of
     ``settings.partition_null`` the group permutation test of its unique R^2."""
     from .encoding import PARTITION, partition_null
-    from .inference import subject_null
+    from .engine.inference import subject_null
 
     names = summary_names(job)
     n_sum = len(names)

@@ -87,7 +87,7 @@ def load_params(run_dir: str | Path) -> dict:
 
 def method_table(run_dir: str | Path, params: dict) -> pd.DataFrame:
     """What was done, in one table: the score definition, folds, gap, null, ceiling and tests."""
-    from .ridge import DEFAULT_DELAYS, default_gap
+    from .engine.ridge import DEFAULT_DELAYS, default_gap
 
     run_dir = Path(run_dir)
     sc_path = run_dir / "brain_score" / "scores.csv"
@@ -110,7 +110,7 @@ def method_table(run_dir: str | Path, params: dict) -> pd.DataFrame:
         ("folds", f"{scheme} (leave one story out when a subject heard several; repeats of a "
                   f"story held out together)"),
         ("gap", f"{gap} TRs of story time dropped between training and test blocks "
-                f"(default max(delay) + 25 = {default_gap(delays)})"),
+                f"(default: max(delay) + 37.5 s of story time = {default_gap(delays)} at TR 1.5 s)"),
         ("penalty", f"one per target from {len(params.get('alphas') or range(10))} alphas, "
                     f"chosen on {params.get('inner_folds', 4)} blocked inner folds (same gap), "
                     f"each standardised on its own fit rows"),
@@ -120,7 +120,7 @@ def method_table(run_dir: str | Path, params: dict) -> pd.DataFrame:
         ("chance level", "the same model on the same features shifted in time by half the story"
                          " (chance_score, next to every score)"),
         ("group null", f"{params.get('null_method', 'block')} permutation of story time "
-                       f"({params.get('perm_block', 30)}-TR blocks), the same for every subject, "
+                       f"({str(params['perm_block']) + '-TR' if params.get('perm_block') else '45-s'} blocks), the same for every subject, "
                        f"alphas reused (calibrated: docs/validity.md), {n_perm} permutations with "
                        f"Besag-Clifford stopping at 10 exceedances; BH-FDR q = "
                        f"{params.get('fdr_q', 0.05)}"),

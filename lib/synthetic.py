@@ -86,13 +86,15 @@ def smooth_null_features(rng, n: int, p: int = 64, phi: float = 0.9, delays=(1, 
     return make_delays(_ar1(rng, n, p, phi), delays)
 
 
-def realistic_noise(rng, n: int, m: int, phi_range=(0.85, 0.95)) -> np.ndarray:
+def realistic_noise(rng, n: int, m: int, phi_range=(0.85, 0.95), tr: float = 1.5) -> np.ndarray:
     """Noise as smooth as real BOLD: per-voxel AR(1) with phi in ``phi_range`` + a shared global
-    AR(0.95) fluctuation + slow drift, scaled to unit variance per voxel."""
-    phi = rng.uniform(*phi_range, size=m)
+    AR(0.95) fluctuation + slow drift, scaled to unit variance per voxel. The phis are per 1.5 s;
+    at another ``tr`` the same time constants give phi ** (tr / 1.5)."""
+    k = float(tr) / 1.5
+    phi = rng.uniform(*phi_range, size=m) ** k
     noise = 0.8 * _ar1(rng, n, m, phi)
-    noise += 0.45 * _ar1(rng, n, 1, 0.95)
-    noise += 0.3 * _drift(rng, n, m)
+    noise += 0.45 * _ar1(rng, n, 1, 0.95 ** k)
+    noise += 0.3 * _drift(rng, n, m, tr)
     return noise / noise.std(0)
 
 

@@ -38,10 +38,10 @@ aggregation = "sum"               # sum | mean | lanczos
 alphas = []
 n_folds = 5
 inner_folds = 4
-gap = None                        # TRs between training and test blocks; None: max(delays) + 25
+gap = None                        # TRs between training and test blocks; None: max(delays) + 37.5 s
 n_perm = 1000
 null_method = "block"             # block (of story time) | shift (circular, at least 30 TRs)
-perm_block = 30
+perm_block = None                 # TRs per permutation block; None: 45 s of story time
 perm_conditions = ["raw", "sft"]
 chance = True                     # also fit time-mismatched features (the empirical chance level)
 feature_spaces = ["word_rate"]    # spaces fitted alone beside the LMs (word_rate, phonemes, ...)
@@ -66,20 +66,21 @@ import numpy as np
 from IPython.display import display
 
 from lib import brain_score, cluster as cl, data, encoding, features
-from lib.inference import NullSpec
-from lib.ridge import DEFAULT_ALPHAS
+from lib.engine.inference import NullSpec
+from lib.engine.ridge import DEFAULT_ALPHAS
 
 n_threads = cl.use_threads(threads)
 run = Path(run_dir)
 manifest = data.read_manifest(run / "data" / "data_manifest.csv")
 index = features.read_index(run / "features" / "activations_index.csv")
+tr = data.single_tr(manifest)     # the time constants (gap, permutation blocks) are in seconds
 mask_img = encoding.brain_mask(manifest, mask)
 labels = encoding.roi_labels_for(manifest, roi_labels)
 settings = encoding.Settings(
     delays=tuple(delays), aggregation=aggregation,
     alphas=tuple(alphas) if len(alphas) else tuple(DEFAULT_ALPHAS), n_folds=n_folds,
     inner_folds=inner_folds, gap=gap,
-    null=NullSpec(n_perm=n_perm, method=null_method, block=perm_block),
+    null=NullSpec.for_tr(tr, perm_block, n_perm=n_perm, method=null_method), tr=tr,
     perm_conditions=tuple(perm_conditions), chance=chance, backend=ridge_backend,
     device=None if device == "auto" else device, spaces=tuple(feature_spaces),
     partition=tuple(partition), partition_n_iter=partition_n_iter,

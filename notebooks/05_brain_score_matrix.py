@@ -52,7 +52,7 @@ from pathlib import Path
 
 from lib import cluster as cl, data, features, matrix_encoding as me
 from lib.paths import Paths
-from lib.ridge import DEFAULT_ALPHAS
+from lib.engine.ridge import DEFAULT_ALPHAS
 
 n_threads = cl.use_threads(threads)
 run = Path(run_dir)

@@ -94,7 +94,7 @@ def stage05_job(root, run_dir, paths, n_perm=100, **kw):
     import nibabel as nib
 
     from lib import data, encoding, transcripts
-    from lib.inference import NullSpec
+    from lib.engine.inference import NullSpec
 
     m = data.build_manifest(root, stories=["pieman"], include_excluded=True, paths=paths)
     transcripts.build_transcripts(m, run_dir / "transcripts")

@@ -59,13 +59,14 @@ def test_lib_has_no_import_circles():
 
 def test_paired_statistics_import_nothing_of_the_pipeline():
     g = module_imports()
-    assert g["lib.paired"] == set()
+    assert g["lib.engine.paired"] == set()
     assert g["lib.errors"] == set() and g["lib.alignment"] == {"lib.errors"}
 
 
 LAYERS = [  # bottom to top; a module may import its own layer and the layers below it
     {"lib", "lib.errors", "lib.paths", "lib.cache", "lib.cluster"},
-    {"lib.backend", "lib.ridge", "lib.inference", "lib.partition", "lib.paired"},
+    {"lib.engine", "lib.engine.backend", "lib.engine.ridge", "lib.engine.inference",
+     "lib.engine.partition", "lib.engine.paired"},
     {"lib.alignment", "lib.data", "lib.datasets", "lib.datasets.matrices",
      "lib.datasets.generic", "lib.datasets.words", "lib.transcripts", "lib.download"},
     {"lib.models", "lib.features", "lib.spaces", "lib.sft"},
@@ -88,3 +89,13 @@ def test_the_engine_imports_nothing_above_it():
     engine = LAYERS[1]
     for m in engine:
         assert g[m] <= engine, (m, g[m] - engine)
+
+
+def test_the_engine_example_runs():
+    """The five-line example in lib/engine/__init__.py's docstring (a doctest)."""
+    import doctest
+
+    import lib.engine
+
+    res = doctest.testmod(lib.engine, verbose=False)
+    assert res.attempted >= 5 and res.failed == 0

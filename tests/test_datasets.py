@@ -148,7 +148,7 @@ def test_generic_nifti_dataset_with_word_table_at_tr_1s_runs_stage_05(tmp_path, 
     nib.save(nib.Nifti1Image(np.ones(shape, np.uint8), np.diag([3, 3, 3, 1])), root / "mask.nii.gz")
     nib.save(nib.Nifti1Image(planted.astype(np.uint8), np.diag([3, 3, 3, 1])),
              root / "planted.nii.gz")
-    from lib.inference import NullSpec
+    from lib.engine.inference import NullSpec
 
     st = encoding.Settings(null=NullSpec(n_perm=50), perm_conditions=("raw",),
                            spaces=("word_rate",))

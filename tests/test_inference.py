@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from lib import inference as inf
-from lib import ridge
+from lib.engine import inference as inf
+from lib.engine import ridge
 from lib.synthetic import _ar1, realistic_noise
 
 from test_ridge import DELAYS, smooth_features
@@ -23,24 +23,27 @@ def with_null(D, Y, spec):
     r.null_plan = inf.null_plan(D, Y, r, spec)
     return r
 
-def _null_fits(spec, n_sets=3, n_subjects=1, targets=600, seed=0):
-    """Independent smooth features and realistic BOLD (AR 0.85-0.95 + global + drift): for each
-    feature set, the fits of ``n_subjects`` subjects with their null plans."""
+
+def _null_fits(spec, n_sets=3, n_subjects=1, targets=600, seed=0, tr=1.5):
+    """Independent smooth features and realistic BOLD (AR 0.85-0.95 per 1.5 s + global + drift)
+    of a story as long as N TRs at TR 1.5 s, at repetition time ``tr``: for each feature set,
+    the fits of ``n_subjects`` subjects with their null plans."""
     out = []
+    n = int(round(N * 1.5 / tr))
     for k in range(n_sets):
         rng = np.random.default_rng(seed + k)
-        X = smooth_features(rng, N)
-        D = ridge.prepare(X, delays=DELAYS)
+        X = smooth_features(rng, n, phi=0.9 ** (tr / 1.5))
+        D = ridge.prepare(X, delays=DELAYS, tr=tr)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            out.append([with_null(D, realistic_noise(rng, N, targets), spec)
+            out.append([with_null(D, realistic_noise(rng, n, targets, tr=tr), spec)
                         for _ in range(n_subjects)])
     return out
 
 
-def _fpr(spec, n_sets=3, n_subjects=1):
+def _fpr(spec, n_sets=3, n_subjects=1, tr=1.5):
     single, group = [], []
-    for fits in _null_fits(spec, n_sets, n_subjects):
+    for fits in _null_fits(spec, n_sets, n_subjects, tr=tr):
         for r in fits:
             single.append(np.mean(inf.permutation_test([[r.null_plan]], r.scores, spec)[1] < .05))
         if n_subjects > 1:
@@ -253,3 +256,15 @@ def test_subject_level_ci_covers_at_4_to_10_subjects():
         d = rng.normal(0.002, 0.004, size=(4000, n))
         cover = np.mean([lo <= 0.002 <= hi for lo, hi in map(inf.t_ci, d)])
         assert abs(cover - 0.95) <= 0.02, (n, cover)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("tr", [1.0, 2.0])
+def test_block_permutation_stays_calibrated_at_other_trs(tr):
+    """Blocks of 45 s of story time (NullSpec.for_tr: 45 TRs at TR 1.0, 23 at TR 2.0) on data
+    with the same time constants: false-positive rate at p < 0.05 within 5% +- 1.5%."""
+    spec = inf.NullSpec.for_tr(tr, n_perm=400)
+    assert spec.block == int(np.ceil(45 / tr))
+    single, group = _fpr(spec, n_sets=3, n_subjects=3, tr=tr)
+    assert 0.035 <= single <= 0.065, (tr, single)
+    assert 0.035 <= group <= 0.065, (tr, group)

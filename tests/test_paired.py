@@ -3,7 +3,7 @@ as real BOLD (AR(0.9)): false-positive rate of the block-exchange test and cover
 import numpy as np
 import pytest
 
-from lib.paired import (autocorr_time, block_contributions, choose_block, fit_difference,
+from lib.engine.paired import (autocorr_time, block_contributions, choose_block, fit_difference,
                         paired_comparison, scores)
 
 LENS = (291, 348, 271)    # the three LeBel test stories

@@ -4,7 +4,7 @@ import warnings
 import numpy as np
 import pytest
 
-from lib import partition, ridge
+from lib.engine import partition, ridge
 
 
 def _data(seed, n=600, share_a=0.25, share_b=0.15, overlap=0.0):

@@ -4,7 +4,7 @@ import warnings
 import numpy as np
 import pytest
 
-from lib import ridge
+from lib.engine import ridge
 from lib.spaces import make_delays
 from lib.synthetic import _ar1, smooth_null_features as smooth_features
 
@@ -202,3 +202,22 @@ def test_alpha_edge_is_reported_and_warned_for_a_single_target():
         warnings.simplefilter("error")
         wide = ridge.fit_score(X, y, gap=5, alphas=np.logspace(-3, 8, 12))
     assert wide.edge_fraction == 0
+
+
+@pytest.mark.parametrize("tr", [1.0, 2.0])
+def test_the_gap_is_story_time_and_stays_unbiased_at_other_trs(tr):
+    """The gap's margin is seconds, not TRs: at TR 1.0 and 2.0 s (the same 450 s story, the same
+    time constants: phi ** (tr / 1.5)) smooth null features x AR BOLD stay within +-0.005 of 0."""
+    from lib.synthetic import smooth_null_features
+
+    k, n = tr / 1.5, int(round(450 / tr))
+    assert ridge.default_gap(DELAYS, tr) == 5 + int(np.ceil(37.5 / tr))
+    bias = []
+    for seed in range(10):
+        rng = np.random.default_rng(2000 + seed)
+        X = smooth_null_features(rng, n, phi=0.9 ** k)
+        Y = _ar1(rng, n, 300, 0.9 ** k)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            bias.append(ridge.fit_score(X, Y, delays=DELAYS, tr=tr).scores.mean())
+    assert abs(np.mean(bias)) <= 0.005, (tr, np.mean(bias))

@@ -131,7 +131,8 @@ def test_training_and_extraction_are_bit_for_bit_reproducible(corpus, tmp_path, 
     """Same inputs, same machine: identical weights, identical activations, identical scores."""
     import torch
 
-    from lib import features, ridge
+    from lib import features
+    from lib.engine import ridge
     from lib.models import load_model
 
     cfg = sft.SFTConfig(base_model="tiny-gpt2", steps=4, lr=1e-3, batch_size=2, block_size=32,

@@ -41,6 +41,17 @@ class NullSpec:
     perm_batch: int = 100
     perm_stop: int | None = 10   # Besag-Clifford: stop a target after this many exceedances
 
+    #: story time the defaults were calibrated on (30 TRs at TR 1.5 s): see :meth:`for_tr`
+    BLOCK_S = 45.0
+
+    @classmethod
+    def for_tr(cls, tr: float, block: int | None = None, min_shift: int | None = None, **kw
+               ) -> "NullSpec":
+        """The null for data at repetition time ``tr`` (s): blocks and the smallest shift span
+        the same story time (45 s) at every TR unless given in TRs."""
+        trs = int(np.ceil(cls.BLOCK_S / float(tr) - 1e-9))
+        return cls(block=int(block or trs), min_shift=int(min_shift or trs), **kw)
+
     def __post_init__(self):
         if self.method not in ("block", "shift"):
             raise ValueError(f"null method must be 'block' or 'shift', got {self.method!r}")
