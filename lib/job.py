@@ -77,6 +77,7 @@ class Job:
     surprisal: dict = field(default_factory=dict)     # (lm condition, seed) -> {story: path}
     spaces_cache: str = ""                            # word-level spaces' cache folder
     audio: dict = field(default_factory=dict)         # story -> <story>_audio.wav
+    roi_names: dict = field(default_factory=dict)     # ROI id -> name (targets roi-<name>)
 
     def subject_runs(self, subject: str) -> pd.DataFrame:
         return self.runs[self.runs.subject == subject].sort_values(["story", "run"])
@@ -129,23 +130,32 @@ def mask_of(job: Job) -> np.ndarray:
 
 
 def labels_of(job: Job, mask: np.ndarray):
+    """(membership (n_rois, n_mask_voxels) bool, ROI ids) of the job's labels image: a 3-D image
+    of integer labels, or a 4-D image with one mask per volume (ROIs that overlap, e.g. the
+    planted region and the atlas's superior temporal gyrus; id = volume number + 1)."""
     if not job.labels_path:
         return None, []
     import nibabel as nib
 
-    lab = np.asarray(nib.load(job.labels_path).get_fdata())
-    if lab.shape != mask.shape:
-        raise DataError(f"{job.labels_path}: labels grid {lab.shape} != mask grid {mask.shape}")
-    lab = lab[mask].astype(int)
-    ids = sorted(set(lab[lab > 0].tolist()))
+    lab = np.asarray(nib.load(job.labels_path).dataobj)
+    if lab.shape[:3] != mask.shape:
+        raise DataError(f"{job.labels_path}: labels grid {lab.shape[:3]} != mask grid {mask.shape}")
+    if lab.ndim == 4:
+        memb = np.stack([lab[..., k][mask] > 0 for k in range(lab.shape[3])])
+        ids = [k + 1 for k in range(lab.shape[3]) if memb[k].any()]
+        memb = memb[[i - 1 for i in ids]]
+    else:
+        lab = lab[mask].astype(int)
+        ids = sorted(set(lab[lab > 0].tolist()))
+        memb = np.stack([lab == i for i in ids]) if ids else np.zeros((0, mask.sum()), bool)
     if not ids:
         raise DataError(f"{job.labels_path}: no label > 0 inside the mask")
-    return lab, ids
+    return memb, ids
 
 
 def summary_names(job: Job) -> list[str]:
     _, ids = labels_of(job, mask_of(job))
-    return [SUMMARY] + [f"roi-{i}" for i in ids]
+    return [SUMMARY] + [f"roi-{job.roi_names.get(i, i)}" for i in ids]
 
 
 def run_features(job: Job, condition: str, seed: int, row, layer: int | None = None):
@@ -187,8 +197,8 @@ def run_targets(job: Job, row, mask: np.ndarray, labels) -> np.ndarray:
     Y = zscore_time(Y[kept_slice(row)]).astype(np.float32)
     extra = [Y.mean(1, keepdims=True)]
     if labels is not None and labels[0] is not None:
-        lab, ids = labels
-        extra += [Y[:, lab == i].mean(1, keepdims=True) for i in ids]
+        memb, _ = labels
+        extra += [Y[:, m].mean(1, keepdims=True) for m in memb]
     return np.hstack([Y] + extra)
 
 

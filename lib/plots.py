@@ -201,3 +201,26 @@ def alpha_diagnostic(alphas: pd.DataFrame, grid, synthetic: bool = False):
     ax.grid(True, alpha=0.3)
     fig.tight_layout()
     return fig
+
+
+def roi_scores(tab: pd.DataFrame, conditions=("raw", "sft"), synthetic: bool = False):
+    """Brain score per named ROI: a bar per condition (mean over subjects), subjects as dots."""
+    roi = tab[tab.target.str.startswith("roi-") & ~tab.target.str[4:].str.isdigit()
+              & tab.condition.isin(conditions)]
+    targets = sorted(roi.target.unique(), key=lambda t: (t[6:], t[4]))   # by region, L then R
+    fig, ax = plt.subplots(figsize=(max(6, 0.55 * len(targets) + 2), 3.4))
+    w = 0.8 / len(conditions)
+    for j, cond in enumerate(conditions):
+        g = roi[roi.condition == cond]
+        x0 = np.arange(len(targets)) + (j - (len(conditions) - 1) / 2) * w
+        means = [g[g.target == t].brain_score.mean() for t in targets]
+        ax.bar(x0, means, w, color=f"C{j}", alpha=0.7, label=cond)
+        for x, t in zip(x0, targets):
+            v = g[g.target == t].brain_score.to_numpy()
+            ax.plot(np.full(len(v), x), v, "k.", ms=3)
+    ax.axhline(0, color="0.5", lw=0.8)
+    ax.set_xticks(range(len(targets)), [t[4:] for t in targets], rotation=60, fontsize=8)
+    ax.set(ylabel="brain score (r)", title=f"Named language ROIs{_tag(synthetic)}")
+    ax.legend(frameon=False, fontsize=8)
+    fig.tight_layout()
+    return fig

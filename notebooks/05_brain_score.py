@@ -53,6 +53,10 @@ re_min_subjects = 6               # random-effects maps need at least this many 
 ridge_backend = "numpy"           # numpy | torch (CUDA when present, else CPU)
 mask = "auto"                     # a NIfTI path, or auto
 roi_labels = "auto"               # a labels NIfTI in the BOLD grid, auto (planted mask for mini), or None
+roi_atlas = "harvard_oxford"      # named language ROIs from this atlas (or a labels image path; None)
+roi_atlas_labels = None           # with an atlas path: its CSV (index,name)
+roi_set = "language"              # language (lib/rois.py: IFG, TP, STG, MTG, AG, SMG; L and R) | all
+roi_min_voxels = 5                # an ROI with fewer voxels on the BOLD grid is dropped (listed)
 device = "auto"
 threads = "auto"
 cluster = "none"                  # none | local | slurm | tcp://host:port (see lib/cluster.py)
@@ -75,7 +79,9 @@ manifest = data.read_manifest(run / "data" / "data_manifest.csv")
 index = features.read_index(run / "features" / "activations_index.csv")
 tr = data.single_tr(manifest)     # the time constants (gap, permutation blocks) are in seconds
 mask_img = encoding.brain_mask(manifest, mask)
-labels = encoding.roi_labels_for(manifest, roi_labels)
+labels, roi_names, roi_table = encoding.named_rois(
+    mask_img, encoding.roi_labels_for(manifest, roi_labels), roi_atlas, roi_atlas_labels, roi_set,
+    roi_min_voxels)
 settings = encoding.Settings(
     delays=tuple(delays), aggregation=aggregation,
     alphas=tuple(alphas) if len(alphas) else tuple(DEFAULT_ALPHAS), n_folds=n_folds,
@@ -86,7 +92,7 @@ settings = encoding.Settings(
     partition=tuple(partition), partition_n_iter=partition_n_iter,
     partition_null=tuple(partition_null))
 job = encoding.make_job(manifest, run / "transcripts", index, run / "brain_score", mask_img,
-                        settings, labels)
+                        settings, labels, roi_names)
 with cl.client_for(cluster, n_threads, dict(workers=workers, slurm=slurm)) as client:
     res = brain_score.run_stage(job, fdr_q=fdr_q, re_min_subjects=re_min_subjects, client=client)
 scores = res["scores"]
@@ -101,6 +107,12 @@ print(f"{len(scores)} scores; mask has {int((mask_img.get_fdata() > 0).sum())} v
 scores[scores.target != "voxels_mean"].pivot_table(
     index=["target", "subject", "story", "run"], columns="condition",
     values=["brain_score", "chance_score"]).round(3)
+
+# %% [markdown]
+# ## ROIs: voxels of each on this grid (the atlas's named language ROIs, and the labels image's)
+
+# %%
+roi_table
 
 # %% [markdown]
 # ## Mean voxel score per run

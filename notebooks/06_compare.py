@@ -80,6 +80,19 @@ delta_table[delta_table.measure == "brain_score"]
 delta_table[delta_table.measure != "brain_score"].dropna(subset=["mean_delta"])
 
 # %% [markdown]
+# ## Named language ROIs (Harvard-Oxford, left and right)
+# Brain score of each model per ROI (mean BOLD of the ROI as the target), and Δ (SFT − raw)
+# tested across subjects, with Benjamini-Hochberg q across the ROIs (`q_roi`).
+
+# %% tags=["report"]
+roi_table = compare.roi_summary(tab, stats)
+write_csv(out / "roi_table.csv", roi_table)
+if len(roi_table):
+    fig = plots.roi_scores(tab, ("raw", "sft"), synthetic)
+    plots.save(fig, out / "roi_scores.png")
+roi_table if len(roi_table) else "no named ROI in this run (roi_atlas: null)"
+
+# %% [markdown]
 # ## Per subject: raw → SFT
 
 # %% tags=["report"]

@@ -157,6 +157,21 @@ dt[dt.measure == "brain_score"]
 dt[dt.measure != "brain_score"].dropna(subset=["mean_delta"])
 
 # %% [markdown]
+# ### Named language ROIs
+# Harvard-Oxford regions of the language network, left and right, resampled to the BOLD grid:
+# each model's brain score with the mean BOLD of the ROI as the target, and Δ (SFT − raw) tested
+# across subjects with Benjamini-Hochberg q across the ROIs.
+
+# %%
+if (cmp / "roi_table.csv").exists() and len(pd.read_csv(cmp / "roi_table.csv")):
+    display(pd.read_csv(cmp / "roi_table.csv"))
+    figure(cmp / "roi_scores.png", "Brain score per named ROI: bars, mean over subjects; dots, "
+           "subjects." + (" Synthetic BOLD: the planted signal sits in superior temporal voxels."
+                          if synthetic else ""))
+else:
+    print("no named ROI in this run")
+
+# %% [markdown]
 # ### Brain maps
 # Group-mean brain score (mean over subjects of each subject's map) of the raw and the fine-tuned
 # model in the voxels that survive the group block-permutation test (BH-FDR), and Δ (SFT − raw)
