@@ -38,7 +38,8 @@ chance = True
 layer_profile_conditions = ["raw", "sft"]
 layer_stride = 1                  # layer profile: every k-th layer (and the last)
 feature_spaces = ["word_rate"]
-target_sets = {"first10": 10, "all": 0}    # summaries: mean r over the first k targets (0 = all)
+# summaries: the mean r over the first k targets (0 = all)
+target_sets = {"first10": 10, "all": 0}
 n_perm = 10000                    # block exchanges for each Δ's p-value
 ridge_backend = "numpy"
 device = "auto"
