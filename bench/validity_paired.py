@@ -19,26 +19,18 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lib.engine import paired  # noqa: E402
+from lib.synthetic import _ar1  # noqa: E402
 
 LENS = (291, 348, 271)
-
-
-def ar(rng, n, k, phi):
-    e = rng.standard_normal((n, k))
-    x = np.zeros((n, k))
-    x[0] = e[0]
-    for t in range(1, n):
-        x[t] = phi * x[t - 1] + np.sqrt(1 - phi ** 2) * e[t]
-    return x
 
 
 def simulate(rng, phi, k=10):
     ys, pa, pb, seg = [], [], [], []
     for s, n in enumerate(LENS):
-        sig = ar(rng, n, k, phi)
-        ys.append(0.3 * sig + ar(rng, n, k, phi))
-        pa.append(sig + 1.5 * ar(rng, n, k, phi))
-        pb.append(sig + 1.5 * ar(rng, n, k, phi))
+        sig = _ar1(rng, n, k, phi)
+        ys.append(0.3 * sig + _ar1(rng, n, k, phi))
+        pa.append(sig + 1.5 * _ar1(rng, n, k, phi))
+        pb.append(sig + 1.5 * _ar1(rng, n, k, phi))
         seg += [s] * n
     return np.vstack(ys), np.vstack(pa), np.vstack(pb), np.asarray(seg)
 

@@ -21,16 +21,27 @@ def load_stage05(d: str | Path) -> dict[str, pd.DataFrame]:
     return {k: pd.read_csv(d / f"{k}.csv") for k in TABLES}
 
 
+def headline_set(scores: pd.DataFrame, wanted: str = "first10") -> str:
+    """The set of targets the headline uses: ``wanted`` when the run has it, else its first."""
+    names = list(dict.fromkeys(scores.targets.astype(str)))
+    if not names:
+        raise ValueError("no scores in this run")
+    return wanted if wanted in names else names[0]
+
+
 def _fmt_p(p: float) -> str:
     return f"{p:.4f}" if p >= 1e-4 else "< 1e-4"
 
 
 def answer(deltas: pd.DataFrame, contrast: str = "sft - raw", targets: str = "first10",
-           n_seeds: int = 1, source: str = "") -> str:
-    """One sentence per subject: Δ, its CI and p, for ``contrast`` on ``targets``."""
+           n_seeds: int = 1, source: str = "", unit: str = "targets") -> str:
+    """One sentence per subject: Δ, its CI and p, for ``contrast`` on ``targets`` (``unit``
+    names what a target is, e.g. "response components")."""
     d = deltas[(deltas.contrast == contrast) & (deltas.targets == targets)]
     if d.empty:
         return f"No {contrast} comparison in this run."
+    n = int(d.n_targets.iloc[0])
+    what = f"all {n} {unit}" if targets == "all" else f"the first {n} {unit} ({targets})"
     parts = []
     for r in d.groupby("subject", sort=True).agg(
             delta=("delta", "mean"), ci_low=("ci_low", "mean"), ci_high=("ci_high", "mean"),
@@ -39,7 +50,7 @@ def answer(deltas: pd.DataFrame, contrast: str = "sft - raw", targets: str = "fi
                      f"p = {_fmt_p(r.p)}; {r.n_trs} held-out TRs in blocks of {r.block})")
     seeds = ("one fine-tuning seed: the variability between fine-tuned models is not in these "
              "intervals" if n_seeds == 1 else f"{n_seeds} seeds, Δ averaged over them")
-    return (f"{source}{contrast}, mean r over the {targets} targets -- " + "; ".join(parts)
+    return (f"{source}{contrast}, mean r over {what} -- " + "; ".join(parts)
             + f". Held-out time is the unit within each subject; no group claim ({seeds}).")
 
 

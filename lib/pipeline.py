@@ -260,12 +260,16 @@ def offline_html(html: str) -> str:
 
 
 def with_toc(html: str, code_name: str, nb_name: str) -> str:
-    """Insert a table of contents (the h2 sections) and the links to the code after the title."""
+    """Insert a table of contents (the h2 parts and their h3 sections) and the links to the code
+    after the title."""
     import html as h
     import re
 
-    items = [f'<li><a href="#{i}">{h.escape(re.sub(r"<[^>]+>|¶", "", t)).strip()}</a></li>'
-             for i, t in re.findall(r'<h2 id="([^"]+)"[^>]*>(.*?)</h2>', html, flags=re.S)]
+    sub_item = ' style="margin-left:1.5em;list-style:circle"'
+    items = [f'<li{sub_item if lv == "3" else ""}><a href="#{i}">'
+             f'{h.escape(re.sub(r"<[^>]+>|¶", "", t)).strip()}</a></li>'
+             for lv, i, t in re.findall(r'<h([23]) id="([^"]+)"[^>]*>(.*?)</h\1>', html,
+                                        flags=re.S)]
     nav = (f'<nav class="report-toc" style="margin:1em 0 2em;padding:.6em 1em;'
            f'border-left:3px solid #ccc"><strong>Contents</strong><ol>{"".join(items)}</ol>'
            f'<p>Code: <a href="{code_name}">{code_name}</a> (the same report with its code) '

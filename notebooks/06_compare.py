@@ -86,8 +86,8 @@ delta_table[delta_table.measure != "brain_score"].dropna(subset=["mean_delta"])
 
 # %% tags=["report"]
 roi_table = compare.roi_summary(tab, stats)
-write_csv(out / "roi_table.csv", roi_table)
 if len(roi_table):
+    write_csv(out / "roi_table.csv", roi_table)
     fig = plots.roi_scores(tab, ("raw", "sft"), synthetic)
     plots.save(fig, out / "roi_scores.png")
 roi_table if len(roi_table) else "no named ROI in this run (roi_atlas: null)"

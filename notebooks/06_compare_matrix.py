@@ -39,6 +39,7 @@ run = Path(run_dir)
 out = run / "compare"
 st = mc.load_stage05(run / "brain_score")
 synthetic = bool(st["scores"].synthetic_bold.astype(str).str.lower().eq("true").any())
+headline_targets = mc.headline_set(st["scores"], headline_targets)
 n_seeds = st["deltas"].loc[st["deltas"].contrast == "sft - raw", "seed"].nunique()
 display(Markdown("**" + mc.answer(st["deltas"], "sft - raw", headline_targets, n_seeds) + "**"))
 checks = mc.sanity(st["scores"], "raw", headline_targets)

@@ -58,8 +58,8 @@ if has_real:
     source = (f"On real fMRI (LeBel et al. 2023, {rst['scores'].subject.nunique()} subjects, "
               f"{len(str(rst['scores'].test_stories.iloc[0]).split(','))} held-out stories): ")
     for targets in ("first10", "all"):
-        display(Markdown("**" + mc.answer(rst["deltas"], "sft - raw", targets, n_seeds, source)
-                         + "**"))
+        display(Markdown("**" + mc.answer(rst["deltas"], "sft - raw", targets, n_seeds, source,
+                                          "response components") + "**"))
     display(Markdown(mc.sanity_text(mc.sanity(rst["scores"], "raw", "first10"))))
     display(Markdown(report.sft_sentence(rmodels, real / "sft" / "perplexity.csv")))
     figure(real / "compare" / "deltas.png", "Δ mean held-out r (first 10 response components) of "
@@ -163,7 +163,7 @@ dt[dt.measure != "brain_score"].dropna(subset=["mean_delta"])
 # across subjects with Benjamini-Hochberg q across the ROIs.
 
 # %%
-if (cmp / "roi_table.csv").exists() and len(pd.read_csv(cmp / "roi_table.csv")):
+if (cmp / "roi_table.csv").exists():
     display(pd.read_csv(cmp / "roi_table.csv"))
     figure(cmp / "roi_scores.png", "Brain score per named ROI: bars, mean over subjects; dots, "
            "subjects." + (" Synthetic BOLD: the planted signal sits in superior temporal voxels."

@@ -101,7 +101,8 @@ def test_generic_roi_dataset_runs_stages_01_to_06_and_recovers_the_planted_rois(
     assert (run / "notebooks" / "06_compare.ipynb").exists()
     comp = pd.read_csv(run / "brain_score" / "component_scores.csv")
     wr = comp[comp.condition == "word_rate"].groupby("target").brain_score.mean()
-    assert wr[[0, 1]].min() > 0.3 and wr[[2, 3, 4, 5]].abs().max() < 0.2, wr
+    # one held-out story of 140 TRs: unplanted ROIs' r is AR(0.9) noise (SD ~0.25)
+    assert wr[[0, 1]].min() > 0.5 and wr[[0, 1]].min() > wr[[2, 3, 4, 5]].abs().max() + 0.2, wr
     scores = pd.read_csv(run / "brain_score" / "scores.csv")
     s = scores[(scores.condition == "word_rate") & (scores.targets == "planted")]
     assert (s.brain_score > s.chance_score + 0.2).all()

@@ -4,7 +4,8 @@ import warnings
 import numpy as np
 import pytest
 
-from lib import brain_score, encoding, ridge
+from lib import brain_score, encoding
+from lib.engine import ridge
 from lib.synthetic import load_truth, make_mini
 
 from conftest import stage05_job as _job

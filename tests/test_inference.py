@@ -242,7 +242,7 @@ def test_null_plan_equals_refitting_the_permuted_bold():
         r = np.zeros(30)
         for f, fd in enumerate(D.folds):
             for t in range(30):
-                BY = fd.outer.project(D.B, ridge._standardised(D.B, Yp, np.array([t])))
+                BY = fd.outer.project(D.B, ridge.standardised(D.B, Yp, np.array([t])))
                 pred = fd.outer.predict(res.alphas[f, t], BY)
                 r[t] += ridge.np_pearson(pred, Yp[fd.test, t:t + 1])[0]
         np.testing.assert_allclose(null[j], r / len(D.folds), atol=1e-4)
@@ -268,3 +268,16 @@ def test_block_permutation_stays_calibrated_at_other_trs(tr):
     single, group = _fpr(spec, n_sets=3, n_subjects=3, tr=tr)
     assert 0.035 <= single <= 0.065, (tr, single)
     assert 0.035 <= group <= 0.065, (tr, group)
+
+
+def test_null_settings_have_one_home():
+    """permutation_test takes the settings from the plans; a different spec is refused."""
+    rng = np.random.default_rng(3)
+    X = smooth_features(rng, 300, p=6)
+    Y = realistic_noise(rng, 300, 20)
+    D = ridge.prepare(X, delays=DELAYS)
+    r = with_null(D, Y, inf.NullSpec(n_perm=20, perm_stop=None))
+    _, p, n_done = inf.permutation_test([[r.null_plan]], r.scores)
+    assert (n_done[np.isfinite(p)] == 20).all()
+    with pytest.raises(ValueError, match="differs from the settings the plans were built with"):
+        inf.permutation_test([[r.null_plan]], r.scores, inf.NullSpec(n_perm=200, block=10))

@@ -3,29 +3,21 @@ as real BOLD (AR(0.9)): false-positive rate of the block-exchange test and cover
 import numpy as np
 import pytest
 
+from lib.synthetic import _ar1
 from lib.engine.paired import (autocorr_time, block_contributions, choose_block, fit_difference,
                         paired_comparison, scores)
 
 LENS = (291, 348, 271)    # the three LeBel test stories
 
 
-def ar(rng, n, k, phi):
-    e = rng.standard_normal((n, k))
-    x = np.zeros((n, k))
-    x[0] = e[0]
-    for t in range(1, n):
-        x[t] = phi * x[t - 1] + np.sqrt(1 - phi ** 2) * e[t]
-    return x
-
-
 def simulate(rng, phi=0.9, k=10, effect=0.0):
     """Responses and two predictions of equal quality (effect = 0) or B degraded."""
     ys, pa, pb, seg = [], [], [], []
     for s, n in enumerate(LENS):
-        sig = ar(rng, n, k, phi)
-        ys.append(0.3 * sig + ar(rng, n, k, phi))
-        pa.append(sig + 1.5 * ar(rng, n, k, phi))
-        pb.append((1 - effect) * sig + 1.5 * ar(rng, n, k, phi))
+        sig = _ar1(rng, n, k, phi)
+        ys.append(0.3 * sig + _ar1(rng, n, k, phi))
+        pa.append(sig + 1.5 * _ar1(rng, n, k, phi))
+        pb.append((1 - effect) * sig + 1.5 * _ar1(rng, n, k, phi))
         seg += [s] * n
     return np.vstack(ys), np.vstack(pa), np.vstack(pb), np.asarray(seg)
 

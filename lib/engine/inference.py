@@ -229,8 +229,9 @@ def subject_null(plans: list, b0: int, b1: int, cols: np.ndarray) -> np.ndarray:
     return np.mean([pl.batch(b0, b1, cols) for pl in plans], 0)
 
 
-def permutation_test(plans: list[list[NullPlan]], observed: np.ndarray, spec: NullSpec,
-                     batch_fn=None, valid: np.ndarray | None = None):
+def permutation_test(plans: list[list[NullPlan]], observed: np.ndarray,
+                     spec: NullSpec | None = None, batch_fn=None,
+                     valid: np.ndarray | None = None):
     """p-values of a group score = mean over subjects of (mean over that subject's plans).
 
     ``plans[s]`` holds subject s's NullPlans (e.g. one per seed); a single fit is ``[[plan]]``.
@@ -238,7 +239,20 @@ def permutation_test(plans: list[list[NullPlan]], observed: np.ndarray, spec: Nu
     with a function returning each subject's null scores (the plans then live elsewhere, e.g. on
     Dask workers, and ``valid`` says which targets were fitted). Returns (null (n_perm, t), NaN
     after a target stopped; p-values; permutations run per target).
+
+    The null's settings have one home, the plans (their orders were drawn from them): ``spec``
+    may be left out, and a ``spec`` that differs from the plans' is an error, not ignored. With
+    ``batch_fn`` and no plans, ``spec`` gives them.
     """
+    specs = {getattr(pl, "spec", None) for sub in plans for pl in sub} - {None}
+    if len(specs) > 1:
+        raise ValueError(f"the plans were built with different null settings: {specs}")
+    if specs and spec is not None and spec != next(iter(specs)):
+        raise ValueError(f"spec {spec} differs from the settings the plans were built with "
+                         f"({next(iter(specs))}); leave spec out")
+    spec = next(iter(specs)) if specs else spec
+    if spec is None:
+        raise ValueError("no null settings: give plans or spec")
     n_perm = spec.n_perm
     t = len(observed)
     null = np.full((n_perm, t), np.nan, np.float32)
