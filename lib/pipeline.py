@@ -265,11 +265,17 @@ def with_toc(html: str, code_name: str, nb_name: str) -> str:
     import html as h
     import re
 
-    sub_item = ' style="margin-left:1.5em;list-style:circle"'
-    items = [f'<li{sub_item if lv == "3" else ""}><a href="#{i}">'
-             f'{h.escape(re.sub(r"<[^>]+>|¶", "", t)).strip()}</a></li>'
-             for lv, i, t in re.findall(r'<h([23]) id="([^"]+)"[^>]*>(.*?)</h\1>', html,
-                                        flags=re.S)]
+    items, open_sub = [], False
+    for lv, i, t in re.findall(r'<h([23]) id="([^"]+)"[^>]*>(.*?)</h\1>', html, flags=re.S):
+        link = f'<a href="#{i}">{h.escape(re.sub(r"<[^>]+>|¶", "", t)).strip()}</a>'
+        if lv == "3":                       # a section: nested under its part
+            items.append(("" if open_sub else "<ul>") + f"<li>{link}</li>")
+            open_sub = True
+        else:
+            items.append(("</ul></li>" if open_sub else "</li>" if items else "") + f"<li>{link}")
+            open_sub = False
+    if items:
+        items.append("</ul></li>" if open_sub else "</li>")
     nav = (f'<nav class="report-toc" style="margin:1em 0 2em;padding:.6em 1em;'
            f'border-left:3px solid #ccc"><strong>Contents</strong><ol>{"".join(items)}</ol>'
            f'<p>Code: <a href="{code_name}">{code_name}</a> (the same report with its code) '
