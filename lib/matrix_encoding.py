@@ -47,7 +47,7 @@ class MatrixSettings:
     aggregation: str = "sum"
     alphas: tuple = tuple(DEFAULT_ALPHAS)
     inner_groups: int = 5
-    gap: int = 0                    # unused between whole stories; kept for Job compatibility
+    gap: int = 0                    # folds hold out whole stories: no gap between them
     chance: bool = True
     spaces: tuple = ("word_rate",)
     layer_conditions: tuple = ("raw", "sft")

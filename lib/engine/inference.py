@@ -439,21 +439,6 @@ def t_ci(d: np.ndarray, level: float = 0.95) -> tuple[float, float]:
     return float(d.mean() - half), float(d.mean() + half)
 
 
-def bca_ci(d: np.ndarray, seed: int = 0, n_resamples: int = 10000) -> tuple[float, float]:
-    """BCa bootstrap 95% CI of the mean (scipy.stats.bootstrap); NaN when undefined."""
-    from scipy import stats
-
-    d = np.asarray(d, float)
-    d = d[np.isfinite(d)]
-    if len(d) < 3 or np.ptp(d) == 0:
-        return (float(d[0]), float(d[0])) if len(d) and np.ptp(d) == 0 else (np.nan, np.nan)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        res = stats.bootstrap((d,), np.mean, confidence_level=0.95, method="BCa",
-                              n_resamples=n_resamples, random_state=seed)
-    return float(res.confidence_interval.low), float(res.confidence_interval.high)
-
-
 def paired_stats(a: np.ndarray, b: np.ndarray, seed: int = 0) -> dict:
     """Paired comparison of a vs b across subjects (Δ = a - b), the subject as the unit."""
     from scipy import stats
