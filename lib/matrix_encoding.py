@@ -190,14 +190,14 @@ def input_key(job: MatrixJob, condition: str, seed: int, subject: str) -> str:
                     int(r.trim_end), r.split) for r in rows.itertuples()])
 
 
-def fit_subjects(job: MatrixJob, condition: str, seed: int, subjects: list[str], cache: dict
-                 ) -> dict[str, dict]:
+def fit_subjects(job: MatrixJob, condition: str, seed: int, subjects: list[str], cache: dict,
+                 responses: dict | None = None) -> dict[str, dict]:
     """Held-out predictions and scores of one condition for subjects who share a signature
     (the same stories and TRs: every design, the layer profile's too, is computed once)."""
     st = job.settings
     out = {}
     for sub in subjects:
-        Y, stories = subject_responses(job, sub)
+        Y, stories = (responses or {}).get(sub) or subject_responses(job, sub)
         D = _design(job, condition, seed, sub, cache)
         rows, pred, alphas = heldout_predictions(D, Y, source=f"{sub} {condition}")
         seg = np.asarray(stories)[rows]
@@ -248,15 +248,16 @@ def fit_unit(job: MatrixJob, unit: Unit, progress=None) -> list[dict]:
         else:
             todo.append((sub, key))
     cache: dict = {}
+    responses = {}
     for sub, key in todo:   # one at a time first: a bad subject must not stop the others
         try:
-            subject_responses(job, sub)
+            responses[sub] = subject_responses(job, sub)
         except (DataError, OSError) as e:
             status[sub] = dict(subject=sub, status="failed", error=str(e))
     good = [(s, k) for s, k in todo if s not in status]
     try:
-        arrays = fit_subjects(job, unit.condition, unit.seed, [s for s, _ in good], cache) \
-            if good else {}
+        arrays = fit_subjects(job, unit.condition, unit.seed, [s for s, _ in good], cache,
+                              responses) if good else {}
         for sub, key in good:
             path = job.result_path(unit.condition, unit.seed, sub)
             write_npz(path, **arrays[sub])
