@@ -50,7 +50,7 @@ def _splits(n):
     """(train, test, inner folds) -- the engine's own folds."""
     from lib.engine.ridge import Layout, blocked_folds
 
-    lay = Layout.single(n)
+    lay = Layout.single(n, "bench")
     return [(tr, te, blocked_folds(lay, 4, GAP, rows=tr)) for tr, te in blocked_folds(lay, 5, GAP)]
 
 

@@ -116,7 +116,7 @@ def planted():
                 warnings.simplefilter("ignore")
                 rec.append(ridge.fit_score(X, Y, gap=gap).scores.mean())
             sig = X @ t["subject_weights"][i]
-            folds = ridge.blocked_folds(ridge.Layout.single(len(X)), 5, gap)
+            folds = ridge.blocked_folds(ridge.Layout.single(len(X), "sim"), 5, gap)
             orc.append(np.mean([ridge.np_pearson(sig[te], Y[te]) for _, te in folds]))
         print(f"| {gap} | {np.mean(rec):.4f} | {np.mean(orc):.4f} | "
               f"{np.mean(rec) - np.mean(orc):+.4f} |")

@@ -35,7 +35,7 @@ def test_planted_voxels_recovered_on_mini(mini):
         aucs.append(roc_auc_score(t["planted_in_mask"], res.scores))
         sig = X @ t["subject_weights"][i]
         pl = Y[:, t["planted_in_mask"]]
-        folds = ridge.blocked_folds(ridge.Layout.single(len(X)), 5, ridge.default_gap((0,)))
+        folds = ridge.blocked_folds(ridge.Layout.single(len(X), "sim"), 5, ridge.default_gap((0,)))
         realised = np.mean([ridge.np_pearson(sig[te], pl[te]) for _, te in folds], 0)
         gaps.append(np.mean(res.scores[t["planted_in_mask"]]) - realised.mean())
     assert min(aucs) >= 0.95, aucs

@@ -93,6 +93,24 @@ def test_orders_shared_by_repeats_and_subjects():
     np.testing.assert_array_equal(P1[:, :40], P1[:, 40:] - 40)   # both hearings alike
 
 
+def test_single_story_layouts_are_named_and_seed_the_null_by_story():
+    spec = inf.NullSpec(n_perm=20, block=5)
+
+    def orders(layout):
+        return inf.layout_orders(layout, spec, seed=0, story_names=dict(enumerate(layout.names)))
+
+    with pytest.raises(TypeError):
+        ridge.Layout.single(60)                            # a name is required
+    with pytest.raises(ValueError, match="name"):
+        ridge.Layout.single(60, "")
+    a, b = ridge.Layout.single(60, "pieman"), ridge.Layout.single(60, "tunnel")
+    np.testing.assert_array_equal(orders(a), orders(ridge.Layout.single(60, "pieman")))
+    assert not np.array_equal(orders(a), orders(b))        # stories get their own shuffles
+    X1, X2 = np.ones((60, 3)), np.arange(180.0).reshape(60, 3)
+    assert ridge.Layout.of_content(X1).names == ridge.Layout.of_content(X1.copy()).names
+    assert ridge.Layout.of_content(X1).names != ridge.Layout.of_content(X2).names
+
+
 class _FakePlan:
     """A plan whose null scores are given, to check the p-value arithmetic."""
     def __init__(self, null):

@@ -78,7 +78,7 @@ def test_banded_agrees_with_himalaya():
 
     A, B, Y = _data(5, n=400)
     ours = partition.banded_fit([A, B], Y, gap=5, n_iter=20)
-    lay = ridge.Layout.single(len(Y))
+    lay = ridge.Layout.single(len(Y), "sim")
     r2 = []
     for train, test in ridge.blocked_folds(lay, 5, 5):
         pos = {r: i for i, r in enumerate(train)}

@@ -13,7 +13,7 @@ DELAYS = (1, 2, 3, 4, 5)
 
 # --------------------------------------------------------------------------- folds
 def test_contiguous_folds_with_gap_cover_story_time():
-    lay = ridge.Layout.single(200)
+    lay = ridge.Layout.single(200, "sim")
     folds = ridge.blocked_folds(lay, 5, gap=10)
     tests = np.concatenate([te for _, te in folds])
     assert np.array_equal(tests, np.arange(200))          # every TR tested once, in order
@@ -43,7 +43,7 @@ def test_several_stories_leave_one_story_out():
 
 def test_gap_too_large_is_a_clear_error():
     with pytest.raises(ridge.EngineError, match="leaves no training TRs"):
-        ridge.blocked_folds(ridge.Layout.single(60), 5, gap=60)
+        ridge.blocked_folds(ridge.Layout.single(60, "sim"), 5, gap=60)
 
 
 def test_gap_must_match_the_delays():
@@ -84,7 +84,7 @@ def test_alpha_selection_and_scores_match_brute_force(planted):
     Y = Y[:, :25]
     gap = 12
     res = ridge.fit_score(X, Y, gap=gap, inner_folds=3)
-    lay = ridge.Layout.single(len(X))
+    lay = ridge.Layout.single(len(X), "sim")
     for f, (tr, te) in enumerate(ridge.blocked_folds(lay, 5, gap)):
         inner = ridge.blocked_folds(lay, 3, gap, rows=tr)
         vr = np.mean([[_sk_r(X[fit], Y[fit], X[val], Y[val], a) for a in ridge.DEFAULT_ALPHAS]
@@ -104,7 +104,7 @@ def test_agrees_with_sklearn_ridgecv_with_intercept(planted):
 
     X, Y, _ = planted
     res = ridge.fit_score(X, Y[:, :20], gap=5, alphas=[100.0])
-    for f, (tr, te) in enumerate(ridge.blocked_folds(ridge.Layout.single(len(X)), 5, 5)):
+    for f, (tr, te) in enumerate(ridge.blocked_folds(ridge.Layout.single(len(X), "sim"), 5, 5)):
         sc = StandardScaler().fit(X[tr])
         m = RidgeCV(alphas=[100.0], fit_intercept=True).fit(sc.transform(X[tr]),
                                                             Y[tr, :20].astype(np.float64))

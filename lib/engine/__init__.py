@@ -5,6 +5,7 @@ It imports numpy, scipy, pandas and torch (never the rest of ``lib``), so it can
 
 Fit and score (:mod:`lib.engine.ridge`):
     ``Layout.of_runs(lengths, stories)``   which run / story / story position each row is
+    ``Layout.single(n, story)``            one run of one named story (the name seeds the null)
     ``prepare(X, layout, delays=...)``     folds (leave one story out, or blocks of one story with
                                            a gap), inner folds, one eigendecomposition per fit;
                                            ``folds=split_folds(layout, test_stories)`` for a fixed

@@ -74,9 +74,22 @@ class Layout:
         return len(self.run)
 
     @classmethod
-    def single(cls, n: int) -> "Layout":
+    def single(cls, n: int, story: str) -> "Layout":
+        """One run of one story. The name is required: it seeds the permutation null, so
+        subjects who heard the same story share reorderings and different stories differ."""
+        if not str(story):
+            raise ValueError("Layout.single needs the story's name (it seeds the null)")
         z = np.zeros(n, np.int64)
-        return cls(z, z.copy(), np.arange(n))
+        return cls(z, z.copy(), np.arange(n), (str(story),))
+
+    @classmethod
+    def of_content(cls, X: np.ndarray) -> "Layout":
+        """One run named by a hash of its features' content (the default of :func:`prepare`
+        when no layout is given): the same stimulus gets the same null reorderings."""
+        import hashlib
+
+        h = hashlib.sha1(np.ascontiguousarray(X).tobytes()).hexdigest()[:16]
+        return cls.single(len(X), f"content-{h}")
 
     @classmethod
     def of_runs(cls, lengths, stories=None) -> "Layout":
@@ -244,7 +257,7 @@ def prepare(X: np.ndarray, layout: Layout | None = None, *, delays=None, gap: in
     """
     where = f" ({source})" if source else ""
     X = np.asarray(X, np.float32)
-    layout = layout or Layout.single(len(X))
+    layout = layout or Layout.of_content(X)
     if len(layout) != len(X):
         raise EngineError(f"layout has {len(layout)} rows but features have {len(X)}{where}")
     if gap is None:
