@@ -16,6 +16,26 @@ from .errors import DataError
 
 WORD_COLUMNS = ["word", "aligned_word", "onset", "offset", "aligned"]
 
+#: Contractions that word tables split off the word before them (Penn Treebank style: "do n't",
+#: "it 's"). They belong to the previous word in running text, so they are joined without a
+#: space, and tokenised without the leading space every other word gets ("'bout" is a word).
+CLITICS = frozenset({"n't", "'s", "'re", "'ve", "'m", "'ll", "'d"})
+
+
+def is_clitic(word: str) -> bool:
+    return str(word).replace("\u2019", "'").lower() in CLITICS
+
+
+def join_words(words) -> str:
+    """Words as running text: single spaces, none before a clitic (``do n't`` -> ``don't``)."""
+    out = []
+    for w in map(str, words):
+        if out and is_clitic(w):
+            out[-1] += w
+        else:
+            out.append(w)
+    return " ".join(out)
+
 
 class AlignmentError(DataError):
     """A Gentle alignment that cannot be used; the message names the file."""

@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from .alignment import is_clitic, join_words
 from .cache import cached_npz, is_fresh, key_of
 from .data import DataError
 from .models import LoadedModel, ModelError, start_token  # noqa: F401  (re-exported)
@@ -44,9 +45,15 @@ def tokenize_words(words: list[str], tokenizer) -> tuple[np.ndarray, np.ndarray]
 
     Words are tokenised one by one with a leading space (except the first), which for GPT-2-style
     BPE gives the same tokens as tokenising the joined text, and keeps word boundaries exact.
+    A word table that splits clitics off the word before them (``do n't``, ``it 's``;
+    :data:`lib.alignment.CLITICS`) is tokenised as running text instead (``don't``, what the model
+    was trained on): BPE merges across that boundary (`` don`` + ``'t``), so a word ends at the
+    first token that reaches its last character.
     """
     if len(words) == 0:
         raise DataError("empty transcript: no words to extract activations for")
+    if any(map(is_clitic, words[1:])):
+        return _tokenize_running_text(words, tokenizer)
     ids, ends = [], []
     for i, w in enumerate(words):
         t = tokenizer((" " if i else "") + str(w), add_special_tokens=False)["input_ids"]
@@ -55,6 +62,23 @@ def tokenize_words(words: list[str], tokenizer) -> tuple[np.ndarray, np.ndarray]
         ids.extend(t)
         ends.append(len(ids))
     return np.asarray(ids, dtype=np.int64), np.asarray(ends, dtype=np.int64)
+
+
+def _tokenize_running_text(words: list[str], tokenizer) -> tuple[np.ndarray, np.ndarray]:
+    if not getattr(tokenizer, "is_fast", False):
+        raise DataError("words with split-off clitics need a fast tokenizer (token offsets)")
+    enc = tokenizer(join_words(words), add_special_tokens=False, return_offsets_mapping=True)
+    word_end, pos = [], 0
+    for i, w in enumerate(map(str, words)):
+        pos += len(w) + (1 if i and not is_clitic(w) else 0)
+        word_end.append(pos)
+    tok_end = np.asarray([b for _, b in enc["offset_mapping"]])
+    ends = np.searchsorted(tok_end, word_end, side="left") + 1
+    same = np.flatnonzero(np.diff(ends) <= 0)
+    if len(same):
+        i = int(same[0]) + 1
+        raise DataError(f"word {i} ({words[i]!r}) shares its last token with the word before it")
+    return np.asarray(enc["input_ids"], dtype=np.int64), ends.astype(np.int64)
 
 
 def plan_windows(n_tokens: int, context: int, stride: int) -> tuple[np.ndarray, np.ndarray]:
@@ -332,9 +356,14 @@ def story_activations(model: LoadedModel, transcript: pd.DataFrame, story: str, 
 
     env = numerics(model)
 
+    # Words with split-off clitics are tokenised as running text since version 2's caches were
+    # written: only those transcripts' tokens changed, so only their keys name the rule (no
+    # shipped transcript has one; tests/test_features.py checks that their tokens are unchanged).
+    rule = ["clitics as running text"] if any(map(is_clitic, words[1:])) else []
+
     def key_for(lay):
         return key_of(FEATURES_VERSION, model.fingerprint, str(lay), context, stride, pooling,
-                      words, env)
+                      words, env, *rule)
 
     path = activations_path(cache_root, model.tag, story, layer, context, pooling, env)
     compute = lambda: windowed_activations(model, words, layer, context, stride, pooling, batch_size)

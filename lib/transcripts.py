@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from .cache import write_csv, write_text
-from .alignment import (WORD_COLUMNS, AlignmentError, interpolate_missing,  # noqa: F401
+from .alignment import (WORD_COLUMNS, AlignmentError, interpolate_missing, join_words,  # noqa: F401
                         parse_gentle, read_align_csv, read_align_json,  # (re-exported)
                         read_alignment)
 from .data import DataError, StoryTiming
@@ -122,7 +122,7 @@ def story_text(words: pd.DataFrame, pause_s: float = PAUSE_S) -> str:
     else:
         gaps = words["onset"].to_numpy(float)[1:] - words["offset"].to_numpy(float)[:-1]
     cuts = np.r_[0, np.flatnonzero(gaps >= pause_s) + 1, len(text)]
-    return "\n".join(" ".join(text[a:b]) for a, b in zip(cuts[:-1], cuts[1:]) if b > a)
+    return "\n".join(join_words(text[a:b]) for a, b in zip(cuts[:-1], cuts[1:]) if b > a)
 
 
 def flatten(text: str) -> str:

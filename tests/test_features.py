@@ -15,6 +15,22 @@ def test_tokenizer_is_real_gpt2_bpe(tiny):
     assert len(tiny.tokenizer) == 50257
 
 
+def test_split_clitics_tokenise_as_in_the_running_text(tiny, pieman_words):
+    from lib.alignment import join_words
+
+    words = ["I", "do", "n't", "know", "if", "it", "'s", "Gary", "\u2019s", "or", "talk", "'bout",
+             "we", "'re", "I", "'m"]
+    text = join_words(words)
+    assert text == "I don't know if it's Gary\u2019s or talk 'bout we're I'm"
+    ids, ends = features.tokenize_words(words, tiny.tokenizer)
+    assert ids.tolist() == tiny.tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert ends[2] > ends[1] and len(ends) == len(words)   # "n't" keeps its own span
+    # the real transcripts have no split-off clitics: their tokens (and caches) are unchanged
+    plain = pieman_words.text.astype(str).tolist()
+    assert features.tokenize_words(plain, tiny.tokenizer)[0].tolist() == tiny.tokenizer(
+        " ".join(plain), add_special_tokens=False)["input_ids"]
+
+
 @pytest.mark.parametrize("pooling", ["last", "mean"])
 def test_windowed_equals_naive(tiny, pieman_words, pooling):
     words = pieman_words.text.tolist()[:300]
