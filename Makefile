@@ -59,4 +59,4 @@ lab: setup
 	$(BIN)/jupyter lab notebooks/
 
 clean:
-	rm -rf results/quick data/derived data/narratives-mini-quick
+	rm -rf results/quick data/narratives-mini-quick

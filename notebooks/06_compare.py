@@ -56,7 +56,10 @@ tab = compare.subject_table(st, top_frac, planted, min_ceiling)
 stats = pd.concat([compare.contrast_table(tab, value=m)[1] for m in compare.MEASURES],
                   ignore_index=True)
 deltas = compare.contrast_table(tab)[0]
+stats, seed_scores = compare.with_crossed(stats, st, top_frac, planted, min_ceiling)
 write_csv(out / "subject_scores.csv", tab)
+if len(seed_scores):
+    write_csv(out / "seed_scores.csv", seed_scores)
 write_csv(out / "delta_subjects.csv", deltas)
 write_csv(out / "stats.csv", stats)
 print("SYNTHETIC BOLD" if synthetic else "real BOLD", "->", out)
@@ -66,7 +69,9 @@ print("SYNTHETIC BOLD" if synthetic else "real BOLD", "->", out)
 
 # %% tags=["report"]
 cols = ["contrast", "target", "measure", "n_subjects", "n_improved", "mean_delta", "ci95_low",
-        "ci95_high", "p_sign_flip", "p_wilcoxon", "p_t", "cohens_dz", "p_min_attainable"]
+        "ci95_high", "p_sign_flip", "p_wilcoxon", "p_t", "cohens_dz", "p_min_attainable",
+        "n_seeds", "crossed_delta", "crossed_ci_low", "crossed_ci_high", "crossed_p", "seed_sd",
+        "mde", "seed_deltas"]
 delta_table = stats[[c for c in cols if c in stats]].round(4)
 write_csv(out / "delta_table.csv", delta_table)
 headline = compare.headline(stats, synthetic=synthetic)

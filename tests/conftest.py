@@ -11,6 +11,8 @@ import sys
 
 import pytest
 
+from lib.paths import Paths
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.pop("MPLBACKEND", None)
@@ -21,14 +23,15 @@ STIMULI = REPO / "data" / "narratives" / "stimuli"
 
 @pytest.fixture(scope="session", autouse=True)
 def project_root(tmp_path_factory):
-    """A throw-away project root for data/models, data/derived and results/."""
+    """A throw-away project root for data/, results/ and the caches (root/cache)."""
     root = tmp_path_factory.mktemp("project")
+    tok = Paths.from_env().models / "gpt2-tokenizer"    # the user's cache, before the move
     old = os.environ.get("NARRATIVES_ROOT")
     os.environ["NARRATIVES_ROOT"] = str(root)
+    os.environ.pop("NARRATIVES_CACHE", None)
     # reuse the tokenizer built from whisper's gpt2.tiktoken across sessions when present
-    tok = REPO / "data" / "models" / "gpt2-tokenizer"
     if tok.exists():
-        shutil.copytree(tok, root / "data" / "models" / "gpt2-tokenizer")
+        shutil.copytree(tok, Paths.from_env().models / "gpt2-tokenizer")
     yield root
     if old is None:
         os.environ.pop("NARRATIVES_ROOT", None)
@@ -38,9 +41,7 @@ def project_root(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def paths(project_root):
-    from lib.paths import Paths
-
-    return Paths(project_root)
+    return Paths.from_env()
 
 
 @pytest.fixture(scope="session")

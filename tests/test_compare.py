@@ -107,6 +107,7 @@ def test_headline_says_the_test_and_its_limit():
     h = compare.headline(stats, synthetic=True)
     assert "5 of 5 subjects improved" in h and "sign-flip p = 0.0625" in h
     assert "smallest p possible with 5 subjects is 0.0625" in h and "SYNTHETIC" in h
+    assert "One fine-tuning seed: the variance between trained models is not in this CI" in h
 
 
 def test_brain_viewer_pages_are_identical_on_rerun(tmp_path):
@@ -123,3 +124,38 @@ def test_brain_viewer_pages_are_identical_on_rerun(tmp_path):
     b = save_view_img(img, tmp_path / "b.html", "map").read_text()
     assert a == b and 'rel="icon"' not in a
     assert "viewer-" in a
+
+
+def _seeded_st(rng, n_sub=8, n_seeds=3, v=500, seed_shift=(0.0, 0.02, -0.01)):
+    """raw (one seed) and sft (``n_seeds`` models, each with its own quirk ``seed_shift``)."""
+    base, ceil = _world(rng, n_sub, v)
+    st = _st({"raw": base}, ceil)
+    rows, vox = [st["scores"]], dict(st["voxels"])
+    for sd in range(n_seeds):
+        for sub, m in base.items():
+            mm = m + seed_shift[sd] + rng.normal(0, 0.002, v).astype(np.float32)
+            vox[f"{sub}|pieman|1|sft|{sd}"] = mm
+            vox[f"{sub}|pieman|1|sft~chance|{sd}"] = np.zeros_like(mm)
+            rows.append(pd.DataFrame([dict(subject=sub, story="pieman", run=1, condition="sft",
+                                           seed=sd, target=t, brain_score=val, chance_score=0.0,
+                                           synthetic_bold=True)
+                                      for t, val in (("voxels_mean", mm.mean()),
+                                                     ("whole_brain_mean", mm[:10].mean()))]))
+    return {**st, "scores": pd.concat(rows, ignore_index=True), "voxels": vox}
+
+
+def test_seeds_enter_the_headline_as_a_crossed_random_effect():
+    st = _seeded_st(np.random.default_rng(5))
+    tab = compare.subject_table(st)
+    _, stats = compare.contrast_table(tab)
+    stats, seeds = compare.with_crossed(stats, st)
+    assert set(seeds.seed) == {0, 1, 2} and (seeds[seeds.condition == "raw"].groupby(
+        ["subject", "target"]).brain_score.nunique() == 1).all()      # raw: the same in every cell
+    r = stats[(stats.contrast == "sft - raw") & (stats.target == "voxels_reliable")].iloc[0]
+    assert r.n_seeds == 3 and abs(r.crossed_delta - r.mean_delta) < 1e-6
+    # every subject improves on average (mean shift +0.0033), but the 3 models disagree: the
+    # subjects-only test calls it, the crossed test does not
+    assert r.p_sign_flip < 0.01 and r.crossed_p > 0.05 and r.crossed_ci_low < 0 < r.crossed_ci_high
+    assert [float(x) for x in r.seed_deltas.split()] == pytest.approx([0.0, 0.02, -0.01], abs=2e-3)
+    h = compare.headline(stats, synthetic=True)
+    assert "3 fine-tuning seeds" in h and "crossed random effects" in h and "SYNTHETIC" in h

