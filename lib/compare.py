@@ -274,18 +274,27 @@ def voxel_delta(voxels: dict, a: str = "sft", b: str = "raw") -> dict[str, np.nd
     return {s: ma[s] - mb[s] for s in sorted(set(ma) & set(mb))}
 
 
-def voxel_delta_summary(deltas: dict[str, np.ndarray], significant: np.ndarray | None = None
+def reliable_voxels(voxels: dict) -> np.ndarray | None:
+    """Voxels whose response to the story is reliable across subjects (the ``isc_reliable`` maps,
+    a majority of subjects): the model-neutral selection of the voxel-Δ summary and the Δ map.
+    None when the run has no reliability maps (one subject)."""
+    rel = subject_maps(voxels, "isc_reliable")
+    return np.mean([m > 0 for m in rel.values()], 0) >= 0.5 if rel else None
+
+
+def voxel_delta_summary(deltas: dict[str, np.ndarray], reliable: np.ndarray | None = None
                         ) -> pd.DataFrame:
-    """Per subject: voxels improved (all and among significant voxels), mean Δ."""
+    """Per subject: voxels improved (all, and among the ISC-reliable voxels, a selection that uses
+    neither model's map), mean Δ."""
     rows = []
     for s, d in deltas.items():
         ok = np.isfinite(d)
         row = dict(subject=s, n_voxels=int(ok.sum()), n_improved=int((d[ok] > 0).sum()),
                    frac_improved=float((d[ok] > 0).mean()), mean_delta=float(d[ok].mean()))
-        if significant is not None and significant.any():
-            sel = ok & significant
-            row.update(n_significant=int(sel.sum()), n_improved_significant=int((d[sel] > 0).sum()),
-                       mean_delta_significant=float(d[sel].mean()) if sel.any() else np.nan)
+        if reliable is not None and reliable.any():
+            sel = ok & reliable
+            row.update(n_reliable=int(sel.sum()), n_improved_reliable=int((d[sel] > 0).sum()),
+                       mean_delta_reliable=float(d[sel].mean()) if sel.any() else np.nan)
         rows.append(row)
     return pd.DataFrame(rows)
 

@@ -46,22 +46,23 @@ def paired_scores(tab: pd.DataFrame, target: str, a: str = "raw", b: str = "sft"
     return fig
 
 
-def delta_distribution(deltas: dict[str, np.ndarray], significant: np.ndarray | None = None,
+def delta_distribution(deltas: dict[str, np.ndarray], selected: np.ndarray | None = None,
                        label: str = "sft - raw", synthetic: bool = False):
-    """Histogram of voxel Δ brain score, per subject, with the significant voxels highlighted."""
+    """Histogram of voxel Δ brain score, per subject, with the ISC-reliable voxels (a selection
+    that uses neither model's map) filled."""
     fig, ax = plt.subplots(figsize=(6, 3.6))
     allv = np.concatenate([d[np.isfinite(d)] for d in deltas.values()])
     lim = np.percentile(np.abs(allv), 99.5) if len(allv) else 1
     bins = np.linspace(-lim, lim, 61)
     for i, (s, d) in enumerate(deltas.items()):
         ax.hist(d[np.isfinite(d)], bins=bins, histtype="step", color=f"C{i}", label=s)
-        if significant is not None and significant.any():
-            ax.hist(d[significant & np.isfinite(d)], bins=bins, color=f"C{i}", alpha=0.25)
+        if selected is not None and selected.any():
+            ax.hist(d[selected & np.isfinite(d)], bins=bins, color=f"C{i}", alpha=0.25)
     ax.axvline(0, color="k", lw=0.8)
     ax.set_xlabel(f"Δ brain score per voxel ({label})")
     ax.set_ylabel("voxels")
     ax.set_title(f"Distribution of Δ over voxels{_tag(synthetic)}"
-                 + ("; filled = FDR-significant voxels" if significant is not None else ""),
+                 + ("; filled = ISC-reliable voxels" if selected is not None else ""),
                  fontsize=9)
     ax.legend(frameon=False, fontsize=7, ncol=2)
     fig.tight_layout()

@@ -107,23 +107,24 @@ for target in ("whole_brain_mean", "voxels_reliable"):
 
 # %% [markdown]
 # ## Distribution of Δ over voxels (SFT − raw, seeds averaged as in the Δ table)
+# The summary over selected voxels uses the ISC-reliable voxels (the response to the story is
+# reliable across subjects), never voxels significant for either model: selecting on a model's
+# map would favour it.
 
 # %% tags=["report"]
 g = st["group"]
-sig = None
-if "raw_fdr" in g:
-    sig = g["raw_fdr"] | g.get("sft_fdr", np.zeros_like(g["raw_fdr"]))
+reliable = compare.reliable_voxels(st["voxels"])
 vd = compare.voxel_delta(st["voxels"], "sft", "raw")
-vsum = compare.voxel_delta_summary(vd, sig)
+vsum = compare.voxel_delta_summary(vd, reliable)
 write_csv(out / "voxel_delta_summary.csv", vsum)
-fig = plots.delta_distribution(vd, sig, "sft - raw", synthetic)
+fig = plots.delta_distribution(vd, reliable, "sft - raw", synthetic)
 plots.save(fig, out / "delta_distribution.png")
 vsum
 
 # %% [markdown]
 # ## Brain maps
 # Group-mean brain score of the raw and fine-tuned models (FDR q < `fdr_q`, block permutation), and
-# Δ (SFT − raw) shown in voxels significant for either model.
+# Δ (SFT − raw) shown in the ISC-reliable voxels (selected by neither model).
 
 # %% tags=["report"]
 tag = " [synthetic BOLD]" if synthetic else ""
@@ -133,12 +134,12 @@ for cond in ("raw", "sft"):
         imgs[cond] = plots.to_img(np.where(g[f"{cond}_fdr"], g[f"{cond}_score"], 0), mask_img)
 if vd:
     dmean = np.nanmean(list(vd.values()), 0)
-    imgs["delta"] = plots.to_img(np.where(sig, dmean, 0) if sig is not None else dmean, mask_img)
+    imgs["delta"] = plots.to_img(np.where(reliable, dmean, 0) if reliable is not None else dmean, mask_img)
 vmax = max([float(np.abs(i.get_fdata()).max()) for k, i in imgs.items() if k != "delta"] + [1e-3])
 for k, img in imgs.items():
     save_nifti(img, out / f"group_{k}.nii.gz")
     title = (f"{k}: group brain score (FDR q<{fdr_q}){tag}" if k != "delta"
-             else f"Δ sft − raw in significant voxels{tag}")
+             else f"Δ sft − raw in ISC-reliable voxels{tag}")
     fig = plots.stat_map(img, title, vmax=vmax if k != "delta" else None)
     plots.save(fig, out / f"map_{k}.png")
     fig = plots.glass_brain(img, title, vmax=vmax if k != "delta" else None)

@@ -132,8 +132,8 @@ display(Markdown(f"**{compare.headline(stats, synthetic=synthetic)}**"))
 figure(cmp / "paired_whole_brain_mean.png", "Brain score of the raw and the fine-tuned model for "
        "each subject (grey) and their mean (red): whole-brain-mean BOLD target.")
 figure(cmp / "delta_distribution.png", "Distribution over voxels of Δ brain score (SFT − raw) "
-       "per subject; filled: voxels FDR-significant for either model "
-       f"(block permutation, q < {fdr_q}).")
+       "per subject; filled: the ISC-reliable voxels (the story's response is reliable across "
+       "subjects; a selection that uses neither model's map).")
 
 # %% [markdown]
 # ### Δ brain score across subjects
@@ -175,7 +175,7 @@ else:
 # ### Brain maps
 # Group-mean brain score (mean over subjects of each subject's map) of the raw and the fine-tuned
 # model in the voxels that survive the group block-permutation test (BH-FDR), and Δ (SFT − raw)
-# in voxels significant for either model. One colour scale for both models.
+# in the ISC-reliable voxels (selected by neither model). One colour scale for both models.
 
 # %%
 imgs = {k: nib.load(str(cmp / f"group_{k}.nii.gz")) for k in ("raw", "sft", "delta")
@@ -183,10 +183,11 @@ imgs = {k: nib.load(str(cmp / f"group_{k}.nii.gz")) for k in ("raw", "sft", "del
 vmax = max([float(np.abs(imgs[k].get_fdata()).max()) for k in ("raw", "sft") if k in imgs] + [1e-3])
 for k, img in imgs.items():
     title = (f"{k}: group brain score, FDR q<{fdr_q}{tag}" if k != "delta"
-             else f"Δ sft − raw (significant voxels){tag}")
+             else f"Δ sft − raw (ISC-reliable voxels){tag}")
     plots.glass_brain(img, title, vmax=vmax if k != "delta" else None)
-    display(Markdown(f"*Glass brain, {('Pearson r' if k != 'delta' else 'Δr')}, voxels with "
-                     f"q < {fdr_q}; zero elsewhere.*"))
+    display(Markdown(f"*Glass brain, Pearson r, voxels with q < {fdr_q}; zero elsewhere.*"
+                     if k != "delta" else "*Glass brain, Δr in the ISC-reliable voxels; zero "
+                     "elsewhere.*"))
 if "raw" in imgs:
     plots.surface(imgs["raw"], f"raw model, fsaverage5{tag}", vmax=vmax)
     display(Markdown(f"*The raw model's thresholded map (q < {fdr_q}) projected on the "

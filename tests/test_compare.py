@@ -96,7 +96,17 @@ def test_voxel_delta_summary():
     d = {"a": np.array([0.1, -0.1, 0.2, np.nan]), "b": np.array([0.0, 0.1, 0.1, 0.1])}
     s = compare.voxel_delta_summary(d, np.array([True, True, False, False]))
     a = s.set_index("subject").loc["a"]
-    assert a.n_voxels == 3 and a.n_improved == 2 and a.n_improved_significant == 1
+    assert a.n_voxels == 3 and a.n_improved == 2 and a.n_improved_reliable == 1
+
+
+def test_delta_selection_uses_neither_models_map():
+    base, ceil = _world(np.random.default_rng(4))
+    st = _st({"raw": base, "sft": {s: m + 0.01 for s, m in base.items()}}, ceil)
+    rel = compare.reliable_voxels(st["voxels"])
+    st2 = _st({"raw": {s: m * 0 for s, m in base.items()}, "sft": base}, ceil)
+    assert rel is not None and rel.any() and not rel.all()
+    np.testing.assert_array_equal(rel, compare.reliable_voxels(st2["voxels"]))   # models irrelevant
+    assert compare.reliable_voxels({}) is None
 
 
 def test_headline_says_the_test_and_its_limit():
