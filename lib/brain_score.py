@@ -12,6 +12,7 @@ from . import reduction as red
 from .cluster import map_units
 from .encoding import (PARTITION, Job, UnitsFailed, fit_partition_unit, fit_unit,
                        partition_seeds, plan_units)
+from .geometry import load_geometry
 
 
 def available_spaces(job: Job) -> tuple[list[tuple[str, int]], pd.DataFrame]:
@@ -41,7 +42,8 @@ def run_stage(job: Job, fdr_q: float = 0.05, re_min_subjects: int = 6,
     """Stage 05: fit every unit (serially, or on a Dask ``client``), then reduce.
 
     Writes ``scores.csv``, ``layer_scores.csv``, ``noise_ceiling.csv``, ``voxel_scores.npz``,
-    ``group.npz``, ``group_tests.csv`` and group maps under ``maps/``. Units that fail on bad input
+    ``group.npz``, ``group_tests.csv`` and group maps under ``maps/`` (NIfTI, or a GIfTI pair
+    per map on a surface). Units that fail on bad input
     are reported together (:class:`UnitsFailed`) after every other unit finished.
     """
     st = job.settings
@@ -67,9 +69,7 @@ def run_stage(job: Job, fdr_q: float = 0.05, re_min_subjects: int = 6,
     scores, layers, voxels, alphas = red.score_tables(job, conditions, synthetic)
     nc, nc_maps = red.noise_ceilings(job, synthetic, fdr_q)
     group = {}
-    import nibabel as nib
-
-    mask_img = nib.load(job.mask_path)
+    mask_img = load_geometry(job.mask_path)
     n_sub = job.runs.subject.nunique()
     for cond in st.perm_conditions:
         seeds = sorted(s for c, s in job.features if c == cond)

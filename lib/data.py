@@ -32,6 +32,11 @@ BOLD_SOURCES = {
                    "sub-*_task-*_space-MNI152NLin2009cAsym_res-native_desc-sm6_bold.nii.gz",
     "fmriprep": "derivatives/fmriprep/sub-*/func/"
                 "sub-*_task-*_space-MNI152NLin2009cAsym_res-native_desc-preproc_bold.nii.gz",
+    # the cortical surface (lib/surface.py): the left hemisphere's file names the run
+    "fsaverage6": "derivatives/afni-nosmooth/sub-*/func/"
+                  "sub-*_task-*_space-fsaverage6_hemi-L_desc-clean.func.gii",
+    "fsaverage5": "derivatives/afni-nosmooth/sub-*/func/"
+                  "sub-*_task-*_space-fsaverage5_hemi-L_desc-clean.func.gii",
 }
 _ENTITIES = re.compile(r"(sub-[A-Za-z0-9]+)_task-([A-Za-z0-9]+)(?:_run-([0-9]+))?")
 
@@ -208,6 +213,10 @@ def load_bold(path: str | Path, mask=None) -> np.ndarray:
     import nibabel as nib
 
     path = Path(path)
+    if str(path).endswith(".gii"):      # a cortical-surface run: mask = the vertex mask
+        from .surface import load_surface_bold
+
+        return load_surface_bold(path, mask)
     if not path.exists():
         raise DataError(f"{path}: BOLD file not found")
     try:
@@ -271,7 +280,12 @@ def build_manifest(root: str | Path, subjects: list[str] | None = None,
         sub, story, run = m.group(1), m.group(2), int(m.group(3)) if m.group(3) else 1
         if subjects and sub not in subjects or stories and story not in stories:
             continue
-        n_trs, _, header_tr = bold_header(bold, check_integrity=check_integrity)
+        if str(bold).endswith(".gii"):
+            from .surface import n_trs as surface_trs
+
+            n_trs, header_tr = surface_trs(bold), 0.0
+        else:
+            n_trs, _, header_tr = bold_header(bold, check_integrity=check_integrity)
         raw_func = root / sub / "func"
         run_ent = f"_run-{m.group(3)}" if m.group(3) else ""
         events = raw_func / f"{sub}_task-{story}{run_ent}_events.tsv"
@@ -299,7 +313,8 @@ def build_manifest(root: str | Path, subjects: list[str] | None = None,
             trim_end=timing.trim_end, story_onset_tr=timing.onset_tr,
             story_duration_tr=timing.duration_tr, excluded=excluded, exclusion_reason=reason,
             synthetic_bold=synthetic, audio_path=str(audio_file(root, story) or ""),
-            responses="nifti", words_path="", split=""))
+            responses="gifti" if str(bold).endswith(".gii") else "nifti", words_path="",
+            split=""))
     df = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
     if subjects:
         missing = sorted(set(subjects) - set(df["subject"]))

@@ -11,6 +11,7 @@ Keys mirror the dataset root under ``ds002345/`` in the bucket ``openneuro.org``
     ds002345/sub-XXX/func/sub-XXX_task-<story>[_run-N]_{bold.nii.gz,events.tsv,bold.json}
     ds002345/derivatives/afni-nosmooth/sub-XXX/func/
         sub-XXX_task-<story>[_run-N]_space-MNI152NLin2009cAsym_res-native_desc-clean_bold.nii.gz
+        sub-XXX_task-<story>[_run-N]_space-fsaverage6_hemi-{L,R}_desc-clean.func.gii
     ds002345/stimuli/gentle/<story>/{align.json,align.csv,transcript.txt}
 
 Every file is written to ``<name>.part`` and renamed once complete and verified; a rerun skips
@@ -34,10 +35,15 @@ BUCKET = "openneuro.org"
 PREFIX = "ds002345"
 DERIVATIVE_SUFFIX = {
     "raw": None,
-    "afni-nosmooth": "_space-MNI152NLin2009cAsym_res-native_desc-clean_bold.nii.gz",
-    "afni-smooth": "_space-MNI152NLin2009cAsym_res-native_desc-sm6_bold.nii.gz",
-    "fmriprep": "_space-MNI152NLin2009cAsym_res-native_desc-preproc_bold.nii.gz",
+    "afni-nosmooth": ("_space-MNI152NLin2009cAsym_res-native_desc-clean_bold.nii.gz",),
+    "afni-smooth": ("_space-MNI152NLin2009cAsym_res-native_desc-sm6_bold.nii.gz",),
+    "fmriprep": ("_space-MNI152NLin2009cAsym_res-native_desc-preproc_bold.nii.gz",),
+    # the cortical surface: both hemispheres of every run (lib/surface.py)
+    "fsaverage6": ("_space-fsaverage6_hemi-L_desc-clean.func.gii",
+                   "_space-fsaverage6_hemi-R_desc-clean.func.gii"),
 }
+#: the derivatives folder of a bold source, where it is not the source's own name
+DERIVATIVE_DIR = {"fsaverage6": "afni-nosmooth"}
 
 
 class DownloadError(RuntimeError):
@@ -124,11 +130,14 @@ def plan_subset(subjects: list[str], stories: list[str], derivative: str = "afni
         keep = [f for f in raw if f.key.endswith(("_events.tsv", "_bold.json"))
                 or (derivative == "raw" and f.key.endswith("_bold.nii.gz"))]
         if derivative != "raw":
-            d = _list(s3, bucket, f"{prefix}/derivatives/{derivative}/{sub}/func/", endpoint_url)
-            bold = [f for f in d if task.search(f.key) and f.key.endswith(
-                DERIVATIVE_SUFFIX[derivative])]
-            keep += bold + [f for f in d if task.search(f.key) and "brain_mask" in f.key]
-        if not any(f.key.endswith(".nii.gz") for f in keep):
+            folder = DERIVATIVE_DIR.get(derivative, derivative)
+            d = _list(s3, bucket, f"{prefix}/derivatives/{folder}/{sub}/func/", endpoint_url)
+            suffixes = DERIVATIVE_SUFFIX[derivative]
+            bold = [f for f in d if task.search(f.key) and f.key.endswith(suffixes)]
+            _check_pairs(bold, suffixes, f"s3://{bucket}/{prefix}", sub)
+            keep += bold + [f for f in d if task.search(f.key) and "brain_mask" in f.key
+                            and derivative not in DERIVATIVE_DIR]
+        if not any(f.key.endswith((".nii.gz", ".func.gii")) for f in keep):
             raise DownloadError(f"s3://{bucket}/{prefix}: no {derivative} BOLD for {sub} on "
                                 f"{', '.join(stories)}")
         want += keep
@@ -145,6 +154,21 @@ def plan_subset(subjects: list[str], stories: list[str], derivative: str = "afni
                 raise DownloadError(f"s3://{bucket}/{prefix}/stimuli/{story}_audio.wav: not found")
             want += wav
     return sorted({f.key: f for f in want}.values(), key=lambda f: f.key)
+
+
+def _check_pairs(bold: list[RemoteFile], suffixes: tuple, where: str, sub: str) -> None:
+    """Every run of a multi-file source (a surface: left and right hemisphere) is complete."""
+    if len(suffixes) < 2:
+        return
+    runs: dict[str, set] = {}
+    for f in bold:
+        suf = next(x for x in suffixes if f.key.endswith(x))
+        runs.setdefault(f.key[: -len(suf)], set()).add(suf)
+    for run, have in sorted(runs.items()):
+        if have != set(suffixes):
+            missing = sorted(set(suffixes) - have)
+            raise DownloadError(f"{where}: {run.rsplit('/', 1)[-1]} of {sub} lacks "
+                                f"{', '.join(missing)}")
 
 
 def _md5(path: Path) -> str:

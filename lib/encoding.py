@@ -34,8 +34,11 @@ from .data import DataError
 from .job import (Job, Settings, Unit, design_inputs, input_key, labels_of, mask_of,
                   plan_units, run_targets, subject_targets, summary_names)
 from .engine.ridge import EngineError, prepare, score
+from .features import FeatureMaps
+from .geometry import (brain_mask, mask_array, named_rois,  # noqa: F401  (re-exported)
+                       roi_labels_for, save_geometry)
 
-__all__ = ["Job", "Settings", "Unit", "fit_unit", "make_job", "brain_mask",
+__all__ = ["Job", "Settings", "Unit", "fit_unit", "make_job", "brain_mask", "named_rois",
            "roi_labels_for", "null_plans", "load_result", "plan_units", "run_targets",
            "subject_targets", "summary_names", "UnitsFailed"]
 
@@ -262,119 +265,40 @@ def with_settings(job: Job, **changes) -> Job:
 
 
 # --------------------------------------------------------------------------- the stage
-def _synthetic_truth(manifest) -> Path | None:
-    first = Path(manifest.iloc[0]["bold_path"])
-    return next((p / "derivatives" / "synthetic-truth" for p in first.parents
-                 if (p / "derivatives" / "synthetic-truth").exists()), None)
-
-
-def brain_mask(manifest, mask: str | None = "auto"):
-    """The mask image: a path, or ``auto`` = the dataset's own brain mask when it ships one
-    (narratives-mini), else nilearn's MNI152 brain mask resampled to the BOLD grid."""
-    import nibabel as nib
-
-    if mask and mask != "auto":
-        if not Path(mask).exists():
-            raise DataError(f"{mask}: mask file not found")
-        return nib.load(str(mask))
-    truth = _synthetic_truth(manifest)
-    if truth is not None:
-        return nib.load(str(truth / "brain_mask.nii.gz"))
-    from nilearn.datasets import load_mni152_brain_mask
-    from nilearn.image import index_img, resample_to_img
-
-    ref = index_img(str(manifest.iloc[0]["bold_path"]), 0)
-    return resample_to_img(load_mni152_brain_mask(), ref, interpolation="nearest",
-                           force_resample=True, copy_header=True)
-
-
-def roi_labels_for(manifest, roi_labels="auto"):
-    """A labels image path, or ``auto``: the planted mask of a synthetic dataset (label 1), none
-    for real data."""
-    if roi_labels in (None, "", "none", "None"):
-        return None
-    if roi_labels != "auto":
-        return roi_labels
-    truth = _synthetic_truth(manifest)
-    return truth / "planted_mask.nii.gz" if truth is not None else None
-
-
 class UnitsFailed(DataError):
     """Some units failed on bad input; the others' results are kept."""
-
-
-def named_rois(mask_img, roi_labels=None, atlas: str | None = "harvard_oxford",
-               atlas_labels: str | None = None, roi_set: str = "language", min_voxels: int = 5):
-    """The stage's ROIs as one 4-D image (a mask per volume, so ROIs may overlap), their names
-    and a table: the labels of ``roi_labels`` first (named by their value: the planted ROI of
-    narratives-mini stays ``roi-1``), then the atlas's named ROIs on the BOLD grid
-    (:func:`lib.rois.rois_on_grid`). Returns (image or None, {id: name}, table)."""
-    import nibabel as nib
-
-    from .rois import rois_on_grid
-
-    mask = np.asarray(mask_img.get_fdata()) > 0
-    vols, names, rows = [], [], []
-    if roi_labels is not None:
-        lab = np.asarray(nib.load(str(roi_labels)).dataobj) if isinstance(roi_labels, (str, Path)) \
-            else np.asarray(roi_labels.dataobj)
-        if lab.shape[:3] != mask.shape:
-            raise DataError(f"{roi_labels}: labels grid {lab.shape[:3]} != mask grid {mask.shape}")
-        for v in sorted(set(np.unique(lab[mask]).astype(int)) - {0}):
-            vols.append(lab == v)
-            names.append(str(v))
-            rows.append(dict(roi=str(v), source="labels image", n_voxels=int((vols[-1] & mask).sum()),
-                             kept=True, reason=""))
-    if atlas not in (None, "", "none", "None"):
-        img, table = rois_on_grid(mask_img, atlas, atlas_labels, roi_set, min_voxels, mask)
-        grid = np.asarray(img.dataobj)
-        for r in table.itertuples():
-            if r.kept:
-                vols.append(grid == r.value)
-                names.append(r.roi)
-            rows.append(dict(roi=r.roi, source=atlas, n_voxels=r.n_voxels, kept=r.kept,
-                             reason=r.reason))
-    table = pd.DataFrame(rows, columns=["roi", "source", "n_voxels", "kept", "reason"])
-    if not vols:
-        return None, {}, table
-    data = np.stack(vols, -1).astype(np.uint8)
-    return nib.Nifti1Image(data, mask_img.affine), {i + 1: n for i, n in enumerate(names)}, table
 
 
 def make_job(manifest: pd.DataFrame, transcripts_dir, index: pd.DataFrame, out_dir,
              mask_img, settings: Settings, roi_labels=None, roi_names: dict | None = None
              ) -> Job:
-    """The :class:`Job` of stage 05 (writes the mask next to the outputs for the units)."""
-    from .cache import save_nifti
+    """The :class:`Job` of stage 05 (writes the mask -- a volume's or a mesh's, see
+    :mod:`lib.geometry` -- next to the outputs for the units)."""
+    from .cache import save_nifti, write_npz
 
     out_dir = Path(out_dir)
     runs = manifest[~manifest["excluded"]].sort_values(["subject", "story", "run"])
     if runs.empty:
         raise DataError("no scan left after exclusions")
-    if not (np.asarray(mask_img.get_fdata()) > 0).any():
+    if not mask_array(mask_img).any():
         raise DataError("the brain mask is empty")
-    mask_path = save_nifti(mask_img, out_dir / "mask.nii.gz")
+    mask_path = save_geometry(mask_img, out_dir)
     labels_path = None
-    if roi_labels is not None:
+    if isinstance(roi_labels, np.ndarray):        # a surface's ROIs x vertices membership
+        labels_path = str(write_npz(out_dir / "roi_labels.npz", membership=roi_labels))
+    elif roi_labels is not None:
         labels_path = str(roi_labels) if isinstance(roi_labels, (str, Path)) else \
             str(save_nifti(roi_labels, out_dir / "roi_labels.nii.gz"))
         if not Path(labels_path).exists():
             raise DataError(f"{labels_path}: ROI labels file not found")
-    feats, layers, tags, sur = {}, {}, {}, {}
-    for r in index.itertuples():
-        k = (r.condition, int(r.seed))
-        feats.setdefault(k, {})[r.story] = r.path
-        tags[k] = r.model_tag
-        if getattr(r, "all_layers_path", ""):
-            layers.setdefault(k, {})[r.story] = r.all_layers_path
-        if getattr(r, "surprisal_path", ""):
-            sur.setdefault(k, {})[r.story] = r.surprisal_path
+    fm = FeatureMaps.of(index)
     audio = {r.story: r.audio_path for r in runs.itertuples()
              if str(getattr(r, "audio_path", "") or "")}
     from .paths import Paths
 
-    job = Job(settings, runs.reset_index(drop=True), str(transcripts_dir), feats, layers,
-              str(mask_path), labels_path, str(out_dir), tags, sur,
-              str(Paths.from_env().derived / "spaces"), audio, dict(roi_names or {}))
+    job = Job(settings, runs.reset_index(drop=True), str(transcripts_dir), fm.features,
+              fm.all_layers, str(mask_path), labels_path, str(out_dir), fm.tags, fm.surprisal,
+              str(Paths.from_env().derived / "spaces"), audio, dict(roi_names or {}),
+              fm.subject_fold)
     labels_of(job, mask_of(job))   # a bad labels image fails here, before any unit runs
     return job

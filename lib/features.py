@@ -31,72 +31,14 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from .alignment import is_clitic, join_words
+from .alignment import is_clitic
 from .cache import cached_npz, is_fresh, key_of
 from .data import DataError
 from .models import LoadedModel, ModelError, start_token  # noqa: F401  (re-exported)
 from .paths import Paths
+from .tokens import plan_windows, tokenize_words  # noqa: F401  (re-exported)
 
 FEATURES_VERSION = 2
-
-
-def tokenize_words(words: list[str], tokenizer) -> tuple[np.ndarray, np.ndarray]:
-    """Token ids of the story and, per word, the index one past its last token.
-
-    Words are tokenised one by one with a leading space (except the first), which for GPT-2-style
-    BPE gives the same tokens as tokenising the joined text, and keeps word boundaries exact.
-    A word table that splits clitics off the word before them (``do n't``, ``it 's``;
-    :data:`lib.alignment.CLITICS`) is tokenised as running text instead (``don't``, what the model
-    was trained on): BPE merges across that boundary (`` don`` + ``'t``), so a word ends at the
-    first token that reaches its last character.
-    """
-    if len(words) == 0:
-        raise DataError("empty transcript: no words to extract activations for")
-    if any(map(is_clitic, words[1:])):
-        return _tokenize_running_text(words, tokenizer)
-    ids, ends = [], []
-    for i, w in enumerate(words):
-        t = tokenizer((" " if i else "") + str(w), add_special_tokens=False)["input_ids"]
-        if not t:
-            raise DataError(f"word {i} ({w!r}) tokenises to nothing")
-        ids.extend(t)
-        ends.append(len(ids))
-    return np.asarray(ids, dtype=np.int64), np.asarray(ends, dtype=np.int64)
-
-
-def _tokenize_running_text(words: list[str], tokenizer) -> tuple[np.ndarray, np.ndarray]:
-    if not getattr(tokenizer, "is_fast", False):
-        raise DataError("words with split-off clitics need a fast tokenizer (token offsets)")
-    enc = tokenizer(join_words(words), add_special_tokens=False, return_offsets_mapping=True)
-    word_end, pos = [], 0
-    for i, w in enumerate(map(str, words)):
-        pos += len(w) + (1 if i and not is_clitic(w) else 0)
-        word_end.append(pos)
-    tok_end = np.asarray([b for _, b in enc["offset_mapping"]])
-    ends = np.searchsorted(tok_end, word_end, side="left") + 1
-    same = np.flatnonzero(np.diff(ends) <= 0)
-    if len(same):
-        i = int(same[0]) + 1
-        raise DataError(f"word {i} ({words[i]!r}) shares its last token with the word before it")
-    return np.asarray(enc["input_ids"], dtype=np.int64), ends.astype(np.int64)
-
-
-def plan_windows(n_tokens: int, context: int, stride: int) -> tuple[np.ndarray, np.ndarray]:
-    """Window starts, and for each token the start of the window it is read from."""
-    if stride < 1 or stride > context:
-        raise ValueError(f"stride must be in 1..context ({context}), got {stride}")
-    starts = [0]
-    while starts[-1] + context < n_tokens:
-        starts.append(starts[-1] + stride)
-    starts = np.asarray(starts)
-    owner_start = np.zeros(n_tokens, dtype=np.int64)
-    for s in starts[1:]:  # token j belongs to the last window whose end covers it
-        owner_start[s + context - stride: s + context] = s
-    # tokens beyond the last window's "new" part (short tail) stay with the last window
-    last = starts[-1]
-    owner_start[max(0, last + context - stride if len(starts) > 1 else 0):] = last
-    owner_start[:min(context, n_tokens)] = 0
-    return starts, owner_start
 
 
 def numerics(model: LoadedModel) -> dict:
@@ -392,7 +334,7 @@ def story_activations(model: LoadedModel, transcript: pd.DataFrame, story: str, 
 
 # --------------------------------------------------------------------------- stage runner
 INDEX_COLUMNS = ["condition", "story", "seed", "model", "model_tag", "fingerprint", "path",
-                 "all_layers_path", "surprisal_path", "leaky", "cache_hit"]
+                 "all_layers_path", "surprisal_path", "leaky", "cache_hit", "fold", "subjects"]
 
 
 def extract_for(model: LoadedModel, stories: list[str], transcripts_dir: Path, cache_root: Path,
@@ -434,14 +376,17 @@ class ExtractUnit:
     device: str = "auto"
     options: tuple = ()       # extract_for keywords as (key, value) pairs
     cpu_bf16: bool = False
+    fold: str = ""            # a fine-tuned model's fold, and the subjects it alone scores
+    subjects: tuple = ()      # (empty: the model serves every subject of its stories)
 
 
 def extract_unit(_job, unit: ExtractUnit) -> list[dict]:
     from .models import load_model
 
     lm = load_model(unit.model, device=unit.device, cpu_bf16=unit.cpu_bf16)
-    return extract_for(lm, list(unit.stories), Path(unit.transcripts_dir), Path(unit.cache_root),
+    rows = extract_for(lm, list(unit.stories), Path(unit.transcripts_dir), Path(unit.cache_root),
                        unit.condition, seed=unit.seed, leaky=unit.leaky, **dict(unit.options))
+    return [{**r, "fold": unit.fold, "subjects": ",".join(unit.subjects)} for r in rows]
 
 
 def run_extraction(units: list[ExtractUnit], client=None, progress: bool = True) -> pd.DataFrame:
@@ -464,6 +409,42 @@ def read_index(path: Path) -> pd.DataFrame:
     for c in ("leaky", "cache_hit"):
         df[c] = df[c].astype(str).str.lower().isin(["true", "1"])
     return df
+
+
+@dataclass
+class FeatureMaps:
+    """The activations index as lookups: ``(condition, seed) -> {story key: path}`` for the
+    layer's activations, every layer and surprisal, the model tags, and ``subject_fold``. A
+    fine-tuned model that scores only some subjects (:func:`lib.sft.plan_folds` by subject
+    story sets) keys its stories ``story@fold``; :meth:`path` picks the subject's own."""
+    features: dict
+    all_layers: dict
+    surprisal: dict
+    tags: dict
+    subject_fold: dict
+
+    @classmethod
+    def of(cls, index: pd.DataFrame) -> "FeatureMaps":
+        feats, layers, sur, tags, sub_fold = {}, {}, {}, {}, {}
+        for r in index.itertuples():
+            k = (r.condition, int(r.seed))
+            subs = [s for s in str(getattr(r, "subjects", "") or "").split(",") if s]
+            key = f"{r.story}@{r.fold}" if subs else r.story
+            for s in subs:
+                if sub_fold.setdefault(s, r.fold) != r.fold:
+                    raise DataError(f"{s} is scored by two fold models ({sub_fold[s]}, {r.fold})")
+            feats.setdefault(k, {})[key] = r.path
+            tags[k] = r.model_tag
+            if getattr(r, "all_layers_path", ""):
+                layers.setdefault(k, {})[key] = r.all_layers_path
+            if getattr(r, "surprisal_path", ""):
+                sur.setdefault(k, {})[key] = r.surprisal_path
+        return cls(feats, layers, sur, tags, sub_fold)
+
+
+def story_path(paths: dict, story: str, fold: str | None) -> str | None:
+    """A story's file for a subject of ``fold``: its fold model's, else the shared one."""
+    return paths.get(f"{story}@{fold}") or paths.get(story) if fold else paths.get(story)
 
 
 def load_activations(path: str | Path) -> np.ndarray:

@@ -78,6 +78,7 @@ class Job:
     spaces_cache: str = ""                            # word-level spaces' cache folder
     audio: dict = field(default_factory=dict)         # story -> <story>_audio.wav
     roi_names: dict = field(default_factory=dict)     # ROI id -> name (targets roi-<name>)
+    subject_fold: dict = field(default_factory=dict)  # subject -> its fine-tuned models' fold
 
     def subject_runs(self, subject: str) -> pd.DataFrame:
         return self.runs[self.runs.subject == subject].sort_values(["story", "run"])
@@ -124,9 +125,10 @@ def content_hash(path: str | Path) -> str:
 
 
 def mask_of(job: Job) -> np.ndarray:
-    import nibabel as nib
+    """The boolean mask of the job's targets (3-D voxels, or 1-D mesh vertices)."""
+    from .geometry import load_geometry, mask_array
 
-    return np.asarray(nib.load(job.mask_path).get_fdata()) > 0
+    return mask_array(load_geometry(job.mask_path))
 
 
 def labels_of(job: Job, mask: np.ndarray):
@@ -135,6 +137,16 @@ def labels_of(job: Job, mask: np.ndarray):
     planted region and the atlas's superior temporal gyrus; id = volume number + 1)."""
     if not job.labels_path:
         return None, []
+    if job.labels_path.endswith(".npz"):            # a surface: ROIs x vertices membership
+        with np.load(job.labels_path) as z:
+            memb = z["membership"].astype(bool)
+        if memb.shape[1] != mask.size:
+            raise DataError(f"{job.labels_path}: {memb.shape[1]} vertices, the mesh has {mask.size}")
+        memb = memb[:, mask]
+        ids = [k + 1 for k in range(len(memb)) if memb[k].any()]
+        if not ids:
+            raise DataError(f"{job.labels_path}: no ROI has a vertex inside the mask")
+        return memb[[i - 1 for i in ids]], ids
     import nibabel as nib
 
     lab = np.asarray(nib.load(job.labels_path).dataobj)
@@ -161,13 +173,16 @@ def summary_names(job: Job) -> list[str]:
 def run_features(job: Job, condition: str, seed: int, row, layer: int | None = None):
     """(n_trs, d) per-TR features of one run for a condition (an LM's activations, a space of
     :data:`lib.spaces.SPACES`, ``surprisal:<lm>``), before delays."""
+    from .features import story_path
     from .spaces import run_features as features_of_run
 
     lm = (job.all_layers if layer is not None else job.features).get((condition, seed), {})
+    fold = job.subject_fold.get(row.subject)
     return features_of_run(
         condition, row, Path(job.transcripts_dir) / f"{row.story}.tsv",
-        aggregation=job.settings.aggregation, activations=lm.get(row.story), layer=layer,
-        surprisal=job.surprisal.get((condition.split(":", 1)[-1], seed), {}).get(row.story),
+        aggregation=job.settings.aggregation, activations=story_path(lm, row.story, fold),
+        layer=layer, surprisal=story_path(job.surprisal.get((condition.split(":", 1)[-1], seed),
+                                                            {}), row.story, fold),
         cache_root=job.spaces_cache, audio=job.audio.get(row.story))
 
 
@@ -221,12 +236,16 @@ def subject_targets(job: Job, subject: str, mask: np.ndarray, labels) -> np.ndar
 
 
 def input_key(job: Job, condition: str, seed: int, subject: str, extra=()) -> str:
+    from .features import story_path
+
     rows = job.subject_runs(subject)
     feats = []
     lm = condition.split(":", 1)[-1]
+    fold = job.subject_fold.get(subject)
     for src in (job.features, job.all_layers, job.surprisal):
         paths = src.get((lm, seed), {})
-        feats += [(s, content_hash(paths[s])) for s in sorted(set(rows.story)) if s in paths]
+        feats += [(s, content_hash(p)) for s in sorted(set(rows.story))
+                  if (p := story_path(paths, s, fold))]
     feats += [(s, content_hash(job.audio[s])) for s in sorted(set(rows.story))
               if condition == "audio_envelope" and s in job.audio]
     trs = [content_hash(Path(job.transcripts_dir) / f"{s}.tsv") for s in sorted(set(rows.story))]

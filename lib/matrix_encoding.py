@@ -35,6 +35,7 @@ from .job import content_hash, design_inputs, kept_slice
 from .engine.paired import paired_comparison, scores as target_scores
 from .engine.ridge import (DEFAULT_ALPHAS, EngineError, Layout, heldout_predictions, prepare,
                     split_folds)
+from .features import FeatureMaps
 
 MATRIX_VERSION = 1
 CONTRASTS = (("sft", "raw"), ("sft", "control"), ("sft", "scrambled"), ("raw", "random"),
@@ -78,6 +79,7 @@ class MatrixJob:
     spaces_cache: str = ""
     surprisal: dict = field(default_factory=dict)
     audio: dict = field(default_factory=dict)
+    subject_fold: dict = field(default_factory=dict)   # always empty: one model per condition
 
     def subject_runs(self, subject: str) -> pd.DataFrame:
         return self.runs[self.runs.subject == subject].sort_values(["story", "run"])
@@ -101,14 +103,12 @@ def make_job(manifest: pd.DataFrame, transcripts_dir, index: pd.DataFrame, out_d
     if (runs.responses != "matrix").any():
         raise DataError("matrix_encoding fits response matrices; NIfTI runs go through "
                         "lib.encoding")
-    feats, layers = {}, {}
-    for r in index.itertuples():
-        k = (r.condition, int(r.seed))
-        feats.setdefault(k, {})[r.story] = r.path
-        if getattr(r, "all_layers_path", ""):
-            layers.setdefault(k, {})[r.story] = r.all_layers_path
-    return MatrixJob(settings, runs.reset_index(drop=True), str(transcripts_dir), feats, layers,
-                     str(out_dir), str(spaces_cache))
+    fm = FeatureMaps.of(index)
+    if fm.subject_fold:
+        raise DataError("response-matrix runs use one fine-tuned model for every subject "
+                        "(sft_mode: external or leaky); per-subject fold models are for BIDS runs")
+    return MatrixJob(settings, runs.reset_index(drop=True), str(transcripts_dir), fm.features,
+                     fm.all_layers, str(out_dir), str(spaces_cache))
 
 
 # --------------------------------------------------------------------------- one subject

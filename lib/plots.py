@@ -16,9 +16,64 @@ def _tag(synthetic: bool) -> str:
     return " [synthetic BOLD]" if synthetic else ""
 
 
+class SurfaceValues:
+    """A map over a mesh's masked vertices (what :func:`to_img` gives for a surface run); the
+    figure functions draw it on fsaverage5, fsaverage6 by its first 10,242 vertices."""
+
+    def __init__(self, geometry, values):
+        self.geometry, self.values = geometry, np.nan_to_num(np.asarray(values, np.float32))
+
+    def get_fdata(self) -> np.ndarray:
+        return np.concatenate(self.geometry.to_hemis(self.values))
+
+    def drawn(self) -> dict[str, np.ndarray]:
+        from .surface import DRAWN_VERTICES
+
+        left, right = self.geometry.to_hemis(self.values)
+        return {"left": left[:DRAWN_VERTICES], "right": right[:DRAWN_VERTICES]}
+
+    def save(self, path) -> Path:
+        return self.geometry.save_map(self.values, path)[0]
+
+
+def save_img(img, path) -> Path:
+    """A map to disk: NIfTI, or a GIfTI pair for a surface map."""
+    if isinstance(img, SurfaceValues):
+        return img.save(path)
+    from .cache import save_nifti
+
+    return save_nifti(img, path)
+
+
+def surface_views(sv: SurfaceValues, title: str, vmax: float | None = None,
+                  views=("lateral", "medial")):
+    """Both hemispheres of a surface map on nilearn's inflated fsaverage5, ``views`` each."""
+    from nilearn import datasets, plotting
+
+    fs = datasets.load_fsaverage("fsaverage5")
+    sulc = datasets.load_fsaverage_data(mesh="fsaverage5", mesh_type="inflated",
+                                        data_type="sulcal")
+    data = sv.drawn()
+    vmax = vmax or float(np.abs(np.r_[data["left"], data["right"]]).max()) or 1.0
+    fig, axes = plt.subplots(1, 2 * len(views), figsize=(4.5 * len(views), 3.4),
+                             subplot_kw={"projection": "3d"})
+    for i, (hemi, view) in enumerate([(h, v) for h in ("left", "right") for v in views]):
+        plotting.plot_surf_stat_map(fs["inflated"].parts[hemi], data[hemi], hemi=hemi, view=view,
+                                    colorbar=i == len(axes) - 1, vmax=vmax, cmap="cold_hot",
+                                    bg_map=sulc.data.parts[hemi], threshold=1e-6, axes=axes[i],
+                                    figure=fig)
+    fig.suptitle(title, fontsize=10)
+    return fig
+
+
 def to_img(vec: np.ndarray, mask_img):
+    """Values over the mask -> a NIfTI image, or :class:`SurfaceValues` for a mesh."""
     import nibabel as nib
 
+    from .geometry import is_surface
+
+    if is_surface(mask_img):
+        return SurfaceValues(mask_img, vec)
     mask = np.asarray(mask_img.get_fdata()) > 0
     vol = np.zeros(mask.shape, np.float32)
     vol[mask] = np.nan_to_num(np.asarray(vec, np.float32))
@@ -70,6 +125,8 @@ def delta_distribution(deltas: dict[str, np.ndarray], selected: np.ndarray | Non
 
 
 def stat_map(img, title: str, vmax: float | None = None, cmap: str = "cold_hot", **kw):
+    if isinstance(img, SurfaceValues):
+        return surface_views(img, title, vmax)
     from nilearn import plotting
 
     fig = plt.figure(figsize=(9, 3))
@@ -79,6 +136,8 @@ def stat_map(img, title: str, vmax: float | None = None, cmap: str = "cold_hot",
 
 
 def glass_brain(img, title: str, vmax: float | None = None, **kw):
+    if isinstance(img, SurfaceValues):
+        return surface_views(img, title, vmax)
     from nilearn import plotting
 
     fig = plt.figure(figsize=(9, 3))
@@ -89,6 +148,8 @@ def glass_brain(img, title: str, vmax: float | None = None, **kw):
 
 def surface(img, title: str, vmax: float | None = None):
     """Left and right lateral views on nilearn's bundled fsaverage5."""
+    if isinstance(img, SurfaceValues):
+        return surface_views(img, title, vmax, views=("lateral",))
     from nilearn import datasets, plotting, surface as nsurf
 
     fs = datasets.load_fsaverage("fsaverage5")
@@ -122,7 +183,18 @@ def save_view_img(img, path: str | Path, title: str, vmax: float | None = None,
     import hashlib
     import re
 
-    v = plotting.view_img(img, title=title, vmax=vmax, cmap="cold_hot", symmetric_cmap=True)
+    if isinstance(img, SurfaceValues):   # both hemispheres on fsaverage5 (nilearn view_surf)
+        from nilearn import datasets
+        from nilearn.surface import SurfaceImage
+
+        fs = datasets.load_fsaverage("fsaverage5")
+        data = img.drawn()
+        top = float(np.abs(np.r_[data["left"], data["right"]]).max()) or 1.0
+        v = plotting.view_surf(fs["inflated"], SurfaceImage(mesh=fs["inflated"], data=data),
+                               hemi="both", title=title, vmax=vmax or top, cmap="cold_hot",
+                               symmetric_cmap=True, threshold=1e-6)
+    else:
+        v = plotting.view_img(img, title=title, vmax=vmax, cmap="cold_hot", symmetric_cmap=True)
     # nilearn's page is self-contained but for a favicon link to github: drop it (offline)
     html = re.sub(r'<link[^>]*rel="icon"[^>]*>', "", v.get_standalone())
     # its element ids are random uuids: make them a function of the page so reruns are identical

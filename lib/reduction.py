@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .cache import save_nifti, write_csv, write_npz
+from .cache import write_csv, write_npz
 from .encoding import load_result, null_plans
 from .job import Job, labels_of, mask_of, run_targets, summary_names
 from .engine.inference import ceiling_from_isc, fdr_bh, permutation_test, random_effects_map, \
@@ -193,8 +193,9 @@ def group_tests(job: Job, condition: str, seeds: list[int], fdr_q: float = 0.05,
 def random_effects(job: Job, a: str, seeds: list[int], b: str | None = None,
                    seeds_b: list[int] | None = None, n_perm: int = 1000) -> dict:
     """nilearn second-level one-sample test across subjects of condition ``a`` (or of a - b)
-    on Fisher-z maps (TFCE), each subject's map averaged over its seeds first."""
-    import nibabel as nib
+    on Fisher-z maps (TFCE on a volume; vertex-level max-t on a surface), each subject's map
+    averaged over its seeds first."""
+    from .geometry import is_surface, load_geometry
 
     n_sum = len(summary_names(job))
     subs = sorted(job.runs.subject.unique())
@@ -206,8 +207,10 @@ def random_effects(job: Job, a: str, seeds: list[int], b: str | None = None,
 
     zmaps = np.stack([smap(a, s) - (smap(b, s) if b else 0) for s in subs])
     # a difference of two models can go either way: its map is tested two-sided
-    return random_effects_map(zmaps, nib.load(job.mask_path), n_perm=n_perm, tfce=True,
-                              two_sided=b is not None)
+    geometry = load_geometry(job.mask_path)
+    surface = is_surface(geometry)
+    return random_effects_map(zmaps, None if surface else geometry, n_perm=n_perm,
+                              tfce=not surface, two_sided=b is not None)
 
 
 # --------------------------------------------------------------------------- partition
@@ -284,13 +287,11 @@ def partition_outputs(job: Job, seeds: list[int], synthetic: bool, fdr_q: float 
     return pd.DataFrame(rows), maps, group
 
 
-def save_map(vec: np.ndarray, mask_img, path) -> Path:
-    import nibabel as nib
+def save_map(vec: np.ndarray, geometry, path) -> Path:
+    """A map over the mask: NIfTI for a volume, a GIfTI pair for a surface (lib.geometry)."""
+    from .geometry import save_map as save
 
-    mask = np.asarray(mask_img.get_fdata()) > 0
-    vol = np.zeros(mask.shape, np.float32)
-    vol[mask] = np.nan_to_num(np.asarray(vec, np.float32))
-    return save_nifti(nib.Nifti1Image(vol, mask_img.affine), path)
+    return save(vec, geometry, path)
 
 
 def write_outputs(out_dir: Path, scores, layers, voxels, nc, nc_maps, group: dict,

@@ -3,10 +3,11 @@
 The question is whether fine-tuning on *story text* changes brain scores, so the model that scores
 a story must not have been trained on that story:
 
-* ``heldout`` (default): cross-fitting over story folds. Each fold holds out some scored stories;
-  its model trains on every other corpus story. A scored story is always scored with the model of
-  the fold that held it out. Stories whose text overlaps a held-out story (near-duplicates such as
-  pieman / piemanpni, >5% shared word 4-grams) are held out with it.
+* ``heldout`` (default): cross-fitting. One model per set of stories that subjects heard: it
+  trains on every other corpus story and scores all of those subjects' stories, so each subject's
+  fit uses one model that never saw any of its stories (:mod:`lib.sft_folds`). Stories whose text
+  overlaps a held-out story (near-duplicates such as pieman / piemanpni, >5% shared word 4-grams)
+  are held out with it.
 * ``leaky``: one model on every story, scored stories included, labelled ``-leaky`` everywhere
   it appears (``sft-leaky``, ``control-leaky``, ...).
 
@@ -40,9 +41,8 @@ from .cache import key_of, write_csv, write_json
 from .data import DataError
 from .models import LoadedModel, load_model
 from .paths import Paths
-
-OVERLAP_THRESHOLD = 0.05
-
+from .sft_folds import (OVERLAP_THRESHOLD, check_no_leak, overlap,  # noqa: F401  (re-exported)
+                        plan_folds)
 
 @dataclass
 class SFTConfig:
@@ -65,67 +65,6 @@ class SFTConfig:
         d.pop("device")
         d.pop("checkpoint_every")
         return key_of("sft", 3, d, train_text_hash, kind)   # 3: extraction-format blocks, bf16
-
-
-# --------------------------------------------------------------------------- folds
-def _grams(text: str, n: int = 4) -> set:
-    w = re.findall(r"[a-z0-9']+", text.lower())
-    return {tuple(w[i:i + n]) for i in range(len(w) - n + 1)}
-
-
-def overlap(a: str, b: str) -> float:
-    """Share of the smaller text's word 4-grams that the other text also has."""
-    ga, gb = _grams(a), _grams(b)
-    return len(ga & gb) / max(1, min(len(ga), len(gb)))
-
-
-def plan_folds(scored: list[str], corpus: dict[str, str], mode: str = "heldout",
-               n_folds: int | None = None, exclude=()) -> list[dict]:
-    """Which stories each SFT model trains on and which scored stories it is used for.
-
-    ``external``: one model for every scored story, trained on the corpus stories that are
-    neither scored nor in ``exclude`` (nor near-duplicates of either) -- for a dataset whose
-    stories are not in the fine-tuning corpus at all (the LeBel moth stories with the Narratives
-    corpus), so no cross-fitting is needed.
-
-    Returns a list of folds: ``{"fold", "score_stories", "heldout", "train_stories", "leaky"}``.
-    """
-    if mode not in ("heldout", "leaky", "external"):
-        raise ValueError(f"SFT mode must be 'heldout', 'leaky' or 'external', got {mode!r}")
-    if mode == "external":
-        held = set(scored) | set(exclude)
-        near = {c for c in corpus if c not in held and
-                any(overlap(corpus[c], corpus[h]) > OVERLAP_THRESHOLD for h in held if h in corpus)}
-        train = sorted(c for c in corpus if c not in held and c not in near)
-        if not train:
-            raise DataError(f"no corpus story left to train on after holding out the "
-                            f"{len(scored)} scored stories and {sorted(exclude)}")
-        return [dict(fold="external-" + key_of(train)[:8], score_stories=list(scored),
-                     heldout=sorted(held | near), train_stories=train, leaky=False)]
-    if mode == "leaky":
-        return [dict(fold="leaky", score_stories=list(scored), heldout=[],
-                     train_stories=sorted(corpus), leaky=True)]
-    n_folds = min(n_folds or len(scored), len(scored))
-    folds = []
-    for k in range(n_folds):
-        held = [s for i, s in enumerate(sorted(scored)) if i % n_folds == k]
-        near = [c for c in corpus if c not in held and
-                any(overlap(corpus[c], corpus[h]) > OVERLAP_THRESHOLD for h in held if h in corpus)]
-        train = sorted(c for c in corpus if c not in held and c not in near)
-        if not train:
-            raise DataError(f"no training story left after holding out {held}")
-        folds.append(dict(fold=f"fold{k}-" + "-".join(held), score_stories=held,
-                          heldout=sorted(held + near), train_stories=train, leaky=False))
-    return folds
-
-
-def check_no_leak(folds: list[dict]) -> None:
-    for f in folds:
-        if f["leaky"]:
-            continue
-        bad = set(f["score_stories"]) & set(f["train_stories"])
-        if bad:
-            raise AssertionError(f"{f['fold']}: trains on the stories it scores: {sorted(bad)}")
 
 
 # --------------------------------------------------------------------------- control text
@@ -396,7 +335,8 @@ class SFTUnit:
 
 def plan_units(corpus: dict[str, str], scored: list[str], cfg: SFTConfig, models_root: Path,
                mode: str = "heldout", controls=CONTROLS, seeds=(0,),
-               n_folds: int | None = None, exclude=()) -> tuple[list[dict], list[SFTUnit]]:
+               n_folds: int | None = None, exclude=(), subject_stories: dict | None = None
+               ) -> tuple[list[dict], list[SFTUnit]]:
     """The folds and every model the comparison needs: per fold and seed, ``sft`` on the fold's
     training stories and each of ``controls`` with the same budget (see module docstring);
     ``mode="leaky"`` trains them on every story instead, labelled ``-leaky``."""
@@ -408,7 +348,7 @@ def plan_units(corpus: dict[str, str], scored: list[str], cfg: SFTConfig, models
     unknown = set(controls) - set(CONTROLS)
     if unknown:
         raise ValueError(f"unknown SFT controls {sorted(unknown)}; choose from {CONTROLS}")
-    folds = plan_folds(scored, corpus, mode, n_folds, exclude)
+    folds = plan_folds(scored, corpus, mode, n_folds, exclude, subject_stories)
     check_no_leak(folds)
     units = []
     base_tag = model_tag(cfg.base_model)
@@ -445,7 +385,7 @@ def trained_dir(models_root: Path, base_tag: str, key: str) -> Path | None:
 
 
 MODEL_COLUMNS = ["kind", "condition", "fold", "seed", "path", "score_stories", "train_stories",
-                 "leaky", "n_train_blocks", "n_eval_blocks", "train_tokens_seen", "epochs",
+                 "subjects", "leaky", "n_train_blocks", "n_eval_blocks", "train_tokens_seen", "epochs",
                  "train_loss_first", "train_loss_last", "val_loss_before", "val_loss_after",
                  "val_ppl_before", "val_ppl_after", "seconds", "device"]
 
@@ -458,13 +398,15 @@ def train_unit(_job, unit: SFTUnit, progress: bool = True) -> dict:
     return dict(kind=unit.kind, condition=cond, fold=unit.fold["fold"], seed=unit.cfg.seed,
                 path=Paths.from_env().rel(unit.out_dir),
                 score_stories=",".join(unit.fold["score_stories"]),
-                train_stories=",".join(unit.fold["train_stories"]), leaky=unit.fold["leaky"],
+                train_stories=",".join(unit.fold["train_stories"]),
+                subjects=",".join(unit.fold.get("subjects", [])), leaky=unit.fold["leaky"],
                 **{k: v for k, v in m.items() if k not in ("kind", "label")})
 
 
 def run_stage(corpus: dict[str, str], scored: list[str], cfg: SFTConfig, models_root: Path,
               mode: str = "heldout", controls=CONTROLS, seeds=(0,), n_folds: int | None = None,
-              progress: bool = True, client=None, exclude=()) -> tuple[list[dict], pd.DataFrame]:
+              progress: bool = True, client=None, exclude=(), subject_stories: dict | None = None
+              ) -> tuple[list[dict], pd.DataFrame]:
     """Train every model the comparison needs (:func:`plan_units`), serially or on a Dask
     ``client`` (one GPU per unit where workers advertise GPUs). Returns (folds, models table)."""
     from functools import partial
@@ -472,7 +414,7 @@ def run_stage(corpus: dict[str, str], scored: list[str], cfg: SFTConfig, models_
     from .cluster import gpu_resources, map_units
 
     folds, units = plan_units(corpus, scored, cfg, models_root, mode, controls, seeds, n_folds,
-                              exclude)
+                              exclude, subject_stories)
     rows = map_units(partial(train_unit, progress=progress and client is None), None, units,
                      client=client, desc="SFT models", progress=progress,
                      resources=gpu_resources(client))

@@ -132,8 +132,13 @@ def _story_truth(story: str, paths: Paths, n_trs: int):
 def make_mini(out: str | Path | None = None, seed: int = 0, resolution_mm: int = 6,
               subjects: list[str] | None = None, n_trs: int | None = None,
               r_range: tuple[float, float] = (0.3, 0.6), paths: Paths | None = None,
-              force: bool = False, stories: list[str] | None = None, runs: int = 1) -> Path:
+              force: bool = False, stories: list[str] | None = None, runs: int = 1,
+              surface: str | None = None) -> Path:
     """Write the narratives-mini BIDS tree (skipped when one with the same key exists).
+
+    ``surface`` (``fsaverage5`` or ``fsaverage6``) also writes every run on that cortical mesh,
+    as Narratives' surface derivatives are laid out (:mod:`lib.synthetic_surface`), with its own
+    planted patch in both superior temporal gyri; the volumes do not change.
 
     ``stories`` (default pieman) use their real stimuli and scan lengths (pieman 300 TRs, tunnel
     1040; ``n_trs`` overrides pieman's); ``runs`` > 1 gives every subject that many hearings of
@@ -152,6 +157,8 @@ def make_mini(out: str | Path | None = None, seed: int = 0, resolution_mm: int =
     lengths = {st: (n_trs if n_trs and st == STORY else N_TRS_OF.get(st, n_trs)) for st in stories}
     params = dict(seed=seed, resolution_mm=resolution_mm, subjects=subjects, n_trs=lengths,
                   r_range=list(r_range), stories=stories, runs=runs, version=4)
+    if surface:
+        params["surface"] = surface
     key = key_of(params)
     stamp = out / "derivatives" / "synthetic-truth" / "truth.json"
     if not force and stamp.exists():
@@ -200,6 +207,7 @@ def make_mini(out: str | Path | None = None, seed: int = 0, resolution_mm: int =
     truth_r = {f"realised_r_{st}_run-{k}": np.zeros((len(subjects), n_pl), np.float32)
                for st, k in scans}
     subject_w = np.zeros((len(subjects),) + w_shared.shape)
+    surf = _surface_plan(surface, seed, len(names), r_range) if surface else None
     for si, sub in enumerate(tqdm(subjects, desc="narratives-mini (synthetic BOLD)", leave=False)):
         w = w_shared + 0.3 * rng.standard_normal(w_shared.shape)   # subjects differ a little
         subject_w[si] = w
@@ -223,6 +231,9 @@ def make_mini(out: str | Path | None = None, seed: int = 0, resolution_mm: int =
             img.header.set_zooms(img.header.get_zooms()[:3] + (TR_S,))
             img.header.set_xyzt_units("mm", "sec")
             nib.save(img, func / f"{base}_bold.nii.gz")
+            if surf:
+                _write_surface_run(surf, si, S, tmp / "derivatives" / "afni-nosmooth" / sub /
+                                   "func" / f"{base}_space-{surface}")
             pd.DataFrame(EVENTS_OF.get(st, PIEMAN_EVENTS),
                          columns=["onset", "duration", "trial_type", "stim_file"]).to_csv(
                 func / f"{base}_events.tsv", sep="\t", index=False)
@@ -233,6 +244,9 @@ def make_mini(out: str | Path | None = None, seed: int = 0, resolution_mm: int =
     nib.save(nib.Nifti1Image(planted3d.astype(np.uint8), mask_img.affine),
              truth / "planted_mask.nii.gz")
     first = f"realised_r_{scans[0][0]}_run-{scans[0][1]}"
+    if surf:
+        np.savez(truth / "surface_truth.npz", planted_vertices=surf["planted"],
+                 medial_vertices=surf["medial"], mesh=np.asarray(surface), snr=surf["snr"])
     np.savez(truth / "truth.npz", weights=w_shared, subject_weights=subject_w,
              target_r=target_r, snr=snr,
              realised_r=truth_r[first], regressors=info[stories[0]][2], planted_in_mask=planted,
@@ -254,6 +268,32 @@ def make_mini(out: str | Path | None = None, seed: int = 0, resolution_mm: int =
     return out
 
 
+def _surface_plan(mesh: str, seed: int, n_regressors: int, r_range) -> dict:
+    """The surface's planted patch and weights, from a generator of its own (the volumes are the
+    same with or without a surface)."""
+    from .synthetic_surface import surface_layout
+
+    rng = np.random.default_rng([seed, 7])
+    planted, medial = surface_layout(mesh)
+    w = rng.standard_normal((n_regressors, int(planted.sum())))
+    w[0] = np.abs(w[0])
+    r = rng.uniform(*r_range, size=int(planted.sum()))
+    return dict(rng=rng, planted=planted, medial=medial, w=w, snr=r ** 2 / (1 - r ** 2),
+                subject_w={})
+
+
+def _write_surface_run(surf: dict, si: int, S: np.ndarray, base: Path) -> None:
+    from .synthetic_surface import save_gifti_run, surface_run
+
+    rng = surf["rng"]
+    if si not in surf["subject_w"]:
+        surf["subject_w"][si] = surf["w"] + 0.3 * rng.standard_normal(surf["w"].shape)
+    sig = S @ surf["subject_w"][si]
+    base.parent.mkdir(parents=True, exist_ok=True)
+    save_gifti_run(surface_run(rng, sig / sig.std(0), surf["snr"], surf["planted"],
+                               surf["medial"], realistic_noise), base)
+
+
 def load_truth(root: str | Path) -> dict:
     """Planted truth of a narratives-mini tree (masks as boolean arrays, arrays from truth.npz)."""
     import nibabel as nib
@@ -262,6 +302,9 @@ def load_truth(root: str | Path) -> dict:
     meta = json.loads((t / "truth.json").read_text())
     with np.load(t / "truth.npz") as z:
         meta.update({k: z[k] for k in z.files})
+    if (t / "surface_truth.npz").exists():
+        with np.load(t / "surface_truth.npz") as z:
+            meta.update({k: z[k] for k in z.files if k != "snr"})
     meta["brain_mask_img"] = nib.load(str(t / "brain_mask.nii.gz"))
     meta["planted_mask_img"] = nib.load(str(t / "planted_mask.nii.gz"))
     return meta

@@ -29,13 +29,14 @@
 run_dir = "results/mini"
 dataset = "mini"                  # mini (generate) | openneuro (download) | local | lebel | generic
 bids_root = "data/narratives-mini"
-bold_source = "raw"               # raw | afni-nosmooth | afni-smooth | fmriprep
+bold_source = "raw"               # raw | afni-nosmooth | afni-smooth | fmriprep | fsaverage6 (surface)
 subjects = ["sub-001", "sub-002", "sub-003", "sub-004", "sub-005"]   # or "all" (who heard the stories)
 stories = ["pieman"]
 include_excluded = False          # the dataset authors exclude sub-001's pieman runs
 mini_seed = 0
 mini_resolution_mm = 6
 mini_runs = 1                     # hearings of pieman per subject in narratives-mini
+mini_surface = None               # also write narratives-mini on a mesh: fsaverage5 | fsaverage6
 tr = None                         # seconds; only where neither the data nor a sidecar gives it
 max_train_stories = None          # lebel: keep the first N train stories (every test story stays)
 trim_after_onset = 6              # TRs dropped after story onset (Narratives ISC convention)
@@ -60,7 +61,8 @@ elif subjects == "all":
     print(f"{len(subjects)} subjects heard {', '.join(stories)} (before exclusions)")
 if dataset == "mini":
     root = synthetic.make_mini(bids_root, seed=mini_seed, resolution_mm=mini_resolution_mm,
-                               subjects=subjects, stories=stories, runs=mini_runs)
+                               subjects=subjects, stories=stories, runs=mini_runs,
+                               surface=mini_surface)
 elif dataset == "openneuro":
     from lib import download
 

@@ -67,7 +67,11 @@ cl.use_threads(threads)
 run = Path(run_dir)
 paths = Paths.from_env()
 manifest = data.read_manifest(run / "data" / "data_manifest.csv")
-scored = sorted(manifest.loc[~manifest.excluded, "story"].unique())
+used = manifest[~manifest.excluded]
+scored = sorted(used.story.unique())
+# heldout: one model per set of stories that subjects heard, so that every subject's fit uses one
+# model that never saw any of that subject's stories
+subject_stories = {s: sorted(g.story.unique()) for s, g in used.groupby("subject")}
 corpus = read_corpus(run / "transcripts" / "train_narratives.txt")
 if sft_block_size < context_tokens:
     print(f"WARNING: sft_block_size {sft_block_size} < context_tokens {context_tokens}: features "
@@ -78,10 +82,10 @@ cfg = sft.SFTConfig(base_model=model, steps=sft_steps, lr=sft_lr, batch_size=sft
 with cl.client_for(cluster, threads, dict(workers=workers, slurm=slurm)) as client:
     folds, trained = sft.run_stage(corpus, scored, cfg, paths.models, mode=sft_mode,
                                    controls=sft_controls, seeds=sft_seeds, client=client,
-                                   exclude=sft_exclude)
+                                   exclude=sft_exclude, subject_stories=subject_stories)
 write_csv(run / "sft" / "models.csv", trained)
 write_json(run / "sft" / "folds.json", {"mode": sft_mode, "config": asdict(cfg), "folds": folds})
-pd.DataFrame(folds)[["fold", "score_stories", "heldout", "leaky"]]
+pd.DataFrame(folds)[["fold", "score_stories", "subjects", "heldout", "leaky"]]
 
 # %% [markdown]
 # ## Training record: tokens seen, epochs, loss and held-out perplexity before → after
@@ -126,6 +130,7 @@ kw = dict(layer=layer, context=context_tokens, pooling=pooling, batch_size=batch
 units = [features.ExtractUnit(r.path, r.condition, tuple(r.score_stories.split(",")),
                               str(run / "transcripts"), str(paths.activations), seed=r.seed,
                               leaky=bool(r.leaky), device=device, cpu_bf16=cpu_bf16,
+                              fold=r.fold, subjects=tuple(filter(None, r.subjects.split(","))),
                               options=tuple({**kw, "all_layers": layer_profile and r.condition
                                              in layer_profile_conditions}.items()))
          for r in trained.itertuples()]

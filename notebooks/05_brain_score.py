@@ -51,7 +51,7 @@ partition_null = []               # spaces whose unique-variance map gets a grou
 fdr_q = 0.05
 re_min_subjects = 6               # random-effects maps need at least this many subjects
 ridge_backend = "numpy"           # numpy | torch (CUDA when present, else CPU)
-mask = "auto"                     # a NIfTI path, or auto
+mask = "auto"                     # a NIfTI path (a mask.npz on a surface), or auto
 roi_labels = "auto"               # a labels NIfTI in the BOLD grid, auto (planted mask for mini), or None
 roi_atlas = "harvard_oxford"      # named language ROIs from this atlas (or a labels image path; None)
 roi_atlas_labels = None           # with an atlas path: its CSV (index,name)
@@ -69,7 +69,7 @@ from pathlib import Path
 import numpy as np
 from IPython.display import display
 
-from lib import brain_score, cluster as cl, data, encoding, features
+from lib import brain_score, cluster as cl, data, encoding, features, geometry
 from lib.engine.inference import NullSpec
 from lib.engine.ridge import DEFAULT_ALPHAS
 
@@ -96,7 +96,8 @@ job = encoding.make_job(manifest, run / "transcripts", index, run / "brain_score
 with cl.client_for(cluster, n_threads, dict(workers=workers, slurm=slurm)) as client:
     res = brain_score.run_stage(job, fdr_q=fdr_q, re_min_subjects=re_min_subjects, client=client)
 scores = res["scores"]
-print(f"{len(scores)} scores; mask has {int((mask_img.get_fdata() > 0).sum())} voxels; "
+print(f"{len(scores)} scores; mask has {geometry.n_targets(mask_img)} "
+      f"{geometry.unit_name(mask_img)}; "
       f"{'SYNTHETIC BOLD' if manifest.synthetic_bold.any() else 'real BOLD'}; "
       f"folds: {scores.fold_scheme.iloc[0]}")
 
@@ -146,7 +147,8 @@ for cond, g in res["group"].items():
     if "fdr" in g:
         img = plots.to_img(np.where(g["fdr"], g["score"], 0), mask_img)
         plots.glass_brain(img, f"{cond}: group brain score, FDR q<{fdr_q} ({int(g['fdr'].sum())} "
-                          f"voxels)" + (" [synthetic BOLD]" if manifest.synthetic_bold.any() else ""))
+                          f"{geometry.unit_name(mask_img)})"
+                          + (" [synthetic BOLD]" if manifest.synthetic_bold.any() else ""))
 
 # %% [markdown]
 # ## Variance partitioning (banded ridge; held-out R², test-centred, averaged like brain scores)

@@ -34,24 +34,25 @@ min_ceiling = 0.1                 # normalised scores only where the ceiling is 
 # %%
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pandas as pd
 from IPython.display import Markdown, display
 
-from lib import compare, plots
-from lib.cache import save_nifti, write_csv
+from lib import compare, geometry, plots
+from lib.cache import write_csv
 
 run = Path(run_dir)
 out = run / "compare"
 st = compare.load_stage05(run / "brain_score")
-mask_img = nib.load(str(run / "brain_score" / "mask.nii.gz"))
+mask_img = geometry.load_geometry(run / "brain_score")     # a volume's mask, or a mesh's
 synthetic = bool(st["scores"].synthetic_bold.astype(str).str.lower().eq("true").any())
 planted = None
 if synthetic:
     from lib.synthetic import truth_for_run
 
-    planted = truth_for_run(run)["planted_in_mask"].astype(bool)
+    truth = truth_for_run(run)
+    planted = (truth["planted_vertices"][mask_img.mask] if geometry.is_surface(mask_img)
+               else truth["planted_in_mask"]).astype(bool)
 tab = compare.subject_table(st, top_frac, planted, min_ceiling)
 stats = pd.concat([compare.contrast_table(tab, value=m)[1] for m in compare.MEASURES],
                   ignore_index=True)
@@ -134,10 +135,11 @@ for cond in ("raw", "sft"):
         imgs[cond] = plots.to_img(np.where(g[f"{cond}_fdr"], g[f"{cond}_score"], 0), mask_img)
 if vd:
     dmean = np.nanmean(list(vd.values()), 0)
-    imgs["delta"] = plots.to_img(np.where(reliable, dmean, 0) if reliable is not None else dmean, mask_img)
+    imgs["delta"] = plots.to_img(np.where(reliable, dmean, 0) if reliable is not None else dmean,
+                                 mask_img)
 vmax = max([float(np.abs(i.get_fdata()).max()) for k, i in imgs.items() if k != "delta"] + [1e-3])
 for k, img in imgs.items():
-    save_nifti(img, out / f"group_{k}.nii.gz")
+    plots.save_img(img, out / f"group_{k}.nii.gz")
     title = (f"{k}: group brain score (FDR q<{fdr_q}){tag}" if k != "delta"
              else f"Δ sft − raw in ISC-reliable voxels{tag}")
     fig = plots.stat_map(img, title, vmax=vmax if k != "delta" else None)
@@ -200,7 +202,7 @@ if len(st["spaces_skipped"]):
 for k in sorted(k[:-len("_fdr")] for k in g if k.startswith("partition_") and k.endswith("_fdr")):
     img = plots.to_img(np.where(g[f"{k}_fdr"], g[f"{k}_score"], 0), mask_img)
     name = k.replace("partition_", "").replace(":", " ")
-    save_nifti(img, out / f"group_{k.replace(':', '-')}.nii.gz")
+    plots.save_img(img, out / f"group_{k.replace(':', '-')}.nii.gz")
     fig = plots.glass_brain(img, f"{name}: group mean R², FDR q<{fdr_q} ({int(g[f'{k}_fdr'].sum())}"
                             f" voxels){tag}")
     plots.save(fig, out / f"glass_{k.replace(':', '-')}.png")

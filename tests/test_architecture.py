@@ -66,13 +66,15 @@ def test_paired_statistics_import_nothing_of_the_pipeline():
 LAYERS = [  # bottom to top; a module may import its own layer and the layers below it
     {"lib", "lib.errors", "lib.paths", "lib.cache", "lib.cluster"},
     {"lib.engine", "lib.engine.backend", "lib.engine.ridge", "lib.engine.inference",
-     "lib.engine.partition", "lib.engine.paired", "lib.engine.crossed"},
+     "lib.engine.second_level", "lib.engine.partition", "lib.engine.paired",
+     "lib.engine.crossed"},
     {"lib.alignment", "lib.data", "lib.datasets", "lib.datasets.matrices",
      "lib.datasets.generic", "lib.datasets.words", "lib.transcripts", "lib.download",
-     "lib.rois"},
-    {"lib.models", "lib.features", "lib.spaces", "lib.sft"},
-    {"lib.synthetic", "lib.job", "lib.encoding", "lib.reduction", "lib.brain_score",
-     "lib.matrix_encoding", "lib.compare", "lib.matrix_compare", "lib.plots"},
+     "lib.rois", "lib.surface", "lib.geometry"},
+    {"lib.models", "lib.tokens", "lib.features", "lib.spaces", "lib.sft", "lib.sft_folds"},
+    {"lib.synthetic", "lib.synthetic_surface", "lib.job", "lib.encoding", "lib.reduction",
+     "lib.brain_score", "lib.matrix_encoding", "lib.compare", "lib.matrix_compare",
+     "lib.plots"},
     {"lib.pipeline", "lib.report"},
 ]
 

@@ -14,6 +14,7 @@ from conftest import REPO, free_port
 
 BUCKET, PREFIX = "openneuro.org", "ds002345"
 DERIV = "_space-MNI152NLin2009cAsym_res-native_desc-clean_bold.nii.gz"
+SURF = "_space-fsaverage6_hemi-{}_desc-clean.func.gii"
 
 
 
@@ -45,6 +46,11 @@ def s3_server(mini, tmp_path_factory):
         put(f"derivatives/afni-nosmooth/{sub}/func/{base}{DERIV}", f / f"{base}_bold.nii.gz")
         # another story that the subset must not fetch
         put(f"{sub}/func/{sub}_task-tunnel_events.tsv", f / f"{base}_events.tsv")
+    gii = tmp_path_factory.mktemp("gii") / "hemi.func.gii"    # content is not read by a plan
+    gii.write_bytes(b"<GIFTI/>")
+    for sub, hemis in (("sub-001", "LR"), ("sub-002", "LR"), ("sub-003", "L")):
+        for h in hemis:
+            put(f"derivatives/afni-nosmooth/{sub}/func/{sub}_task-pieman_run-1{SURF.format(h)}", gii)
     for name in ["align.csv", "transcript.txt"]:
         put(f"stimuli/gentle/pieman/{name}", mini / "stimuli/gentle/pieman" / name)
     from scipy.io import wavfile    # a short generated stand-in for the story's audio
@@ -65,6 +71,21 @@ def test_unsigned_listing_needs_public_policy(s3_server):
     assert f"{PREFIX}/stimuli/gentle/pieman/align.csv" in keys
     assert not any("tunnel" in k for k in keys)
     assert not any(k.endswith("_bold.nii.gz") and "/derivatives/" not in k for k in keys)
+
+
+def test_surface_download_plan_lists_both_hemispheres(s3_server):
+    url, _ = s3_server
+    keys = [f.key for f in download.plan_subset(["sub-001", "sub-002"], ["pieman"], "fsaverage6",
+                                                endpoint_url=url)]
+    for sub in ("sub-001", "sub-002"):
+        for h in "LR":
+            assert (f"{PREFIX}/derivatives/afni-nosmooth/{sub}/func/{sub}_task-pieman_run-1"
+                    f"{SURF.format(h)}") in keys
+        assert f"{PREFIX}/{sub}/func/{sub}_task-pieman_run-1_events.tsv" in keys
+    assert not any(k.endswith(".nii.gz") for k in keys)          # no volume comes along
+    assert not any("tunnel" in k for k in keys)
+    with pytest.raises(DownloadError, match="sub-003.*hemi-R"):
+        download.plan_subset(["sub-003"], ["pieman"], "fsaverage6", endpoint_url=url)
 
 
 def test_full_fetch_then_skip(s3_server, tmp_path, capsys):

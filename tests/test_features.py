@@ -205,3 +205,26 @@ def test_cpu_bf16_is_close_and_cached_apart(paths, pieman_words, tmp_path):
     assert x16.dtype == x32.dtype == np.float32
     assert not np.array_equal(x16, x32)            # autocast really ran in bf16
     assert np.abs(x16 - x32).max() <= 0.05 * np.abs(x32).max()
+
+
+def test_feature_maps_give_each_subject_its_own_fold_model():
+    import pandas as pd
+
+    rows = [dict(condition="raw", story="pieman", seed=0, path="raw.npz", model_tag="m",
+                 fold="", subjects=""),
+            dict(condition="sft", story="pieman", seed=0, path="A.npz", model_tag="a",
+                 fold="set-pieman", subjects="s1,s2"),
+            dict(condition="sft", story="pieman", seed=0, path="B.npz", model_tag="b",
+                 fold="set-pieman-tunnel", subjects="s3"),
+            dict(condition="sft", story="tunnel", seed=0, path="Bt.npz", model_tag="b",
+                 fold="set-pieman-tunnel", subjects="s3")]
+    fm = features.FeatureMaps.of(pd.DataFrame(rows))
+    sft = fm.features[("sft", 0)]
+    fold = fm.subject_fold
+    assert features.story_path(sft, "pieman", fold["s1"]) == "A.npz"
+    assert features.story_path(sft, "pieman", fold["s3"]) == "B.npz"
+    assert features.story_path(sft, "tunnel", fold["s3"]) == "Bt.npz"
+    assert features.story_path(fm.features[("raw", 0)], "pieman", fold["s3"]) == "raw.npz"
+    bad = pd.DataFrame(rows + [dict(rows[1], fold="set-other", subjects="s1")])
+    with pytest.raises(DataError, match="two fold models"):
+        features.FeatureMaps.of(bad)

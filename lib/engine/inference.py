@@ -466,33 +466,4 @@ def paired_stats(a: np.ndarray, b: np.ndarray, seed: int = 0) -> dict:
     return out
 
 
-def random_effects_map(zmaps: np.ndarray, mask_img, n_perm: int = 1000, tfce: bool = True,
-                       seed: int = 0, two_sided: bool = False) -> dict:
-    """Second-level one-sample test across subjects (nilearn's ``non_parametric_inference``:
-    sign flipping, max-statistic FWE correction; TFCE when asked).
-
-    ``zmaps`` is (n_subjects, n_voxels) inside ``mask_img``: Fisher-z brain scores, or their
-    differences between two models (test those ``two_sided``: voxels where fine-tuning hurts must
-    be able to appear). Returns arrays over the mask: the t map and FWE-corrected ``-log10 p``
-    maps (voxel level, and TFCE when computed); two-sided maps are signed by the effect.
-    """
-    import nibabel as nib
-    import pandas as pd
-    from nilearn.glm.second_level import non_parametric_inference
-
-    mask = np.asarray(mask_img.get_fdata()) > 0
-    imgs = []
-    for m in zmaps:
-        vol = np.zeros(mask.shape, np.float32)
-        vol[mask] = np.nan_to_num(m)
-        imgs.append(nib.Nifti1Image(vol, mask_img.affine))
-    design = pd.DataFrame({"intercept": np.ones(len(imgs))})
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        out = non_parametric_inference(imgs, design_matrix=design, mask=mask_img, n_perm=n_perm,
-                                       two_sided_test=two_sided, random_state=seed, tfce=tfce,
-                                       threshold=None)
-    res = {}
-    for k, img in (out.items() if isinstance(out, dict) else [("logp_max_t", out)]):
-        res[k] = np.asarray(img.get_fdata())[mask].astype(np.float32)
-    return res
+from .second_level import random_effects_map  # noqa: E402,F401  (re-exported)

@@ -1,0 +1,67 @@
+"""Story text -> token ids: each word's token span, and the overlapping windows that extraction
+reads them from (:mod:`lib.features`)."""
+from __future__ import annotations
+
+import numpy as np
+
+from .alignment import is_clitic, join_words
+from .errors import DataError
+
+
+def tokenize_words(words: list[str], tokenizer) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids of the story and, per word, the index one past its last token.
+
+    Words are tokenised one by one with a leading space (except the first), which for GPT-2-style
+    BPE gives the same tokens as tokenising the joined text, and keeps word boundaries exact.
+    A word table that splits clitics off the word before them (``do n't``, ``it 's``;
+    :data:`lib.alignment.CLITICS`) is tokenised as running text instead (``don't``, what the model
+    was trained on): BPE merges across that boundary (`` don`` + ``'t``), so a word ends at the
+    first token that reaches its last character.
+    """
+    if len(words) == 0:
+        raise DataError("empty transcript: no words to extract activations for")
+    if any(map(is_clitic, words[1:])):
+        return _tokenize_running_text(words, tokenizer)
+    ids, ends = [], []
+    for i, w in enumerate(words):
+        t = tokenizer((" " if i else "") + str(w), add_special_tokens=False)["input_ids"]
+        if not t:
+            raise DataError(f"word {i} ({w!r}) tokenises to nothing")
+        ids.extend(t)
+        ends.append(len(ids))
+    return np.asarray(ids, dtype=np.int64), np.asarray(ends, dtype=np.int64)
+
+
+def _tokenize_running_text(words: list[str], tokenizer) -> tuple[np.ndarray, np.ndarray]:
+    if not getattr(tokenizer, "is_fast", False):
+        raise DataError("words with split-off clitics need a fast tokenizer (token offsets)")
+    enc = tokenizer(join_words(words), add_special_tokens=False, return_offsets_mapping=True)
+    word_end, pos = [], 0
+    for i, w in enumerate(map(str, words)):
+        pos += len(w) + (1 if i and not is_clitic(w) else 0)
+        word_end.append(pos)
+    tok_end = np.asarray([b for _, b in enc["offset_mapping"]])
+    ends = np.searchsorted(tok_end, word_end, side="left") + 1
+    same = np.flatnonzero(np.diff(ends) <= 0)
+    if len(same):
+        i = int(same[0]) + 1
+        raise DataError(f"word {i} ({words[i]!r}) shares its last token with the word before it")
+    return np.asarray(enc["input_ids"], dtype=np.int64), ends.astype(np.int64)
+
+
+def plan_windows(n_tokens: int, context: int, stride: int) -> tuple[np.ndarray, np.ndarray]:
+    """Window starts, and for each token the start of the window it is read from."""
+    if stride < 1 or stride > context:
+        raise ValueError(f"stride must be in 1..context ({context}), got {stride}")
+    starts = [0]
+    while starts[-1] + context < n_tokens:
+        starts.append(starts[-1] + stride)
+    starts = np.asarray(starts)
+    owner_start = np.zeros(n_tokens, dtype=np.int64)
+    for s in starts[1:]:  # token j belongs to the last window whose end covers it
+        owner_start[s + context - stride: s + context] = s
+    # tokens beyond the last window's "new" part (short tail) stay with the last window
+    last = starts[-1]
+    owner_start[max(0, last + context - stride if len(starts) > 1 else 0):] = last
+    owner_start[:min(context, n_tokens)] = 0
+    return starts, owner_start
