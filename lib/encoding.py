@@ -35,6 +35,7 @@ from .job import (Job, Settings, Unit, design_inputs, input_key, labels_of, mask
                   plan_units, run_targets, subject_targets, summary_names)
 from .engine.ridge import EngineError, prepare, score
 from .features import FeatureMaps
+from .transcripts import read_transcript, stimulus_groups
 from .geometry import (brain_mask, mask_array, named_rois,  # noqa: F401  (re-exported)
                        roi_labels_for, save_geometry)
 
@@ -292,6 +293,9 @@ def make_job(manifest: pd.DataFrame, transcripts_dir, index: pd.DataFrame, out_d
         if not Path(labels_path).exists():
             raise DataError(f"{labels_path}: ROI labels file not found")
     fm = FeatureMaps.of(index)
+    stimulus = stimulus_groups({s: " ".join(read_transcript(Path(transcripts_dir) / f"{s}.tsv")
+                                            .word.astype(str))
+                                for s in sorted(runs.story.unique())})
     audio = {r.story: r.audio_path for r in runs.itertuples()
              if str(getattr(r, "audio_path", "") or "")}
     from .paths import Paths
@@ -299,6 +303,6 @@ def make_job(manifest: pd.DataFrame, transcripts_dir, index: pd.DataFrame, out_d
     job = Job(settings, runs.reset_index(drop=True), str(transcripts_dir), fm.features,
               fm.all_layers, str(mask_path), labels_path, str(out_dir), fm.tags, fm.surprisal,
               str(Paths.from_env().derived / "spaces"), audio, dict(roi_names or {}),
-              fm.subject_fold)
+              fm.subject_fold, stimulus)
     labels_of(job, mask_of(job))   # a bad labels image fails here, before any unit runs
     return job

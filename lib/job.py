@@ -79,6 +79,7 @@ class Job:
     audio: dict = field(default_factory=dict)         # story -> <story>_audio.wav
     roi_names: dict = field(default_factory=dict)     # ROI id -> name (targets roi-<name>)
     subject_fold: dict = field(default_factory=dict)  # subject -> its fine-tuned models' fold
+    stimulus: dict = field(default_factory=dict)      # story -> stimulus (pieman, piemanpni: one)
 
     def subject_runs(self, subject: str) -> pd.DataFrame:
         return self.runs[self.runs.subject == subject].sort_values(["story", "run"])
@@ -196,7 +197,9 @@ def design_inputs(job: Job, condition: str, seed: int, subject: str, mismatched:
     rows = list(job.subject_runs(subject).itertuples())
     Xs = [design_matrix(run_features(job, condition, seed, r, layer), kept_slice(r),
                         job.settings.delays, mismatched) for r in rows]
-    layout = Layout.of_runs([len(x) for x in Xs], [r.story for r in rows])
+    # folds and null reorderings follow the stimulus: two names for one recording are one story
+    layout = Layout.of_runs([len(x) for x in Xs],
+                            [job.stimulus.get(r.story, r.story) for r in rows])
     return np.vstack(Xs), layout
 
 
@@ -253,8 +256,9 @@ def input_key(job: Job, condition: str, seed: int, subject: str, extra=()) -> st
             for r in rows.itertuples()]
     from .spaces import space_version
 
+    merged = sorted((s, g) for s, g in job.stimulus.items() if s != g)   # only when it matters
     return key_of(job.settings.key(), condition, space_version(condition), seed, feats, trs, bold,
-                  list(extra),
+                  list(extra) + ([("stimulus", merged)] if merged else []),
                   content_hash(job.mask_path),
                   content_hash(job.labels_path) if job.labels_path else "")
 

@@ -7,23 +7,10 @@ and tests it on another's, which biases Δ (docs/validity.md, section 5e).
 """
 from __future__ import annotations
 
-import re
-
 from .cache import key_of
 from .errors import DataError
 
-OVERLAP_THRESHOLD = 0.05
-
-
-def _grams(text: str, n: int = 4) -> set:
-    w = re.findall(r"[a-z0-9']+", text.lower())
-    return {tuple(w[i:i + n]) for i in range(len(w) - n + 1)}
-
-
-def overlap(a: str, b: str) -> float:
-    """Share of the smaller text's word 4-grams that the other text also has."""
-    ga, gb = _grams(a), _grams(b)
-    return len(ga & gb) / max(1, min(len(ga), len(gb)))
+from .transcripts import OVERLAP_THRESHOLD, overlap  # noqa: F401  (re-exported)
 
 
 #: a held-out fold must leave at least this share of the corpus (characters) to train on

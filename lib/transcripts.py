@@ -97,6 +97,37 @@ def write_transcript(df: pd.DataFrame, path: str | Path) -> Path:
     return write_csv(path, df, sep="\t")
 
 
+#: texts sharing more than this share of word 4-grams are one stimulus (pieman / piemanpni)
+OVERLAP_THRESHOLD = 0.05
+
+
+def _grams(text: str, n: int = 4) -> set:
+    w = re.findall(r"[a-z0-9']+", text.lower())
+    return {tuple(w[i:i + n]) for i in range(len(w) - n + 1)}
+
+
+def overlap(a: str, b: str) -> float:
+    """Share of the smaller text's word 4-grams that the other text also has."""
+    ga, gb = _grams(a), _grams(b)
+    return len(ga & gb) / max(1, min(len(ga), len(gb)))
+
+
+def stimulus_groups(texts: dict[str, str]) -> dict[str, str]:
+    """Story -> its stimulus: stories whose texts overlap (:func:`overlap` above
+    :data:`OVERLAP_THRESHOLD`, e.g. pieman and piemanpni, one recording heard in two studies) are
+    one stimulus, named by the first of them alphabetically."""
+    names = sorted(texts)
+    group = {s: s for s in names}
+    grams = {s: _grams(texts[s]) for s in names}
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            shared = len(grams[a] & grams[b]) / max(1, min(len(grams[a]), len(grams[b])))
+            if shared > OVERLAP_THRESHOLD:
+                old, new = sorted((group[a], group[b]))[::-1]
+                group = {s: new if g == old else g for s, g in group.items()}
+    return group
+
+
 def read_transcript(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     try:

@@ -49,6 +49,42 @@ def test_unchanged_stages_are_not_rerun(quick_run, project_root):
     assert p.stdout.count("unchanged: reusing") == 6
 
 
+#: columns that say how a run went, not what it computed
+RUN_COLUMNS = {"seconds", "cache_hit"}
+
+
+def _tables(run_dir) -> dict:
+    import pandas as pd
+
+    out = {}
+    for p in sorted(run_dir.rglob("*.csv")):
+        if "units" in p.parts:
+            continue
+        df = pd.read_csv(p)
+        out[str(p.relative_to(run_dir))] = df.drop(columns=[c for c in df if c in RUN_COLUMNS])
+    return out
+
+
+@pytest.mark.slow
+def test_a_forced_rerun_from_refitted_units_changes_only_run_records(quick_run, project_root):
+    """Every stage re-executed and every stage-05 unit refitted: the tables are bit-for-bit
+    the same but for timings and cache hits."""
+    import shutil
+
+    import pandas as pd
+
+    out, run_dir, args, _ = quick_run
+    before = _tables(run_dir)
+    shutil.rmtree(run_dir / "brain_score" / "units")
+    p = _run(args[:-2] + ["--force"], project_root)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "reused no stage" in p.stdout
+    after = _tables(run_dir)
+    assert sorted(after) == sorted(before) and len(before) > 15
+    for name, df in before.items():
+        pd.testing.assert_frame_equal(after[name], df, check_exact=True, obj=name)
+
+
 @pytest.mark.slow
 def test_broken_stage_fails_with_its_name(quick_run, project_root):
     out, run_dir, args, _ = quick_run

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from lib import data, transcripts
-from lib.transcripts import AlignmentError, GentleError
+from lib.transcripts import AlignmentError, GentleError, read_alignment
 
 from conftest import STIMULI
 
@@ -188,3 +188,19 @@ def test_gentle_client_errors(gentle_server, audio):
         transcripts.gentle_align(audio, tr, url=f"http://127.0.0.1:{port}", timeout=5)
     with pytest.raises(GentleError, match="file not found"):
         transcripts.gentle_align(audio.with_name("missing.wav"), tr, url=gentle_server)
+
+
+def test_one_recording_under_two_names_is_one_stimulus():
+    from lib.engine import Layout, blocked_folds
+    from lib.transcripts import stimulus_groups
+
+    texts = {s: " ".join(read_alignment(STIMULI / s / "align.csv").word)
+             for s in ("pieman", "piemanpni", "tunnel")}
+    groups = stimulus_groups(texts)
+    assert groups == {"pieman": "pieman", "piemanpni": "pieman", "tunnel": "tunnel"}
+    # a subject who heard both: one story in the layout, so no fold trains on one name of the
+    # recording and tests on the other (blocks of story time, every hearing held out at once)
+    lay = Layout.of_runs([100, 100], [groups["pieman"], groups["piemanpni"]])
+    assert lay.names == ("pieman",)
+    for train, test in blocked_folds(lay, 5, 10):
+        assert not set(lay.pos[train]) & set(lay.pos[test])
