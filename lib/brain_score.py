@@ -46,6 +46,7 @@ def run_stage(job: Job, fdr_q: float = 0.05, re_min_subjects: int = 6,
     per map on a surface). Units that fail on bad input
     are reported together (:class:`UnitsFailed`) after every other unit finished.
     """
+    # long by design: stage 05 reads top to bottom here (fit, reduce, test, write), in order
     st = job.settings
     spaces, skipped = available_spaces(job)
     for r in skipped.itertuples():

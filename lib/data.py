@@ -255,6 +255,42 @@ def alignment_paths(root: Path, story: str) -> tuple[Path | None, Path | None]:
     return align, transcript if transcript.exists() else None
 
 
+def _run_row(bold: Path, m, root: Path, bold_source: str, paths: Paths, check_integrity: bool,
+             last_words: dict, trim_after_onset: int, tail_trs: int) -> dict:
+    """One run's manifest fields (all but the exclusion and synthetic flags): its TRs and TR,
+    words, and the story's timing in scan time."""
+    sub, story, run = m.group(1), m.group(2), int(m.group(3)) if m.group(3) else 1
+    if str(bold).endswith(".gii"):
+        from .surface import n_trs as surface_trs
+
+        n_trs, header_tr = surface_trs(bold), 0.0
+    else:
+        n_trs, _, header_tr = bold_header(bold, check_integrity=check_integrity)
+    raw_func = root / sub / "func"
+    run_ent = f"_run-{m.group(3)}" if m.group(3) else ""
+    events = raw_func / f"{sub}_task-{story}{run_ent}_events.tsv"
+    tr = sidecar_tr(raw_func / f"{sub}_task-{story}{run_ent}_bold.nii.gz"
+                    if bold_source != "raw" else bold, root, story, header_tr)
+    ev = events if events.exists() else None
+    align, transcript = alignment_paths(root, story)
+    audio = story_timing(story, paths, ev, n_trs, tr=tr).audio_start_s
+    last = last_words.setdefault((story, audio, tr), last_word_tr(align, audio, tr)) \
+        if align else None
+    timing = story_timing(story, paths, ev, n_trs, trim_after_onset, tail_trs, last, tr)
+    if timing.onset_tr + timing.duration_tr > n_trs:
+        raise DataError(
+            f"{bold}: {n_trs} TRs cannot hold story {story!r}, which runs to TR "
+            f"{timing.onset_tr + timing.duration_tr} (onset {timing.onset_tr} + duration "
+            f"{timing.duration_tr} TRs, event_meta.json)")
+    return dict(
+        subject=sub, story=story, run=run, bold_path=str(bold), n_trs=n_trs, tr=tr,
+        alignment_path=str(align) if align else "", transcript_path=str(transcript or ""),
+        audio_start_s=timing.audio_start_s, trim_start=timing.trim_start,
+        trim_end=timing.trim_end, story_onset_tr=timing.onset_tr,
+        story_duration_tr=timing.duration_tr, audio_path=str(audio_file(root, story) or ""),
+        responses="gifti" if str(bold).endswith(".gii") else "nifti", words_path="", split="")
+
+
 def build_manifest(root: str | Path, subjects: list[str] | None = None,
                    stories: list[str] | None = None, bold_source: str = "raw",
                    include_excluded: bool = False, paths: Paths | None = None,
@@ -277,44 +313,16 @@ def build_manifest(root: str | Path, subjects: list[str] | None = None,
         m = _ENTITIES.search(bold.name)
         if not m:
             continue
-        sub, story, run = m.group(1), m.group(2), int(m.group(3)) if m.group(3) else 1
+        sub, story = m.group(1), m.group(2)
         if subjects and sub not in subjects or stories and story not in stories:
             continue
-        if str(bold).endswith(".gii"):
-            from .surface import n_trs as surface_trs
-
-            n_trs, header_tr = surface_trs(bold), 0.0
-        else:
-            n_trs, _, header_tr = bold_header(bold, check_integrity=check_integrity)
-        raw_func = root / sub / "func"
-        run_ent = f"_run-{m.group(3)}" if m.group(3) else ""
-        events = raw_func / f"{sub}_task-{story}{run_ent}_events.tsv"
-        tr = sidecar_tr(raw_func / f"{sub}_task-{story}{run_ent}_bold.nii.gz"
-                        if bold_source != "raw" else bold, root, story, header_tr)
-        ev = events if events.exists() else None
-        align, transcript = alignment_paths(root, story)
-        audio = story_timing(story, paths, ev, n_trs, tr=tr).audio_start_s
-        last = last_words.setdefault((story, audio, tr), last_word_tr(align, audio, tr)) \
-            if align else None
-        timing = story_timing(story, paths, ev, n_trs, trim_after_onset, tail_trs, last, tr)
-        if timing.onset_tr + timing.duration_tr > n_trs:
-            raise DataError(
-                f"{bold}: {n_trs} TRs cannot hold story {story!r}, which runs to TR "
-                f"{timing.onset_tr + timing.duration_tr} (onset {timing.onset_tr} + duration "
-                f"{timing.duration_tr} TRs, event_meta.json)")
-        reason = excl.get((sub, story, run)) or excl.get((sub, story, None)) or ""
-        excluded = bool(reason) and not include_excluded
+        row = _run_row(bold, m, root, bold_source, paths, check_integrity, last_words,
+                       trim_after_onset, tail_trs)
+        reason = excl.get((sub, story, row["run"])) or excl.get((sub, story, None)) or ""
         if reason and include_excluded:
             reason = "included anyway: " + reason
-        rows.append(dict(
-            subject=sub, story=story, run=run, bold_path=str(bold), n_trs=n_trs, tr=tr,
-            alignment_path=str(align) if align else "", transcript_path=str(transcript or ""),
-            audio_start_s=timing.audio_start_s, trim_start=timing.trim_start,
-            trim_end=timing.trim_end, story_onset_tr=timing.onset_tr,
-            story_duration_tr=timing.duration_tr, excluded=excluded, exclusion_reason=reason,
-            synthetic_bold=synthetic, audio_path=str(audio_file(root, story) or ""),
-            responses="gifti" if str(bold).endswith(".gii") else "nifti", words_path="",
-            split=""))
+        rows.append(dict(row, excluded=bool(reason) and not include_excluded,
+                         exclusion_reason=reason, synthetic_bold=synthetic))
     df = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
     if subjects:
         missing = sorted(set(subjects) - set(df["subject"]))

@@ -215,6 +215,7 @@ def load_model(name: str, device: str | None = None, dtype: str = "auto",
     run extraction under bfloat16 autocast on a CPU (fp32 weights; about 1.7x faster where the
     processor has bf16 instructions, differences ~1% of an activation's size: docs/benchmarks.md;
     cached apart from fp32 activations)."""
+    # one branch per kind of model name (tiny, random, smollm2, a directory, the hub), each short
     import torch
 
     paths = paths or Paths.from_env()

@@ -186,6 +186,74 @@ def _cpu_has_bf16() -> bool:
 
 
 # --------------------------------------------------------------------------- training
+def _optimise(cfg: SFTConfig, lm: LoadedModel):
+    """(model, trainable parameters, optimizer, schedule): the full model, or LoRA adapters."""
+    import torch
+
+    model = lm.model
+    if cfg.method == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=2 * cfg.lora_r,
+                                                 target_modules="all-linear",
+                                                 lora_dropout=0.0, task_type="CAUSAL_LM"))
+        lm.model = model
+    elif cfg.method != "full":
+        raise ValueError(f"method must be 'full' or 'lora', got {cfg.method!r}")
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup_steps)) if cfg.warmup_steps else 1.0)
+    return model, params, opt, sched
+
+
+def _resume(ckpt: Path, key: str, device: str, model, opt, sched, val_before: float):
+    """(step, history, val_before) from a checkpoint of this training key, else a fresh start."""
+    import torch
+
+    if (ckpt / "state.pt").exists():
+        state = torch.load(ckpt / "state.pt", map_location=device, weights_only=False)
+        if state.get("key") == key:
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["opt"])
+            sched.load_state_dict(state["sched"])
+            return state["step"], state["history"], state["val_before"]
+    return 0, [], val_before
+
+
+def _steps(cfg: SFTConfig, lm: LoadedModel, opt_parts, blocks: np.ndarray, order: np.ndarray,
+           start: tuple, key: str, ckpt: Path, bar) -> list[dict]:
+    """The optimiser steps from ``start`` = (step, history, val_before), checkpointing every
+    ``cfg.checkpoint_every``; returns the history of train losses."""
+    import torch
+
+    model, params, opt, sched = opt_parts
+    step, history, val_before = start
+    model.train()
+    while step < cfg.steps:
+        idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+        x = torch.from_numpy(blocks[idx]).to(lm.device)
+        with _autocast(lm.device):
+            loss = model(input_ids=x, labels=x).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        step += 1
+        history.append({"step": step, "train_loss": float(loss.detach())})
+        bar.update(1)
+        bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
+        if step % cfg.checkpoint_every == 0 and step < cfg.steps:
+            ckpt.mkdir(parents=True, exist_ok=True)
+            tmp = ckpt / "state.pt.part"
+            torch.save({"key": key, "model": model.state_dict(), "opt": opt.state_dict(),
+                        "sched": sched.state_dict(), "step": step, "history": history,
+                        "val_before": val_before}, tmp)
+            tmp.replace(ckpt / "state.pt")
+    return history
+
+
 def train(cfg: SFTConfig, train_texts: dict[str, str], out_dir: str | Path,
           eval_texts: dict[str, str] | None = None, kind: str = "sft", label: str = "",
           progress: bool = True) -> dict:
@@ -209,94 +277,59 @@ def train(cfg: SFTConfig, train_texts: dict[str, str], out_dir: str | Path,
     torch.manual_seed(cfg.seed)
     torch.use_deterministic_algorithms(True, warn_only=True)   # reruns give the same weights
     lm = load_model(cfg.base_model, device=cfg.device, dtype="float32")
-    tok = lm.tokenizer
-    blocks = make_blocks([train_texts[s] for s in sorted(train_texts)], tok, cfg.block_size,
-                         source=f"training text ({', '.join(sorted(train_texts))})")
-    ev = (make_blocks([eval_texts[s] for s in sorted(eval_texts)], tok, cfg.block_size,
+    blocks = make_blocks([train_texts[s] for s in sorted(train_texts)], lm.tokenizer,
+                         cfg.block_size, source=f"training text ({', '.join(sorted(train_texts))})")
+    ev = (make_blocks([eval_texts[s] for s in sorted(eval_texts)], lm.tokenizer, cfg.block_size,
                       source="validation text")[:cfg.eval_blocks] if eval_texts else
           np.zeros((0, cfg.block_size), np.int64))
-    model = lm.model
-    if cfg.method == "lora":
-        from peft import LoraConfig, get_peft_model
-
-        model = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=2 * cfg.lora_r,
-                                                 target_modules="all-linear",
-                                                 lora_dropout=0.0, task_type="CAUSAL_LM"))
-        lm.model = model
-    elif cfg.method != "full":
-        raise ValueError(f"method must be 'full' or 'lora', got {cfg.method!r}")
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup_steps)) if cfg.warmup_steps else 1.0)
+    opt_parts = _optimise(cfg, lm)
     rng = np.random.default_rng(cfg.seed)
     order = np.concatenate([rng.permutation(len(blocks))
                             for _ in range(math.ceil(cfg.steps * cfg.batch_size / len(blocks)) + 1)])
     ckpt = out_dir / "checkpoint"
-    step, history = 0, []
-    val_before = eval_loss(lm, ev)
-    if (ckpt / "state.pt").exists():
-        state = torch.load(ckpt / "state.pt", map_location=lm.device, weights_only=False)
-        if state.get("key") == key:
-            model.load_state_dict(state["model"])
-            opt.load_state_dict(state["opt"])
-            sched.load_state_dict(state["sched"])
-            step, history, val_before = state["step"], state["history"], state["val_before"]
-    model.train()
+    start = _resume(ckpt, key, lm.device, *opt_parts[:1], *opt_parts[2:], eval_loss(lm, ev))
     t0 = time.time()
-    bar = tqdm(total=cfg.steps, initial=step, desc=f"SFT {label or kind}", disable=not progress,
-               leave=False)
-    while step < cfg.steps:
-        idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
-        x = torch.from_numpy(blocks[idx]).to(lm.device)
-        with _autocast(lm.device):
-            loss = model(input_ids=x, labels=x).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        step += 1
-        history.append({"step": step, "train_loss": float(loss.detach())})
-        bar.update(1)
-        bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
-        if step % cfg.checkpoint_every == 0 and step < cfg.steps:
-            ckpt.mkdir(parents=True, exist_ok=True)
-            tmp = ckpt / "state.pt.part"
-            torch.save({"key": key, "model": model.state_dict(), "opt": opt.state_dict(),
-                        "sched": sched.state_dict(), "step": step, "history": history,
-                        "val_before": val_before}, tmp)
-            tmp.replace(ckpt / "state.pt")
+    bar = tqdm(total=cfg.steps, initial=start[0], desc=f"SFT {label or kind}",
+               disable=not progress, leave=False)
+    history = _steps(cfg, lm, opt_parts, blocks, order, start, key, ckpt, bar)
     bar.close()
     seconds = time.time() - t0
-    val_after = eval_loss(lm, ev)
+    metrics = dict(
+        kind=kind, label=label, n_train_blocks=int(len(blocks)), n_eval_blocks=int(len(ev)),
+        train_tokens_seen=int(cfg.steps * cfg.batch_size * (cfg.block_size + 1)),
+        epochs=float(cfg.steps * cfg.batch_size / len(blocks)), seconds=seconds,
+        device=lm.device, **_losses(history, start[2], eval_loss(lm, ev)))
+    _save(cfg, lm, opt_parts[0], out_dir, history, metrics, {
+        "key": key, "config": asdict(cfg), "kind": kind, "label": label,
+        "train_stories": sorted(train_texts), "eval_stories": sorted(eval_texts or {}),
+        "train_text_hash": text_hash, "metrics": metrics})
+    return metrics
+
+
+def _losses(history: list[dict], val_before: float, val_after: float) -> dict:
+    hist = pd.DataFrame(history)
+    ppl = lambda v: math.exp(v) if np.isfinite(v) else float("nan")
+    return dict(train_loss_first=float(hist["train_loss"].iloc[:5].mean()),
+                train_loss_last=float(hist["train_loss"].iloc[-5:].mean()),
+                val_loss_before=val_before, val_loss_after=val_after,
+                val_ppl_before=ppl(val_before), val_ppl_after=ppl(val_after))
+
+
+def _save(cfg: SFTConfig, lm: LoadedModel, model, out_dir: Path, history: list[dict],
+          metrics: dict, config: dict) -> None:
+    """The model, tokenizer, history and ``sft_config.json``, written beside and renamed."""
     if cfg.method == "lora":
         model = model.merge_and_unload()
     tmp = out_dir.with_name(out_dir.name + ".partial")
     if tmp.exists():
         shutil.rmtree(tmp)
     model.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    hist = pd.DataFrame(history)
-    metrics = dict(
-        kind=kind, label=label, n_train_blocks=int(len(blocks)), n_eval_blocks=int(len(ev)),
-        train_tokens_seen=int(cfg.steps * cfg.batch_size * (cfg.block_size + 1)),
-        epochs=float(cfg.steps * cfg.batch_size / len(blocks)),
-        train_loss_first=float(hist["train_loss"].iloc[:5].mean()),
-        train_loss_last=float(hist["train_loss"].iloc[-5:].mean()),
-        val_loss_before=val_before, val_loss_after=val_after,
-        val_ppl_before=math.exp(val_before) if np.isfinite(val_before) else float("nan"),
-        val_ppl_after=math.exp(val_after) if np.isfinite(val_after) else float("nan"),
-        seconds=seconds, device=lm.device)
-    write_csv(tmp / "train_history.csv", hist)
-    write_json(tmp / "sft_config.json", {
-        "key": key, "config": asdict(cfg), "kind": kind, "label": label,
-        "train_stories": sorted(train_texts), "eval_stories": sorted(eval_texts or {}),
-        "train_text_hash": text_hash, "metrics": metrics})
+    lm.tokenizer.save_pretrained(tmp)
+    write_csv(tmp / "train_history.csv", pd.DataFrame(history))
+    write_json(tmp / "sft_config.json", config)
     if out_dir.exists():
         shutil.rmtree(out_dir)
     tmp.rename(out_dir)
-    return metrics
 
 
 def perplexity_table(models: list[str], labels: list[str], texts: dict[str, str],

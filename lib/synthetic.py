@@ -146,6 +146,8 @@ def make_mini(out: str | Path | None = None, seed: int = 0, resolution_mm: int =
     real dataset. ``resolution_mm`` sets the MNI grid (6 mm default; 3 mm is the real
     derivative's voxel size).
     """
+    # one generator stream: the order of its draws defines the dataset (and its key), so the
+    # generation reads top to bottom in one function
     import nibabel as nib
     from nilearn.datasets import load_mni152_brain_mask
     from tqdm.auto import tqdm

@@ -244,6 +244,8 @@ def permutation_test(plans: list[list[NullPlan]], observed: np.ndarray,
     may be left out, and a ``spec`` that differs from the plans' is an error, not ignored. With
     ``batch_fn`` and no plans, ``spec`` gives them.
     """
+    # one loop of sequential stopping over permutation batches; split, its state would travel
+    # through five helpers
     specs = {getattr(pl, "spec", None) for sub in plans for pl in sub} - {None}
     if len(specs) > 1:
         raise ValueError(f"the plans were built with different null settings: {specs}")

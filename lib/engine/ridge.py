@@ -367,6 +367,7 @@ def score(design: Design, Y: np.ndarray, batch_targets: int = 20000, source: str
     The result keeps each fold's chosen alphas (``best``): :func:`lib.inference.null_plan`
     builds the permutation null of these scores from it.
     """
+    # the hot loop (folds x target batches) stays in one place, where its memory bound is visible
     where = f" ({source})" if source else ""
     D, B = design, design.B
     xp = B.xp
