@@ -118,6 +118,14 @@ def free_port() -> int:
 
 
 # --------------------------------------------------------------------------- the e2e run
+def profile_args(run: str, profile: str = "params/quick.yaml", **sets) -> list[str]:
+    """``--profile P --run R --set k=v ...`` for :func:`run_pipeline`."""
+    out = ["--profile", profile, "--run", run]
+    for k, v in sets.items():
+        out += ["--set", f"{k}={v}"]
+    return out
+
+
 def run_pipeline(args, env_root, timeout=900):
     import os
 

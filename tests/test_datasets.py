@@ -85,16 +85,13 @@ def test_generic_roi_manifest(tmp_path):
 @pytest.mark.slow
 def test_generic_roi_dataset_runs_stages_01_to_06_and_recovers_the_planted_rois(
         tmp_path, project_root):
-    from conftest import run_pipeline
+    from conftest import profile_args, run_pipeline
 
     root = make_generic_roi(tmp_path / "roi")
-    args = ["--profile", "params/quick.yaml", "--run", "generic-roi",
-            "--set", "dataset=generic", "--set", f"bids_root={root}",
-            "--set", "subjects=all", "--set", "stories=null", "--set", "sft_mode=external",
-            "--set", "sft_steps=2", "--set", "delays=[1, 2, 3, 4]",
-            "--set", "target_sets={planted: 2, all: 0}", "--set", "n_perm=500",
-            "--set", "inner_groups=2", "--set", "layer_profile=false",
-            "--set", "feature_spaces=[word_rate]"]
+    args = profile_args("generic-roi", dataset="generic", bids_root=root, subjects="all",
+                        stories="null", sft_mode="external", sft_steps=2, delays="[1, 2, 3, 4]",
+                        target_sets="{planted: 2, all: 0}", n_perm=500, inner_groups=2,
+                        layer_profile="false", feature_spaces="[word_rate]")
     p = run_pipeline(args, project_root)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     run = project_root / "results" / "generic-roi"

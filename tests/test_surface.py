@@ -67,16 +67,14 @@ def test_language_rois_on_the_surface(mesh):
 def test_synthetic_surface_runs_stages_01_to_06_and_recovers_the_planted_patch(project_root):
     from sklearn.metrics import roc_auc_score
 
-    from conftest import run_pipeline
+    from conftest import profile_args, run_pipeline
     from lib import compare, geometry
     from lib.synthetic import truth_for_run
 
-    args = ["--profile", "params/quick.yaml", "--run", "surface",
-            "--set", "mini_surface=fsaverage5", "--set", "bold_source=fsaverage5",
-            "--set", f"bids_root={project_root / 'data' / 'narratives-mini-surface'}",
-            "--set", "include_excluded=true", "--set", "roi_atlas=harvard_oxford",
-            "--set", "partition=[]", "--set", "layer_profile=false",
-            "--set", "feature_spaces=[word_rate]"]
+    args = profile_args("surface", mini_surface="fsaverage5", bold_source="fsaverage5",
+                        bids_root=project_root / "data" / "narratives-mini-surface",
+                        include_excluded="true", roi_atlas="harvard_oxford", partition="[]",
+                        layer_profile="false", feature_spaces="[word_rate]")
     p = run_pipeline(args, project_root)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     run = project_root / "results" / "surface"
