@@ -111,6 +111,17 @@ def top_mean(criterion: dict[str, np.ndarray], target: dict[str, np.ndarray],
     return out
 
 
+def ratio_of_means(score: np.ndarray, ceiling: np.ndarray, sel: np.ndarray,
+                   min_ceiling: float = 0.1) -> float:
+    """Normalised score of a voxel set: mean score / mean ceiling over ``sel`` (NaN when that mean
+    ceiling is below ``min_ceiling``). Only the ISC-reliable voxels are normalised: with few
+    subjects Spearman-Brown turns a noise ISC of 0.01 into a ceiling of 0.1, and a mean of
+    per-voxel ratios lets those voxels' small denominators dominate."""
+    ok = sel & np.isfinite(score) & np.isfinite(ceiling)
+    mc = float(np.mean(ceiling[ok])) if ok.any() else np.nan
+    return float(np.mean(score[ok])) / mc if mc >= min_ceiling else np.nan
+
+
 def voxel_targets(st: dict, frac: float = 0.1, min_ceiling: float = 0.1,
                   roi_mask: np.ndarray | None = None) -> pd.DataFrame:
     """Subject-level voxel summaries for every condition (and its chance maps)."""
@@ -135,11 +146,10 @@ def voxel_targets(st: dict, frac: float = 0.1, min_ceiling: float = 0.1,
             if roi_mask is not None:
                 rows.append(dict(subject=s, condition=base, target="planted_roi_voxels",
                                  **{col: float(np.nanmean(m[roi_mask]))}))
-            if not kind and s in ceil:
-                nv = normalised(m, ceil[s], min_ceiling)
-                rows.append(dict(subject=s, condition=base, target="voxels_mean",
-                                 normalised_score=float(np.nanmean(nv)) if np.isfinite(nv).any()
-                                 else np.nan, n_voxels=int(np.isfinite(nv).sum())))
+            if not kind and s in ceil and s in reliable:
+                rows.append(dict(subject=s, condition=base, target="voxels_reliable",
+                                 normalised_score=ratio_of_means(m, ceil[s], reliable[s],
+                                                                 min_ceiling)))
     if not rows:
         return pd.DataFrame(columns=["subject", "condition", "target"])
     df = pd.DataFrame(rows)

@@ -19,7 +19,7 @@ from .engine.inference import NullSpec
 from .engine.ridge import DEFAULT_ALPHAS, DEFAULT_DELAYS, Layout, default_gap
 from .spaces import design_matrix
 
-ENGINE_VERSION = 4
+ENGINE_VERSION = 5     # 5: the chance design shifts the TRs before the trim too
 SUMMARY = "whole_brain_mean"
 
 

@@ -37,7 +37,7 @@ from .engine.ridge import (DEFAULT_ALPHAS, EngineError, Layout, heldout_predicti
                     split_folds)
 from .features import FeatureMaps
 
-MATRIX_VERSION = 1
+MATRIX_VERSION = 2     # 2: the chance design shifts the TRs before the trim too
 CONTRASTS = (("sft", "raw"), ("sft", "control"), ("sft", "scrambled"), ("raw", "random"),
              ("raw", "word_rate"))
 
@@ -80,6 +80,7 @@ class MatrixJob:
     surprisal: dict = field(default_factory=dict)
     audio: dict = field(default_factory=dict)
     subject_fold: dict = field(default_factory=dict)   # always empty: one model per condition
+    stimulus: dict = field(default_factory=dict)       # story -> stimulus (job.design_inputs)
 
     def subject_runs(self, subject: str) -> pd.DataFrame:
         return self.runs[self.runs.subject == subject].sort_values(["story", "run"])

@@ -127,7 +127,8 @@ def method_table(run_dir: str | Path, params: dict) -> pd.DataFrame:
         ("noise ceiling", "leave-one-subject-out ISC of z-scored BOLD, Spearman-Brown corrected "
                           "to one subject's ceiling; repeat-based sqrt(r(run-1, run-2)) where a "
                           "story was heard twice; normalised scores only where the ceiling >= "
-                          "min_ceiling (NaN elsewhere, counted)"),
+                          "min_ceiling (NaN elsewhere); voxels: only the ISC-reliable ones, as "
+                          "mean score / mean ceiling"),
         ("across subjects", "the subject is the unit: exact sign-flip permutation test, Student-t "
                             "95% CI, Wilcoxon and paired t, Cohen's d_z; with n "
                             "subjects no sign test can go below p = 2 / 2^n"),
@@ -152,7 +153,8 @@ def score_definitions() -> pd.DataFrame:
         ("chance_score", "the same, for the same features shifted in time by half the story",
          "as brain_score", "as brain_score"),
         ("above_chance", "brain_score - chance_score", "as brain_score", "as brain_score"),
-        ("normalised_score", "brain_score / noise ceiling (ceiling >= min_ceiling, else NaN)",
+        ("normalised_score", "brain_score / noise ceiling (ceiling >= min_ceiling, else NaN); "
+                             "voxels_reliable: mean r / mean ceiling over those voxels",
          "as brain_score", "ceiling: all subjects of the story (LOSO ISC, Spearman-Brown)"),
         ("concat_r_diag", "r of all folds' predictions concatenated (training means added back);"
                           " biased by per-fold intercepts -- a diagnostic, not a score",

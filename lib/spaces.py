@@ -95,12 +95,19 @@ def make_delays(X: np.ndarray, delays=(1, 2, 3, 4, 5), run_lengths=None) -> np.n
     return out
 
 
-def mismatch(F: np.ndarray, kept: slice) -> np.ndarray:
+def mismatch(F: np.ndarray, kept: slice, max_delay: int = 0) -> np.ndarray:
     """Per-TR features with the kept TRs circularly shifted by half their number (the
-    mismatched-story baseline: same features, same smoothness, wrong time)."""
+    mismatched-story baseline: same features, same smoothness, wrong time). The ``max_delay``
+    TRs before the kept ones continue the shifted sequence, so the delayed features of the first
+    kept TRs are shifted too (left alone, they came from the correctly aligned TRs before the
+    trim: a little real signal in the chance score)."""
     F = np.array(F, copy=True)
-    k = F[kept]
-    F[kept] = np.roll(k, len(k) // 2, axis=0)
+    k = np.roll(F[kept], len(F[kept]) // 2, axis=0)
+    F[kept] = k
+    start = kept.start or 0
+    pre = min(int(max_delay), start, len(k))
+    if pre:
+        F[start - pre:start] = k[len(k) - pre:]
     return F
 
 
@@ -108,7 +115,7 @@ def design_matrix(F: np.ndarray, kept: slice, delays=(1, 2, 3, 4, 5),
                   mismatched: bool = False) -> np.ndarray:
     """Delayed TR features on the full scan, then the kept (untrimmed) TRs."""
     if mismatched:
-        F = mismatch(F, kept)
+        F = mismatch(F, kept, max(delays))
     return make_delays(F, delays)[kept]
 
 

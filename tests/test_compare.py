@@ -169,3 +169,16 @@ def test_seeds_enter_the_headline_as_a_crossed_random_effect():
     assert [float(x) for x in r.seed_deltas.split()] == pytest.approx([0.0, 0.02, -0.01], abs=2e-3)
     h = compare.headline(stats, synthetic=True)
     assert "3 fine-tuning seeds" in h and "crossed random effects" in h and "SYNTHETIC" in h
+
+
+def test_voxels_are_normalised_only_where_the_ceiling_is_reliable_as_a_ratio_of_means():
+    base, ceil = _world(np.random.default_rng(6))
+    st = _st({"raw": base}, ceil)
+    tab = compare.subject_table(st)
+    norm = tab[tab.normalised_score.notna() & tab.target.str.startswith("voxels")]
+    assert set(norm.target) == {"voxels_reliable"}          # voxels_mean is not normalised
+    s = sorted(base)[0]
+    sel = ceil[s] > 0.3                                       # the fixture's reliable voxels
+    r = norm.set_index("subject").loc[s, "normalised_score"]
+    assert r == pytest.approx(base[s][sel].mean() / ceil[s][sel].mean(), rel=1e-5)
+    assert np.isnan(compare.ratio_of_means(base[s], ceil[s] * 0 + 0.05, sel))   # too low a ceiling

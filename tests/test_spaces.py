@@ -113,3 +113,18 @@ def test_surprisal_from_the_same_pass_equals_a_direct_computation(tiny, pieman_w
         assert res["surprisal"][w] == pytest.approx(-lp[q - 1, seq[0, q].numpy()].sum(), rel=1e-4)
     np.testing.assert_allclose(res["activations"], features.windowed_activations(
         tiny, words, layer=1, context=32, progress=False)["activations"], atol=1e-5)
+
+
+def test_the_chance_design_shifts_the_delayed_features_of_the_first_kept_trs_too():
+    """Before: the kept TRs were rolled after the trim, so the first kept TRs' delayed copies
+    still came from the correctly aligned TRs just before the trim."""
+    n, kept, delays = 60, slice(10, 55), (1, 2, 3, 4, 5)
+    F = np.arange(n, dtype=float)[:, None]                   # each TR's feature = its index
+    aligned = spaces.design_matrix(F, kept, delays)
+    chance = spaces.design_matrix(F, kept, delays, mismatched=True)
+    assert chance.shape == aligned.shape
+    shifted = np.roll(np.arange(10, 55), 45 // 2)              # the kept block, rolled
+    for d_i, d in enumerate(delays):                          # every delayed copy is the rolled
+        expect = np.r_[shifted[-d:], shifted[:-d]]            # sequence, never a TR < 10
+        np.testing.assert_array_equal(chance[:, d_i], expect)
+    assert not (chance < 10).any() and not np.array_equal(chance, aligned)
