@@ -416,7 +416,8 @@ class FeatureMaps:
     """The activations index as lookups: ``(condition, seed) -> {story key: path}`` for the
     layer's activations, every layer and surprisal, the model tags, and ``subject_fold``. A
     fine-tuned model that scores only some subjects (:func:`lib.sft.plan_folds` by subject
-    story sets) keys its stories ``story@fold``; :meth:`path` picks the subject's own."""
+    story sets) keys its stories ``story@fold``; :func:`story_path` picks the subject's own.
+    ``tags`` names one model per (condition, seed): with fold models, the last fold's."""
     features: dict
     all_layers: dict
     surprisal: dict

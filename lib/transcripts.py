@@ -106,10 +106,13 @@ def _grams(text: str, n: int = 4) -> set:
     return {tuple(w[i:i + n]) for i in range(len(w) - n + 1)}
 
 
+def _shared(ga: set, gb: set) -> float:
+    return len(ga & gb) / max(1, min(len(ga), len(gb)))
+
+
 def overlap(a: str, b: str) -> float:
     """Share of the smaller text's word 4-grams that the other text also has."""
-    ga, gb = _grams(a), _grams(b)
-    return len(ga & gb) / max(1, min(len(ga), len(gb)))
+    return _shared(_grams(a), _grams(b))
 
 
 def stimulus_groups(texts: dict[str, str]) -> dict[str, str]:
@@ -118,11 +121,10 @@ def stimulus_groups(texts: dict[str, str]) -> dict[str, str]:
     one stimulus, named by the first of them alphabetically."""
     names = sorted(texts)
     group = {s: s for s in names}
-    grams = {s: _grams(texts[s]) for s in names}
+    grams = {s: _grams(texts[s]) for s in names}      # once per story, not once per pair
     for i, a in enumerate(names):
         for b in names[i + 1:]:
-            shared = len(grams[a] & grams[b]) / max(1, min(len(grams[a]), len(grams[b])))
-            if shared > OVERLAP_THRESHOLD:
+            if _shared(grams[a], grams[b]) > OVERLAP_THRESHOLD:
                 old, new = sorted((group[a], group[b]))[::-1]
                 group = {s: new if g == old else g for s, g in group.items()}
     return group
