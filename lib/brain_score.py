@@ -12,7 +12,7 @@ from . import reduction as red
 from .cluster import map_units
 from .encoding import (PARTITION, Job, UnitsFailed, fit_partition_unit, fit_unit,
                        partition_seeds, plan_units)
-from .geometry import load_geometry
+from .geometry import load_geometry, save_map
 
 
 def available_spaces(job: Job) -> tuple[list[tuple[str, int]], pd.DataFrame]:
@@ -81,8 +81,8 @@ def run_stage(job: Job, fdr_q: float = 0.05, re_min_subjects: int = 6,
             g.update({f"re_{k}": v for k, v in
                       red.random_effects(job, cond, seeds, n_perm=re_n_perm).items()})
         group[cond] = g
-        red.save_map(g["score"], mask_img, Path(job.out_dir) / "maps" / f"group_{cond}_r.nii.gz")
-        red.save_map(np.where(g["fdr"], g["score"], 0), mask_img,
+        save_map(g["score"], mask_img, Path(job.out_dir) / "maps" / f"group_{cond}_r.nii.gz")
+        save_map(np.where(g["fdr"], g["score"], 0), mask_img,
                      Path(job.out_dir) / "maps" / f"group_{cond}_r_fdr.nii.gz")
     if {"sft", "raw"} <= set(group) and n_sub >= re_min_subjects:
         seeds_of = {c: sorted(s for cc, s in job.features if cc == c) for c in ("sft", "raw")}
@@ -96,7 +96,7 @@ def run_stage(job: Job, fdr_q: float = 0.05, re_min_subjects: int = 6,
         voxels.update(part_maps)
         group.update(part_group)
         for name, g in part_group.items():
-            red.save_map(np.where(g["fdr"], g["score"], 0), mask_img,
+            save_map(np.where(g["fdr"], g["score"], 0), mask_img,
                          Path(job.out_dir) / "maps" / f"group_{name.replace(':', '-')}_fdr.nii.gz")
     tests = red.write_outputs(job.out_dir, scores, layers, voxels, nc, nc_maps, group, part,
                               skipped, alphas)

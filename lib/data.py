@@ -212,10 +212,10 @@ def load_bold(path: str | Path, mask=None) -> np.ndarray:
     """BOLD as float32 (n_trs, n_voxels) inside ``mask`` (a NIfTI image or boolean array)."""
     import nibabel as nib
 
-    path = Path(path)
-    if str(path).endswith(".gii"):      # a cortical-surface run: mask = the vertex mask
-        from .surface import load_surface_bold
+    from .surface import is_surface, load_surface_bold
 
+    path = Path(path)
+    if is_surface(path):                # a cortical-surface run: mask = the vertex mask
         return load_surface_bold(path, mask)
     if not path.exists():
         raise DataError(f"{path}: BOLD file not found")
@@ -260,9 +260,10 @@ def _run_row(bold: Path, m, root: Path, bold_source: str, paths: Paths, check_in
     """One run's manifest fields (all but the exclusion and synthetic flags): its TRs and TR,
     words, and the story's timing in scan time."""
     sub, story, run = m.group(1), m.group(2), int(m.group(3)) if m.group(3) else 1
-    if str(bold).endswith(".gii"):
-        from .surface import n_trs as surface_trs
+    from .surface import is_surface, n_trs as surface_trs
 
+    surface = is_surface(bold)
+    if surface:
         n_trs, header_tr = surface_trs(bold), 0.0
     else:
         n_trs, _, header_tr = bold_header(bold, check_integrity=check_integrity)
@@ -288,7 +289,7 @@ def _run_row(bold: Path, m, root: Path, bold_source: str, paths: Paths, check_in
         audio_start_s=timing.audio_start_s, trim_start=timing.trim_start,
         trim_end=timing.trim_end, story_onset_tr=timing.onset_tr,
         story_duration_tr=timing.duration_tr, audio_path=str(audio_file(root, story) or ""),
-        responses="gifti" if str(bold).endswith(".gii") else "nifti", words_path="", split="")
+        responses="gifti" if surface else "nifti", words_path="", split="")
 
 
 def build_manifest(root: str | Path, subjects: list[str] | None = None,

@@ -58,19 +58,24 @@ def load_geometry(path):
     return SurfaceMask.load(path) if path.suffix == ".npz" else nib.load(str(path))
 
 
+def volume_image(vec: np.ndarray, geometry):
+    """Values over a volume's mask -> a NIfTI image (0 outside the mask)."""
+    import nibabel as nib
+
+    mask = mask_array(geometry)
+    vol = np.zeros(mask.shape, np.float32)
+    vol[mask] = np.nan_to_num(np.asarray(vec, np.float32))
+    return nib.Nifti1Image(vol, geometry.affine)
+
+
 def save_map(vec: np.ndarray, geometry, path) -> Path:
     """Values over the mask -> a NIfTI (volume) or a GIfTI pair ``<stem>_hemi-{L,R}.func.gii``
     (surface; the left file is returned)."""
     if is_surface(geometry):
         return geometry.save_map(vec, path)[0]
-    import nibabel as nib
-
     from .cache import save_nifti
 
-    mask = mask_array(geometry)
-    vol = np.zeros(mask.shape, np.float32)
-    vol[mask] = np.nan_to_num(np.asarray(vec, np.float32))
-    return save_nifti(nib.Nifti1Image(vol, geometry.affine), path)
+    return save_nifti(volume_image(vec, geometry), path)
 
 
 # --------------------------------------------------------------------------- masks and ROIs

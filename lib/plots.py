@@ -68,16 +68,9 @@ def surface_views(sv: SurfaceValues, title: str, vmax: float | None = None,
 
 def to_img(vec: np.ndarray, mask_img):
     """Values over the mask -> a NIfTI image, or :class:`SurfaceValues` for a mesh."""
-    import nibabel as nib
+    from .geometry import is_surface, volume_image
 
-    from .geometry import is_surface
-
-    if is_surface(mask_img):
-        return SurfaceValues(mask_img, vec)
-    mask = np.asarray(mask_img.get_fdata()) > 0
-    vol = np.zeros(mask.shape, np.float32)
-    vol[mask] = np.nan_to_num(np.asarray(vec, np.float32))
-    return nib.Nifti1Image(vol, mask_img.affine)
+    return SurfaceValues(mask_img, vec) if is_surface(mask_img) else volume_image(vec, mask_img)
 
 
 def paired_scores(tab: pd.DataFrame, target: str, a: str = "raw", b: str = "sft",

@@ -287,13 +287,6 @@ def partition_outputs(job: Job, seeds: list[int], synthetic: bool, fdr_q: float 
     return pd.DataFrame(rows), maps, group
 
 
-def save_map(vec: np.ndarray, geometry, path) -> Path:
-    """A map over the mask: NIfTI for a volume, a GIfTI pair for a surface (lib.geometry)."""
-    from .geometry import save_map as save
-
-    return save(vec, geometry, path)
-
-
 def write_outputs(out_dir: Path, scores, layers, voxels, nc, nc_maps, group: dict,
                   partition: pd.DataFrame | None = None, skipped: pd.DataFrame | None = None,
                   alphas: pd.DataFrame | None = None) -> pd.DataFrame:
