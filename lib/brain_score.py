@@ -91,8 +91,7 @@ def run_stage(job: Job, fdr_q: float = 0.05, re_min_subjects: int = 6,
             n_perm=re_n_perm).items()}
     part = pd.DataFrame()
     if p_seeds:
-        part, part_maps, part_group = red.partition_outputs(job, p_seeds, synthetic, fdr_q,
-                                                            client)
+        part, part_maps, part_group = red.partition_outputs(job, p_seeds, synthetic, fdr_q)
         voxels.update(part_maps)
         group.update(part_group)
         for name, g in part_group.items():

@@ -48,7 +48,6 @@ __all__ = ["Job", "Settings", "Unit", "fit_unit", "make_job", "brain_mask", "nam
 def fit_unit(job: Job, unit: Unit, progress=None) -> list[dict]:
     """Fit ``unit`` for each of its subjects (cached ones are skipped). Returns one status dict
     per subject: ``{"subject", "status": "cached"|"fitted"|"failed", "error"}``."""
-    st = job.settings
     mask = mask_of(job)
     labels = labels_of(job, mask)
     designs: dict[bool, object] = {}
@@ -153,8 +152,17 @@ def partition_seeds(job: Job) -> list[int]:
     return sorted({sd for c, sd in job.features if c in lms}) or [0]
 
 
-def _partition_designs(job: Job, seed: int, sub: str, cache: dict) -> dict:
-    from .engine.partition import banded_prepare, needed_fits
+#: 2: nested band weightings, the reduced fits drawn from the joint fit's designs; r selection,
+#: the signed squared held-out r as the measure, and one weighting per subject and outer fold
+#: (pooled over its targets; alphas per target): docs/validity.md 5f measured it better than
+#: per-target weightings on every row (less bias of a band that adds nothing, more power)
+PARTITION_SCHEME = 2
+
+
+def _partition_designs(job: Job, seed: int, sub: str, cache: dict) -> list:
+    """The joint fit's designs, one per band weighting (:func:`lib.engine.partition.band_weights`
+    nests every reduced fit's candidates in them); shared by subjects with the same features."""
+    from .engine.partition import banded_prepare
 
     st = job.settings
     key = job.signature(sub)
@@ -162,18 +170,19 @@ def _partition_designs(job: Job, seed: int, sub: str, cache: dict) -> dict:
         members = partition_members(job, seed)
         X = {name: design_inputs(job, cond, sd, sub) for name, cond, sd in members}
         layout = next(iter(X.values()))[1]
-        cache[key] = {subset: banded_prepare(
-            [X[n][0] for n in subset], layout, gap=st.gap_trs, n_folds=st.n_folds,
+        cache[key] = banded_prepare(
+            [X[n][0] for n, _, _ in members], layout, gap=st.gap_trs, n_folds=st.n_folds,
             inner_folds=st.inner_folds, alphas=st.alphas, n_iter=st.partition_n_iter,
-            backend=st.backend, device=st.device) for subset in needed_fits(
-            [n for n, _, _ in members])}
+            backend=st.backend, device=st.device)
     return cache[key]
 
 
 def fit_partition_unit(job: Job, unit: Unit, progress=None) -> list[dict]:
-    """Banded fits of a variance partition (every subset :func:`lib.engine.partition.needed_fits`
-    asks for) for each subject of ``unit``; designs are shared by the unit's subjects."""
-    from .engine.partition import banded_score
+    """Banded fits of a variance partition for each subject of ``unit``: the joint fit and every
+    fit without one space (:func:`lib.engine.partition.needed_fits`), the reduced ones searching
+    the joint fit's candidates with a zero for the left-out space; designs are shared by the
+    unit's subjects."""
+    from .engine.partition import banded_score, nested, needed_fits
 
     mask = mask_of(job)
     labels = labels_of(job, mask)
@@ -184,50 +193,33 @@ def fit_partition_unit(job: Job, unit: Unit, progress=None) -> list[dict]:
         try:
             members = partition_members(job, unit.seed)
             key = input_key(job, PARTITION, unit.seed, sub,
-                            extra=[input_key(job, c, sd, sub) for _, c, sd in members])
+                            extra=[("scheme", PARTITION_SCHEME)] +
+                            [input_key(job, c, sd, sub) for _, c, sd in members])
             if is_fresh(path, key):
                 out.append(dict(subject=sub, status="cached", error=""))
                 continue
             Y = subject_targets(job, sub, mask, labels)
-            arrays, subsets = {}, []
-            for i, (subset, designs) in enumerate(_partition_designs(job, unit.seed, sub,
-                                                                     cache).items()):
-                res = banded_score(designs, Y, job.settings.batch_targets)
+            designs = _partition_designs(job, unit.seed, sub, cache)
+            names = [n for n, _, _ in members]
+            arrays, subsets = {}, needed_fits(names)
+            for i, subset in enumerate(subsets):
+                res = banded_score(nested(designs, [names.index(n) for n in subset]), Y,
+                                   job.settings.batch_targets, select="r", measure="rsq",
+                                   pooled=True)
                 arrays[f"fit{i}_run_r2"] = res.run_r2.astype(np.float32)
-                arrays[f"fit{i}_choice"] = res.choice
                 arrays[f"fit{i}_valid"] = res.valid
                 if i == 0:
                     arrays["split_run_r2"] = res.run_split.astype(np.float32)
                     arrays["weights"] = res.weights.mean(0).astype(np.float32)
-                subsets.append(list(subset))
             write_npz(path, **arrays)
-            write_sidecar(path, key, subject=sub, seed=unit.seed, subsets=subsets,
+            write_sidecar(path, key, subject=sub, seed=unit.seed,
+                          subsets=[list(x) for x in subsets],
                           runs=[[r.story, int(r.run)] for r in job.subject_runs(sub).itertuples()],
                           summary=summary_names(job))
             out.append(dict(subject=sub, status="fitted", error=""))
         except (DataError, EngineError, OSError) as e:
             out.append(dict(subject=sub, status="failed", error=str(e)))
     return out
-
-
-def partition_null(job: Job, seed: int, subject: str, space: str, cache: dict | None = None):
-    """The null of ``space``'s unique R^2 for a subject (full and reduced fits reusing their
-    saved choices, the same reorderings for both)."""
-    from .engine.partition import BandedNull, UniqueNull
-
-    mask = mask_of(job)
-    Y = subject_targets(job, subject, mask, labels_of(job, mask))
-    arrays, meta = load_result(job, PARTITION, seed, subject)
-    designs = _partition_designs(job, seed, subject, {} if cache is None else cache)
-    subsets = [tuple(x) for x in meta["subsets"]]
-    full = subsets[0]
-    reduced = subsets.index(tuple(x for x in full if x != space))
-
-    def null_of(i):
-        return BandedNull(designs[subsets[i]], arrays[f"fit{i}_choice"],
-                          arrays[f"fit{i}_valid"], Y, job.settings.null)
-
-    return UniqueNull(null_of(0), null_of(reduced))
 
 
 # --------------------------------------------------------------------------- null plans

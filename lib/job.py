@@ -39,7 +39,7 @@ class Settings:
     spaces: tuple = ("word_rate",)        # feature spaces fitted alone beside the LMs
     partition: tuple = ()                 # spaces fitted jointly for variance partitioning
     partition_n_iter: int = 20            # band weightings tried by the random search
-    partition_null: tuple = ()            # spaces whose unique-variance map gets a group null
+    partition_null: tuple = ()            # spaces whose unique R^2 is tested across subjects
     layer_conditions: tuple = ("raw", "sft")   # conditions whose every layer is scored
     backend: str = "numpy"
     device: str | None = None

@@ -85,8 +85,10 @@ def score_tables(job: Job, conditions: list[tuple[str, int]], synthetic: bool
 # --------------------------------------------------------------------------- noise ceiling
 def noise_ceilings(job: Job, synthetic: bool, fdr_q: float = 0.05, n_iter: int = 1000,
                    max_subjects: int = 20) -> tuple[pd.DataFrame, dict]:
-    """Per (story, run) with >= 2 subjects: LOSO ISC of z-scored BOLD and the Spearman-Brown
-    corrected ceiling (:func:`lib.engine.inference.ceiling_from_isc`), and which voxels respond
+    """Per (story, run) with >= 2 subjects: LOSO ISC of z-scored BOLD -- in each subject's scoring
+    unit (:func:`unit_r`: per block of story time for a subject who heard one story, like its
+    brain score) -- and the Spearman-Brown corrected ceiling
+    (:func:`lib.engine.inference.ceiling_from_isc`), and which voxels respond
     reliably to the story: group ISC significant at FDR ``fdr_q`` against independent circular
     shifts of every subject (:func:`lib.engine.inference.isc_reliability`, at most ``max_subjects`` of
     them, chosen at random) -- a model-free selection (``isc_reliable``). Per subject with two
@@ -101,15 +103,9 @@ def noise_ceilings(job: Job, synthetic: bool, fdr_q: float = 0.05, n_iter: int =
         g = g.sort_values("subject")
         if len(g) < 2:
             continue
-        total = None
-        for r in g.itertuples():          # pass 1: running sum of z-scored series
-            z = zscore_time(run_targets(job, r, mask, labels))
-            total = z if total is None else total + z
         n = len(g)
-        iscs, chosen = {}, set(np.random.default_rng(0).permutation(g.subject)[:max_subjects])
-        for r in g.itertuples():          # pass 2: each subject against the mean of the others
-            z = zscore_time(run_targets(job, r, mask, labels))
-            iscs[r.subject] = np_pearson(z, (total - z) / (n - 1)).astype(np.float32)
+        iscs, units = _loso_iscs(job, g, mask, labels)
+        chosen = set(np.random.default_rng(0).permutation(g.subject)[:max_subjects])
         Zs = [run_targets(job, r, mask, labels)[:, :-n_sum] for r in g.itertuples()
               if r.subject in chosen]
         reliable = fdr_bh(isc_reliability(Zs, n_iter)[1], fdr_q)
@@ -123,12 +119,37 @@ def noise_ceilings(job: Job, synthetic: bool, fdr_q: float = 0.05, n_iter: int =
                 c = (isc.size - n_sum + j) if j < n_sum else None
                 rows.append(dict(subject=r.subject, story=story, run=int(run), n_subjects=n,
                                  target=name, ceiling_kind="isc_loso_spearman_brown",
+                                 scoring_unit=("whole story" if units[r.subject] is None else
+                                               f"{len(units[r.subject])} blocks of story time"),
                                  n_reliable_voxels=int(reliable.sum()),
                                  isc_loso=float(isc[c]) if c is not None else
                                  float(np.nanmedian(isc[:-n_sum])),
                                  noise_ceiling=float(ceil[c]) if c is not None else
                                  float(np.nanmedian(ceil[:-n_sum])),
                                  synthetic_bold=synthetic))
+    rows += _repeat_ceilings(job, mask, labels, names, maps, synthetic)
+    return pd.DataFrame(rows), maps
+
+
+def _loso_iscs(job: Job, g: pd.DataFrame, mask, labels) -> tuple[dict, dict]:
+    """Each subject of one (story, run) against the mean of the others, in its scoring unit:
+    ({subject: ISC per target}, {subject: its blocks or None})."""
+    total = None
+    for r in g.itertuples():          # pass 1: running sum of z-scored series
+        z = zscore_time(run_targets(job, r, mask, labels))
+        total = z if total is None else total + z
+    iscs, units = {}, {}
+    for r in g.itertuples():          # pass 2: each subject against the mean of the others
+        z = zscore_time(run_targets(job, r, mask, labels))
+        units[r.subject] = score_blocks(job, r.subject, len(z))
+        iscs[r.subject] = unit_r(z, (total - z) / (len(g) - 1), units[r.subject])
+    return iscs, units
+
+
+def _repeat_ceilings(job: Job, mask, labels, names: list, maps: dict, synthetic: bool
+                     ) -> list[dict]:
+    """Per subject who heard a story twice: sqrt(r(run 1, run 2)) (its map into ``maps``)."""
+    rows, n_sum = [], len(names)
     for (sub, story), g in job.runs.groupby(["subject", "story"]):
         if len(g) < 2:
             continue
@@ -138,12 +159,36 @@ def noise_ceilings(job: Job, synthetic: bool, fdr_q: float = 0.05, n_iter: int =
             continue
         rc = repeat_ceiling(a, b)
         maps[f"{sub}|{story}|repeat|repeat_ceiling|0"] = rc[:-n_sum]
-        for j, name in enumerate(names):
-            rows.append(dict(subject=sub, story=story, run=-1, n_subjects=1, target=name,
-                             ceiling_kind="repeat_run1_run2", isc_loso=np.nan,
-                             noise_ceiling=float(rc[rc.size - n_sum + j]),
-                             synthetic_bold=synthetic))
-    return pd.DataFrame(rows), maps
+        rows += [dict(subject=sub, story=story, run=-1, n_subjects=1, target=name,
+                      ceiling_kind="repeat_run1_run2", scoring_unit="whole run", isc_loso=np.nan,
+                      noise_ceiling=float(rc[rc.size - n_sum + j]), synthetic_bold=synthetic)
+                 for j, name in enumerate(names)]
+    return rows
+
+
+def score_blocks(job: Job, subject: str, n: int) -> list[np.ndarray] | None:
+    """The blocks of story time a subject's brain score averages its r over, when it heard one
+    story (its outer folds' test blocks); None when it heard several (whole-story r)."""
+    from .engine.ridge import EngineError, Layout, blocked_folds
+
+    stories = {job.stimulus.get(s, s) for s in job.subject_runs(subject).story}
+    if len(stories) > 1:
+        return None
+    try:
+        folds = blocked_folds(Layout.single(n, stories.pop()), job.settings.n_folds,
+                              job.settings.gap_trs)
+    except EngineError:
+        return None
+    return [test for _, test in folds]
+
+
+def unit_r(z: np.ndarray, other: np.ndarray, blocks: list[np.ndarray] | None) -> np.ndarray:
+    """r of each column of ``z`` with ``other`` in the brain score's scoring unit: over the whole
+    run, or the mean of the per-block r (a ceiling in another unit than its score is no ceiling:
+    per-block r drops the slow variance between blocks)."""
+    if blocks is None:
+        return np_pearson(z, other).astype(np.float32)
+    return np.mean([np_pearson(z[b], other[b]) for b in blocks], 0).astype(np.float32)
 
 
 # --------------------------------------------------------------------------- group tests
@@ -230,13 +275,12 @@ def _partition_measures(arrays: dict, meta: dict) -> dict[str, np.ndarray]:
     return out
 
 
-def partition_outputs(job: Job, seeds: list[int], synthetic: bool, fdr_q: float = 0.05,
-                      client=None) -> tuple[pd.DataFrame, dict, dict]:
+def partition_outputs(job: Job, seeds: list[int], synthetic: bool, fdr_q: float = 0.05
+                      ) -> tuple[pd.DataFrame, dict, dict]:
     """(table, voxel maps, group tests) of the variance partition: every measure per subject,
     run and summary target (and the voxel mean); maps per run; for each space of
-    ``settings.partition_null`` the group permutation test of its unique R^2."""
-    from .encoding import PARTITION, partition_null
-    from .engine.inference import subject_null
+    ``settings.partition_null`` the across-subject test of its unique R^2."""
+    from .encoding import PARTITION
 
     names = summary_names(job)
     n_sum = len(names)
@@ -257,34 +301,32 @@ def partition_outputs(job: Job, seeds: list[int], synthetic: bool, fdr_q: float 
                     rows += [dict(base, measure=k, target=n, r2=float(v[i, -n_sum + j]))
                              for j, n in enumerate(names)]
         subj[sub] = {k: np.mean([p[k] for p in per_seed], 0) for k in per_seed[0]}
-    group = {}
-    for space in job.settings.partition_null:
-        key = f"unique:{space}"
-        obs = np.mean([subj[s][key] for s in sorted(subj)], 0)
-        subs = sorted(subj)
-        if client is None:
-            cache: dict = {}
-            plans = [[partition_null(job, sd, s, space, cache) for sd in seeds] for s in subs]
-            _, p, n_done = permutation_test(plans, obs, job.settings.null)
-        else:
-            futs = [client.submit(lambda s: [partition_null(job, sd, s, space) for sd in seeds],
-                                  s, pure=False) for s in subs]
-            valid = np.isfinite(obs)
-
-            def batch_fn(b0, b1, cols):
-                return client.gather([client.submit(subject_null, f, b0, b1, cols, pure=False)
-                                      for f in futs])
-
-            _, p, n_done = permutation_test([], obs, job.settings.null, batch_fn, valid)
-            client.cancel(futs)
-        group[f"partition_{key}"] = dict(score=obs[:-n_sum].astype(np.float32), p=p[:-n_sum],
-                                         fdr=fdr_bh(p[:-n_sum], fdr_q), n_perm_run=n_done[:-n_sum],
-                                         summary=pd.DataFrame(dict(
-                                             condition=f"partition {key}", target=names,
-                                             group_score=obs[-n_sum:], p_value=p[-n_sum:],
-                                             n_perm_run=n_done[-n_sum:], n_subjects=len(subs),
-                                             seeds=",".join(map(str, seeds)))))
+    group = {f"partition_unique:{space}": unique_test(
+        np.stack([subj[s][f"unique:{space}"] for s in sorted(subj)]), names, space, seeds, fdr_q)
+        for space in job.settings.partition_null}
     return pd.DataFrame(rows), maps, group
+
+
+def unique_test(u: np.ndarray, names: list[str], space: str, seeds: list[int],
+                fdr_q: float = 0.05) -> dict:
+    """Across-subject test of a space's unique R^2 (``u``: subjects x (voxels + summary
+    targets), seeds averaged inside subjects): one-sided sign flips of the subjects' values, the
+    subject as the unit. Its null is "unique R^2 = 0" itself (not "no space predicts", which a
+    null that reorders BOLD tests); docs/validity.md measures its bias and false-positive rate."""
+    from .engine.inference import sign_flip_pvalues, t_ci
+
+    n_sum = len(names)
+    obs = np.nanmean(u, 0)
+    p, n_patterns = sign_flip_pvalues(u)
+    ci = np.array([t_ci(u[:, -n_sum + j]) for j in range(n_sum)]).reshape(n_sum, 2)
+    return dict(score=obs[:-n_sum].astype(np.float32), p=p[:-n_sum],
+                fdr=fdr_bh(np.nan_to_num(p[:-n_sum], nan=1.0), fdr_q),
+                summary=pd.DataFrame(dict(
+                    condition=f"partition unique:{space}", target=names,
+                    group_score=obs[-n_sum:], p_value=p[-n_sum:], ci95_low=ci[:, 0],
+                    ci95_high=ci[:, 1], n_perm_run=n_patterns, n_subjects=len(u),
+                    seeds=",".join(map(str, seeds)),
+                    test="one-sided sign flips across subjects")))
 
 
 def write_outputs(out_dir: Path, scores, layers, voxels, nc, nc_maps, group: dict,

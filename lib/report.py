@@ -85,17 +85,33 @@ def load_params(run_dir: str | Path) -> dict:
     return json.loads(p.read_text()) if p.exists() else {}
 
 
+def scoring_units(scores: pd.DataFrame) -> str:
+    """How many subjects are scored per block of story time (one story heard) and per held-out
+    story (several): the group means mix the two units when both are present; the noise ceiling
+    of each subject is in its own unit."""
+    kind = scores.groupby("subject").fold_scheme.first().map(
+        lambda s: "whole story" if s.startswith("leave-one-story-out") else "blocks")
+    n_blk, n_story = int((kind == "blocks").sum()), int((kind == "whole story").sum())
+    text = (f"{n_blk} subject(s): mean r over blocks of story time; {n_story} subject(s): r of "
+            f"each held-out story")
+    if n_blk and n_story:
+        text += " -- the group means mix the two units (per-block r drops the slow variance "
+        text += "between blocks; their ceilings are in the same units)"
+    return text
+
+
 def method_table(run_dir: str | Path, params: dict) -> pd.DataFrame:
     """What was done, in one table: the score definition, folds, gap, null, ceiling and tests."""
     from .engine.ridge import DEFAULT_DELAYS, default_gap
 
     run_dir = Path(run_dir)
     sc_path = run_dir / "brain_score" / "scores.csv"
-    scheme = gap = "?"
+    scheme = gap = units = "?"
     if sc_path.exists():
-        sc = pd.read_csv(sc_path, usecols=["fold_scheme", "gap"])
+        sc = pd.read_csv(sc_path, usecols=["subject", "fold_scheme", "gap"])
         scheme = "; ".join(sorted(sc.fold_scheme.unique()))
         gap = ", ".join(str(g) for g in sorted(sc.gap.unique()))
+        units = scoring_units(sc)
     delays = params.get("delays", list(DEFAULT_DELAYS))
     n_perm = params.get("n_perm", 1000)
     rows = [
@@ -109,6 +125,7 @@ def method_table(run_dir: str | Path, params: dict) -> pd.DataFrame:
                        f"word + {params.get('tail_trs', 8)} TRs, every run z-scored"),
         ("folds", f"{scheme} (leave one story out when a subject heard several; repeats of a "
                   f"story held out together)"),
+        ("scoring unit", units),
         ("gap", f"{gap} TRs of story time dropped between training and test blocks "
                 f"(default: max(delay) + 37.5 s of story time = {default_gap(delays)} at TR 1.5 s)"),
         ("penalty", f"one per target from {len(params.get('alphas') or range(10))} alphas, "
@@ -135,8 +152,11 @@ def method_table(run_dir: str | Path, params: dict) -> pd.DataFrame:
         ("feature spaces", f"each alone: {', '.join(params.get('feature_spaces', ['word_rate']))}"
                            f" (word-level values aggregated like the LM's); banded ridge for the "
                            f"partition {params.get('partition') or '(none)'}: "
-                           f"{params.get('partition_n_iter', 20)} band weightings, the same folds "
-                           f"and inner folds, R^2 selection"),
+                           f"nested band weightings ({params.get('partition_n_iter', 20)} drawn per "
+                           f"level; one per subject and outer fold, pooled over its targets; "
+                           f"alphas per target), the same folds and inner folds, r selection; "
+                           f"unique R^2 "
+                           f"tested across subjects (one-sided sign flips)"),
         ("voxel summaries", "voxels_reliable: group ISC significant (BH-FDR) against independent "
                             "circular shifts of each subject; voxels_top10pct: the other subjects' "
                             "noise ceiling; voxels_mean: the whole mask -- no model's map selects"),
@@ -159,13 +179,15 @@ def score_definitions() -> pd.DataFrame:
         ("concat_r_diag", "r of all folds' predictions concatenated (training means added back);"
                           " biased by per-fold intercepts -- a diagnostic, not a score",
          "as brain_score", "as brain_score"),
-        ("R² (partition)", "1 - SS(residual) / SS(BOLD), prediction and BOLD centred on the test "
-                           "block, per fold; mean over folds", "as brain_score", "as brain_score"),
+        ("R² (partition)", "r|r|: the signed square of the banded model's held-out r (mean "
+                           "over folds, as brain_score); scale-free: no shrinkage of the "
+                           "predictions changes it", "as brain_score", "as brain_score"),
         ("unique:<space>", "R²(all spaces) - R²(all but <space>)", "as brain_score",
          "as brain_score"),
         ("shared", "R²(all spaces) - sum of the unique R²", "as brain_score", "as brain_score"),
-        ("split:<space>", "himalaya's product-measure share of the joint R² (shares add up to "
-                          "it)", "as brain_score", "as brain_score"),
+        ("split:<space>", "|r| x the space's share of the joint r, cov(prediction of the space, "
+                          "BOLD) / (sd(joint prediction) sd(BOLD)): the shares add up to the "
+                          "joint r|r|", "as brain_score", "as brain_score"),
         ("subject value", "runs averaged within a story, stories with equal weight, then seeds",
          "", ""),
         ("group value", "mean over subjects; p from block permutations of story time (the same "

@@ -98,6 +98,33 @@ def realistic_noise(rng, n: int, m: int, phi_range=(0.85, 0.95), tr: float = 1.5
     return noise / noise.std(0)
 
 
+def two_band_subjects(seed: int, n: int = 300, n_subjects: int = 6, n_targets: int = 10,
+                      r: float = 0.35, kind: str = "redundant", unique_share: float = 0.0,
+                      delays=(1, 2, 3, 4, 5)) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """SYNTHETIC data for variance partitioning: two delayed feature bands A and B (6 AR(0.9)
+    units each) shared by every subject, and BOLD (n, subjects x targets) with noise as smooth
+    as real BOLD. The signal (correlation ``r`` with BOLD) comes from A, plus a share
+    ``unique_share`` of its variance from B. ``kind``: ``redundant`` -- B is a noisy mixture of
+    A's units (it predicts BOLD through A, and adds nothing), or ``independent`` -- B is its own
+    AR(0.9) process."""
+    from .spaces import make_delays
+
+    rng = np.random.default_rng(seed)
+    a = _ar1(rng, n, 6, 0.9)
+    b = (0.8 * a @ rng.standard_normal((6, 6)) / np.sqrt(6) + 0.6 * _ar1(rng, n, 6, 0.9)
+         if kind == "redundant" else _ar1(rng, n, 6, 0.9))
+    A, B = make_delays(a, delays), make_delays(b, delays)
+
+    def unit(x):
+        s = x @ rng.standard_normal((x.shape[1], n_targets))
+        return (s - s.mean(0)) / s.std(0)
+
+    sig = np.sqrt(1 - unique_share) * unit(A) + np.sqrt(unique_share) * unit(B)
+    Y = np.hstack([r * sig + np.sqrt(1 - r * r) * realistic_noise(rng, n, n_targets)
+                   for _ in range(n_subjects)])
+    return A.astype(np.float32), B.astype(np.float32), Y.astype(np.float32)
+
+
 def planted_mask(mask_img) -> np.ndarray:
     """Boolean 3-D array: brain voxels inside the superior-temporal boxes."""
     from nilearn.image import coord_transform

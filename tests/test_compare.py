@@ -182,3 +182,41 @@ def test_voxels_are_normalised_only_where_the_ceiling_is_reliable_as_a_ratio_of_
     r = norm.set_index("subject").loc[s, "normalised_score"]
     assert r == pytest.approx(base[s][sel].mean() / ceil[s][sel].mean(), rel=1e-5)
     assert np.isnan(compare.ratio_of_means(base[s], ceil[s] * 0 + 0.05, sel))   # too low a ceiling
+
+
+def test_ceiling_in_the_scoring_unit_of_single_story_subjects():
+    """A subject who heard one story is scored by the mean r over blocks of story time; its
+    ceiling must be in that unit. The true signal as a model, normalised (ratio of means over
+    targets) by the block-unit ceiling, scores ~1; by the whole-run ceiling it scored 0.87-0.94
+    (the between-block variance is in the ceiling, not in the score)."""
+    from lib.engine.inference import ceiling_from_isc, zscore_time
+    from lib.engine.ridge import Layout, blocked_folds
+    from lib.reduction import unit_r
+    from lib.synthetic import _ar1, realistic_noise
+
+    blocks = [te for _, te in blocked_folds(Layout.single(300, "x"), 5, 30)]
+    block, whole = [], []
+    for seed in range(8):
+        rng = np.random.default_rng(seed)
+        s = _ar1(rng, 300, 200, 0.95)
+        Y = [zscore_time(0.5 * s + realistic_noise(rng, 300, 200)) for _ in range(5)]
+        tot = sum(Y)
+        perfect = np.mean([unit_r(y, s, blocks) for y in Y], 0)
+        for unit, out in ((blocks, block), (None, whole)):
+            c = ceiling_from_isc(np.mean([unit_r(y, (tot - y) / 4, unit) for y in Y], 0), 5)
+            ok = np.isfinite(c)
+            out.append(perfect[ok].mean() / c[ok].mean())
+    assert abs(np.mean(block) - 1) < 0.03, np.mean(block)
+    assert np.mean(whole) < 0.96, np.mean(whole)
+
+
+def test_report_states_the_mix_of_scoring_units():
+    from lib.report import scoring_units
+
+    sc = pd.DataFrame(dict(subject=["a", "a", "b", "c"],
+                           fold_scheme=["5 contiguous blocks of story time, gap 30 TRs"] * 2 +
+                           ["leave-one-story-out"] * 2))
+    text = scoring_units(sc)
+    assert text.startswith("1 subject(s): mean r over blocks") and "2 subject(s): r of" in text
+    assert "mix the two units" in text
+    assert "mix" not in scoring_units(sc[sc.subject == "a"])

@@ -1,29 +1,40 @@
 """Banded ridge with this project's folds, and variance partitioning between feature spaces.
 
 Several feature spaces (bands) are fitted jointly by random search over the bands' relative
-weights w (the one-hot corners, the uniform weighting, then Dirichlet draws with concentrations
-0.1 and 1 in turn -- himalaya's ``MultipleKernelRidgeCV(solver="random_search")`` scheme): each band
+weights w (himalaya's ``MultipleKernelRidgeCV(solver="random_search")`` scheme -- the one-hot
+corners, the uniform weighting, Dirichlet draws with concentrations 0.1 and 1 in turn -- made
+nested: :func:`band_weights` holds every weighting of each reduced fit, and the reduced fits of a
+partition search exactly those of the joint fit's designs, :func:`partition_fits`): each band
 is standardised, scaled by sqrt(w_b), and the weighted design goes through the single-space
 engine's own folds, inner folds, standardisation and validation-r selection
 (:func:`lib.ridge.prepare`, :func:`lib.ridge.inner_scores`); each target keeps the (weighting,
-alpha) with the best inner validation score -- R^2 (``select="r2"``, the default here): variance
-partitioning adds and subtracts R^2, which depends on the prediction's scale, and a penalty
-chosen by r alone (scale-free; ties go to the larger penalty) shrinks predictions towards 0 and
-leaves R^2 near 0 -- a partition built that way came out with shared variance -0.09 where the
-truth was 0. Written on the engine rather than calling himalaya's
+alpha) with the best inner validation score. Written on the engine rather than calling himalaya's
 estimator because himalaya's cross-validation works on precomputed kernels and so cannot
 re-standardise each inner fit: measured against the engine with one band, it differed by more than
 1e-3 in r on 15% of targets (up to 0.005); built on the engine, one band *is* the engine. himalaya
 still provides the product-measure split (``r2_score_split``) and is the reference in the tests.
 
-Scores are held-out R^2 per fold and run, predictions and BOLD centred on the test block (offsets
-ignored, like r), averaged like brain scores. Partition of a list of spaces S:
+Two measures (``measure``). ``rsq``, what :func:`partition_fits` and the pipeline use: the signed
+square r|r| of each run's held-out r (the brain score's mean over folds), with r selection -- scale-free, so shrunk predictions
+(short inner fits choose large penalties) cost nothing; its split gives each band |r| times its
+share of r. ``r2``: held-out R^2, predictions and BOLD centred on the test block, with R^2
+selection (a penalty chosen by r alone leaves R^2 near 0 -- shared variance came out -0.09 where
+the truth was 0), split by himalaya's product measure; on a single story of smooth BOLD it shrinks
+heavily (r = 0.36 gave R^2 = 0.014) and biases unique shares down four times more than ``rsq``
+(docs/validity.md). Runs are then averaged like brain scores.
+Partition of a list of spaces S (R^2 standing for the measure):
 
-* ``joint``: R^2 of all spaces together; ``split:<s>``: the product-measure share of each space
-  (shares add up to the joint R^2);
+* ``joint``: R^2 of all spaces together; ``split:<s>``: the share of each space (shares add up
+  to the joint R^2);
 * ``unique:<s>`` = R^2(S) - R^2(S without s): what s adds that nothing else explains;
 * ``shared`` = R^2(S) - sum of the uniques; with two spaces A, B this is the classic
   set-theoretic decomposition (unique A, unique B, shared = R^2_A + R^2_B - R^2_AB).
+
+Selection noise biases unique R^2 downwards: on smooth BOLD, inner folds of a single story barely
+tell near-equivalent weightings apart, and a joint fit that picks the worse of two (a band and a
+noisy copy of it) loses held-out R^2 that the reduced fit keeps. docs/validity.md measures it
+(per-target and ``pooled`` selection); unique R^2 is therefore tested across subjects, one-sided,
+and the test is conservative where the bias is negative.
 """
 from __future__ import annotations
 
@@ -52,14 +63,38 @@ class BandedResult:
 
 
 def band_weights(n_bands: int, n_iter: int = 20, seed: int = 0) -> np.ndarray:
-    """(n_candidates, n_bands) weightings: corners, uniform, then Dirichlet draws."""
+    """(n_candidates, n_bands) nested weightings: every weighting of an (n_bands - 1)-band fit,
+    embedded with a zero for the left-out band (for each band in turn; the one-hot corners at the
+    bottom), then this level's own ``n_iter``: the uniform weighting and Dirichlet draws
+    (concentrations 0.1 and 1 in turn). A fit without band b therefore searches exactly the
+    candidates of the full fit with w_b = 0: the full search contains the reduced one, so a band
+    that adds nothing costs nothing (before nesting, a redundant band got a unique R^2 of -0.009
+    to -0.020, docs/validity.md). Candidates with fewer bands come first, so ties in validation
+    go to the simpler model."""
     if n_bands == 1:
         return np.ones((1, 1))
-    rng = np.random.default_rng(seed)
-    fixed = [np.eye(n_bands), np.full((1, n_bands), 1.0 / n_bands)]
-    draws = [rng.dirichlet(np.full(n_bands, (0.1, 1.0)[i % 2]))
-             for i in range(max(0, n_iter - n_bands - 1))]
-    return np.vstack(fixed + ([np.array(draws)] if draws else []))
+    sub = band_weights(n_bands - 1, n_iter, seed)
+    rows = []
+    for drop in range(n_bands):
+        E = np.zeros((len(sub), n_bands))
+        E[:, [b for b in range(n_bands) if b != drop]] = sub
+        rows += list(E)
+    rng = np.random.default_rng([seed, n_bands])
+    rows += [np.full(n_bands, 1.0 / n_bands)] + [
+        rng.dirichlet(np.full(n_bands, (0.1, 1.0)[i % 2])) for i in range(max(0, n_iter - 1))]
+    # near-duplicates (a Dirichlet(0.1) draw next to a corner) would only cost time
+    unique = {tuple(np.round(w, 3)): w for w in reversed(rows)}     # the first occurrence wins
+    kept = [unique[k] for k in dict.fromkeys(tuple(np.round(w, 3)) for w in rows)]
+    kept.sort(key=lambda w: int(np.sum(w > 5e-4)))                  # stable: fewer bands first
+    return np.array(kept)
+
+
+def nested(designs: list, bands) -> list:
+    """The designs of the full fit whose weightings are zero outside ``bands`` (indices): the
+    candidates of the fit of those bands alone (:func:`band_weights` nests them)."""
+    keep = np.zeros(len(designs[0].band_weights), bool)
+    keep[list(bands)] = True
+    return [D for D in designs if not np.any(D.band_weights[~keep] > 0)]
 
 
 def _r2(y, p):
@@ -67,6 +102,17 @@ def _r2(y, p):
     y = y - y.mean(0, keepdims=True)
     p = p - p.mean(0, keepdims=True)
     return 1 - ((y - p) ** 2).sum(0) / np.maximum((y * y).sum(0), 1e-12)
+
+
+def _r_shares(y, parts):
+    """Each band's share of the joint prediction's r, (b, t): cov(part_b, y) / (sd(joint) sd(y));
+    the shares add up to r (times |r|, they split r|r|)."""
+    y = y - y.mean(0, keepdims=True)
+    parts = parts - parts.mean(1, keepdims=True)
+    joint = parts.sum(0)
+    sj, sy = np.sqrt((joint ** 2).sum(0)), np.sqrt((y ** 2).sum(0))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.nan_to_num((parts * y[None]).sum(1) / (sj * sy))
 
 
 def _split_r2(y, parts):
@@ -117,8 +163,15 @@ def banded_fit(Xs: list[np.ndarray], Y: np.ndarray, layout: Layout | None = None
 
 
 def banded_score(designs: list, Y: np.ndarray, batch_targets: int = 20000,
-                 select: str = "r2") -> BandedResult:
-    """Score targets ``Y`` with prepared banded designs (:func:`banded_prepare`)."""
+                 select: str = "r2", pooled: bool = False, measure: str = "r2"
+                 ) -> BandedResult:
+    """Score targets ``Y`` with prepared banded designs (:func:`banded_prepare`): each target's
+    (weighting, alpha) by its inner-fold ``select`` score, or with ``pooled`` one weighting per
+    outer fold for all targets (:func:`_choose_pooled`; docs/validity.md measures both).
+    ``measure``: what ``r2`` and ``split`` hold -- held-out R^2 and its product-measure split, or
+    ``rsq``: the signed square r|r| of the held-out r (averaged over folds per run, like a brain
+    score), split as |r| times each band's share of r (:func:`_r_shares`), which no shrinkage
+    of the predictions can change."""
     D0 = designs[0]
     W = np.stack([D.band_weights for D in designs])
     B, lay, al = D0.B, D0.layout, D0.alphas
@@ -137,7 +190,7 @@ def banded_score(designs: list, Y: np.ndarray, batch_targets: int = 20000,
         for f in range(nf):
             rs = np.stack([B.to_numpy(inner_scores(B, D.folds[f], al, Yb, select))
                            for D in designs])
-            best = _choose(rs)                                   # index c * n_alpha + a
+            best = (_choose_pooled if pooled else _choose)(rs)   # index c * n_alpha + a
             choice[f, cols] = best
             test = D0.folds[f].test
             parts = np.zeros((n_b, len(test), len(cols)))
@@ -152,14 +205,19 @@ def banded_score(designs: list, Y: np.ndarray, batch_targets: int = 20000,
             yt = B.to_numpy(Yb[B.idx(test)]).astype(np.float64)
             for run, m in run_masks(lay, test).items():
                 joint = parts[:, m].sum(0)
-                fold_r2[f, run, cols] = _r2(yt[m], joint)
-                fold_r[f, run, cols] = B.to_numpy(pearson_cols(
-                    B, B.asarray(joint), B.asarray(yt[m])))
-                fold_split[f, :, run, cols] = _split_r2(yt[m], parts[:, m]).T
+                r = B.to_numpy(pearson_cols(B, B.asarray(joint), B.asarray(yt[m])))
+                fold_r[f, run, cols] = r
+                if measure == "rsq":      # r and each band's share of it; squared per run
+                    fold_split[f, :, run, cols] = _r_shares(yt[m], parts[:, m]).T
+                else:
+                    fold_r2[f, run, cols] = _r2(yt[m], joint)
+                    fold_split[f, :, run, cols] = _split_r2(yt[m], parts[:, m]).T
     story = lay.run_story()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         run_r2, run_r, run_split = (np.nanmean(a, 0) for a in (fold_r2, fold_r, fold_split))
+    if measure == "rsq":
+        run_r2, run_split = run_r * np.abs(run_r), np.abs(run_r)[None] * run_split
     c_idx, a_idx = np.divmod(choice, len(al))
     weights = np.moveaxis(W[c_idx], -1, 1)                       # (folds, bands, t)
     edge = float(np.mean((a_idx == 0) | (a_idx == len(al) - 1)))
@@ -168,9 +226,18 @@ def banded_score(designs: list, Y: np.ndarray, batch_targets: int = 20000,
                         weights, al[a_idx], choice, edge, designs, valid, run_split)
 
 
+def _choose_pooled(rs: np.ndarray) -> np.ndarray:
+    """One weighting for every target (the best mean over targets of each target's best
+    validation score; ties to the earlier), then each target's alpha within it."""
+    n_c, n_a, t = rs.shape
+    tot = rs.max(1).mean(1)                                         # (c,)
+    c = int(np.flatnonzero(tot >= tot.max() - ALPHA_TIE)[0])
+    return c * n_a + _choose(rs[c:c + 1])
+
+
 def _choose(rs: np.ndarray) -> np.ndarray:
-    """Per target, the (weighting, alpha) with the best validation r: ties within ALPHA_TIE go
-    to the earlier weighting, then to the larger alpha (as in the single-space engine)."""
+    """Per target, the (weighting, alpha) with the best validation score: ties within ALPHA_TIE
+    go to the earlier weighting, then to the larger alpha (as in the single-space engine)."""
     n_c, n_a, t = rs.shape
     ok = rs >= rs.reshape(-1, t).max(0)[None, None] - ALPHA_TIE
     c = ok.any(1).argmax(0)                                       # first weighting with a tie
@@ -197,68 +264,24 @@ def partition(spaces: list[str], fits: dict[tuple, BandedResult]) -> dict[str, n
     return out
 
 
+def partition_fits(Xs: list[np.ndarray], Y: np.ndarray, spaces: list[str],
+                   layout: Layout | None = None, *, gap: int, batch_targets: int = 20000,
+                   select: str = "r", pooled: bool = True, measure: str = "rsq",
+                   **prepare_kw) -> dict[tuple, BandedResult]:
+    """Every fit :func:`partition` needs, from ONE set of designs: the joint fit searches all
+    weightings, each reduced fit the nested subset with a zero for its left-out space (the
+    same decompositions, so a reduced fit is exactly the full search restricted). By default the
+    measure is the signed squared held-out r with r selection (scale-free; docs/validity.md: on a
+    single story of smooth BOLD, held-out R^2 with R^2 selection biased a redundant band's unique
+    share four times more), and one weighting per outer fold for all targets (``pooled``: less
+    bias and more power than per-target weightings at every size measured there)."""
+    designs = banded_prepare(Xs, layout, gap=gap, **prepare_kw)
+    return {subset: banded_score(nested(designs, [spaces.index(x) for x in subset]), Y,
+                                 batch_targets, select, pooled, measure)
+            for subset in needed_fits(spaces)}
+
+
 def needed_fits(spaces: list[str]) -> list[tuple]:
     """The space subsets :func:`partition` needs: all of them, and all but one."""
     full = tuple(spaces)
     return [full] + [tuple(x for x in spaces if x != s) for s in spaces]
-
-
-# --------------------------------------------------------------------------- null
-@dataclass
-class BandedNull:
-    """Permutation null of a banded fit's R^2, its (weighting, alpha) choices reused -- the
-    banded counterpart of :class:`lib.inference.NullPlan`."""
-    designs: list
-    choice: np.ndarray        # (n_folds, t)
-    valid: np.ndarray
-    Y: np.ndarray
-    spec: object
-    seed: int = 0
-
-    def __post_init__(self):
-        from .inference import layout_orders
-
-        lay = self.designs[0].layout
-        self.orders = layout_orders(lay, self.spec, self.seed, dict(enumerate(lay.names)))
-        self._hats: dict = {}
-
-    def hat(self, f: int, g: int):
-        """Fold f's hat matrix for choice g = weighting * n_alphas + alpha (computed once)."""
-        if (f, g) not in self._hats:
-            c, a = divmod(int(g), len(self.designs[0].alphas))
-            D = self.designs[c]
-            self._hats[f, g] = D.folds[f].outer.hat(D.alphas[a])
-        return self._hats[f, g]
-
-    def batch(self, b0: int, b1: int, cols: np.ndarray) -> np.ndarray:
-        from .inference import fold_null
-
-        D = self.designs[0]
-        P = self.orders[b0:b1]
-        acc = np.zeros((D.n_runs, len(P), len(cols)))
-        cnt = np.zeros(D.n_runs)
-        Yc = standardised(D.B, self.Y, cols)
-        for f, fd in enumerate(D.folds):
-            for run in np.unique(D.layout.run[fd.test]):
-                cnt[run] += 1
-
-            for run, rr in fold_null(D.B, fd, lambda g, f=f: self.hat(f, g),
-                                     self.choice[f, cols], Yc, P, D.layout,
-                                     metric="r2").items():
-                acc[run] += rr
-        run_null = acc / np.maximum(cnt, 1)[:, None, None]
-        return aggregate_runs(run_null, D.layout.run_story()).astype(np.float32)
-
-
-@dataclass
-class UniqueNull:
-    """Null of unique R^2 = R^2(full) - R^2(reduced), the same reorderings for both."""
-    full: BandedNull
-    reduced: BandedNull
-
-    @property
-    def valid(self):
-        return self.full.valid & self.reduced.valid
-
-    def batch(self, b0: int, b1: int, cols: np.ndarray) -> np.ndarray:
-        return self.full.batch(b0, b1, cols) - self.reduced.batch(b0, b1, cols)
