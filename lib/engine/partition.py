@@ -285,3 +285,36 @@ def needed_fits(spaces: list[str]) -> list[tuple]:
     """The space subsets :func:`partition` needs: all of them, and all but one."""
     full = tuple(spaces)
     return [full] + [tuple(x for x in spaces if x != s) for s in spaces]
+
+
+# --------------------------------------------------------------------------- shifted-band control
+def shift_rows(X: np.ndarray, layout: Layout, frac: float) -> np.ndarray:
+    """``X`` with its rows circularly shifted within each run by ``frac`` of the run's length
+    (the band keeps its own smoothness and loses its alignment with BOLD and the other bands)."""
+    out = np.empty_like(X)
+    for run in np.unique(layout.run):
+        rows = np.flatnonzero(layout.run == run)
+        out[rows] = np.roll(X[rows], int(round(frac * len(rows))), axis=0)
+    return out
+
+
+def shift_fractions(n_shifts: int) -> np.ndarray:
+    """Shifts spread over the run, away from 0: k / (n_shifts + 1), k = 1..n_shifts."""
+    return np.arange(1, n_shifts + 1) / (n_shifts + 1)
+
+
+def shifted_band_designs(Xs: list[np.ndarray], band: int, layout: Layout, *, gap: int,
+                         n_shifts: int = 4, **prepare_kw) -> list[list]:
+    """Per shift, the joint fit's designs with band ``band`` circularly shifted in time
+    (:func:`shift_rows`): a placebo of that band with the same smoothness, size and weightings."""
+    return [banded_prepare([shift_rows(x, layout, f) if i == band else x
+                            for i, x in enumerate(Xs)], layout, gap=gap, **prepare_kw)
+            for f in shift_fractions(n_shifts)]
+
+
+def unique_vs_shifted(joint: BandedResult, shifted: list[BandedResult]) -> np.ndarray:
+    """A band's unique share against its own placebo: the joint fit's measure minus the mean
+    measure of the joint fits with the band shifted in time, per run (n_runs, t). Both sides
+    search the same weightings over the same number of features, so the selection noise that
+    biases R^2(all) - R^2(all but the band) down is on both sides (docs/validity.md 5f)."""
+    return joint.run_r2 - np.mean([s.run_r2 for s in shifted], 0)
