@@ -150,8 +150,8 @@ def crossed(n_rep=4000):
         print(f"| {S} | {M} | {sd} | {old:.3f} | {fpr:.3f} | {cov:.3f} |", flush=True)
 
 
-def partition_bias(n_rep=100, sizes=(300, 1200), kinds=("redundant", "independent", "real"),
-                   selections=(True, False)):
+def partition_bias(n_rep=100, sizes=(300, 1200),
+                   kinds=("redundant", "copy", "independent", "real"), selections=(True, False)):
     """Unique share of band B (6 subjects x 10 targets sharing the features) on smooth BOLD, the
     pipeline's way (r|r|, r selection, one weighting per outer fold): classic R^2(A, B) -
     R^2(A), and against B's time-shifted copy (4 shifts); pooled selection and per target."""

@@ -155,11 +155,8 @@ def partition_seeds(job: Job) -> list[int]:
 #: 2: nested band weightings, the reduced fits drawn from the joint fit's designs; r selection,
 #: the signed squared held-out r as the measure, and one weighting per subject and outer fold
 #: (pooled over its targets; alphas per target): docs/validity.md 5f measured it better than
-#: per-target weightings on every row (less bias of a band that adds nothing, more power).
-#: 3: the tested spaces (partition_null) also get the joint fit with the space shifted in time
-PARTITION_SCHEME = 3
-#: shifts of a tested space for its placebo joint fits (each one more banded design set)
-PARTITION_SHIFTS = 4
+#: per-target weightings on every row (less bias of a band that adds nothing, more power)
+PARTITION_SCHEME = 2
 
 
 def _partition_designs(job: Job, seed: int, sub: str, cache: dict) -> list:
@@ -180,36 +177,12 @@ def _partition_designs(job: Job, seed: int, sub: str, cache: dict) -> list:
     return cache[key]
 
 
-def _partition_score(job: Job, designs: list, Y: np.ndarray):
-    from .engine.partition import banded_score
-
-    return banded_score(designs, Y, job.settings.batch_targets, select="r", measure="rsq",
-                        pooled=True)
-
-
-def _shifted_designs(job: Job, seed: int, sub: str, band: int, cache: dict) -> list:
-    """The joint fit's designs with band ``band`` shifted in time, one set per shift
-    (:func:`lib.engine.partition.shifted_band_designs`); shared like the joint designs."""
-    from .engine.partition import shifted_band_designs
-
-    st = job.settings
-    key = (job.signature(sub), "shifted", band)
-    if key not in cache:
-        members = partition_members(job, seed)
-        X = [design_inputs(job, cond, sd, sub) for _, cond, sd in members]
-        cache[key] = shifted_band_designs(
-            [x for x, _ in X], band, X[0][1], gap=st.gap_trs, n_shifts=PARTITION_SHIFTS,
-            n_folds=st.n_folds, inner_folds=st.inner_folds, alphas=st.alphas,
-            n_iter=st.partition_n_iter, backend=st.backend, device=st.device)
-    return cache[key]
-
-
 def fit_partition_unit(job: Job, unit: Unit, progress=None) -> list[dict]:
     """Banded fits of a variance partition for each subject of ``unit``: the joint fit and every
     fit without one space (:func:`lib.engine.partition.needed_fits`), the reduced ones searching
     the joint fit's candidates with a zero for the left-out space; designs are shared by the
     unit's subjects."""
-    from .engine.partition import nested, needed_fits, unique_vs_shifted
+    from .engine.partition import banded_score, nested, needed_fits
 
     mask = mask_of(job)
     labels = labels_of(job, mask)
@@ -230,19 +203,14 @@ def fit_partition_unit(job: Job, unit: Unit, progress=None) -> list[dict]:
             names = [n for n, _, _ in members]
             arrays, subsets = {}, needed_fits(names)
             for i, subset in enumerate(subsets):
-                res = _partition_score(job, nested(designs, [names.index(n) for n in subset]), Y)
+                res = banded_score(nested(designs, [names.index(n) for n in subset]), Y,
+                                   job.settings.batch_targets, select="r", measure="rsq",
+                                   pooled=True)
                 arrays[f"fit{i}_run_r2"] = res.run_r2.astype(np.float32)
                 arrays[f"fit{i}_valid"] = res.valid
                 if i == 0:
                     arrays["split_run_r2"] = res.run_split.astype(np.float32)
                     arrays["weights"] = res.weights.mean(0).astype(np.float32)
-                    joint = res
-            for b, name in enumerate(names):
-                if name in job.settings.partition_null:
-                    shifted = [_partition_score(job, d, Y) for d in
-                               _shifted_designs(job, unit.seed, sub, b, cache)]
-                    arrays[f"vs_shifted{b}_run_r2"] = unique_vs_shifted(joint, shifted).astype(
-                        np.float32)
             write_npz(path, **arrays)
             write_sidecar(path, key, subject=sub, seed=unit.seed,
                           subsets=[list(x) for x in subsets],

@@ -272,9 +272,6 @@ def _partition_measures(arrays: dict, meta: dict) -> dict[str, np.ndarray]:
         out[f"split:{s}"] = arrays["split_run_r2"][i]
         uniq = uniq + u
     out["shared"] = r2[full] - uniq
-    for i, s in enumerate(full):
-        if f"vs_shifted{i}_run_r2" in arrays:
-            out[f"unique_vs_shifted:{s}"] = arrays[f"vs_shifted{i}_run_r2"]
     return out
 
 
@@ -304,20 +301,18 @@ def partition_outputs(job: Job, seeds: list[int], synthetic: bool, fdr_q: float 
                     rows += [dict(base, measure=k, target=n, r2=float(v[i, -n_sum + j]))
                              for j, n in enumerate(names)]
         subj[sub] = {k: np.mean([p[k] for p in per_seed], 0) for k in per_seed[0]}
-    group = {f"partition_unique_vs_shifted:{space}": unique_test(
-        np.stack([subj[s][f"unique_vs_shifted:{space}"] for s in sorted(subj)]), names, space,
-        seeds, fdr_q) for space in job.settings.partition_null}
+    group = {f"partition_unique:{space}": unique_test(
+        np.stack([subj[s][f"unique:{space}"] for s in sorted(subj)]), names, space, seeds, fdr_q)
+        for space in job.settings.partition_null}
     return pd.DataFrame(rows), maps, group
 
 
 def unique_test(u: np.ndarray, names: list[str], space: str, seeds: list[int],
                 fdr_q: float = 0.05) -> dict:
-    """Across-subject test of a space's unique share against its time-shifted placebo (``u``:
-    subjects x (voxels + summary targets) of ``unique_vs_shifted``, seeds averaged inside
-    subjects): one-sided sign flips of the subjects' values, the subject as the unit. Its null
-    is "the space adds nothing that a shifted copy of it would not" (not "no space predicts",
-    which a null that reorders BOLD tests); docs/validity.md 5f measures its bias and
-    false-positive rate."""
+    """Across-subject test of a space's unique R^2 (``u``: subjects x (voxels + summary
+    targets), seeds averaged inside subjects): one-sided sign flips of the subjects' values, the
+    subject as the unit. Its null is "unique R^2 = 0" itself (not "no space predicts", which a
+    null that reorders BOLD tests); docs/validity.md measures its bias and false-positive rate."""
     from .engine.inference import sign_flip_pvalues, t_ci
 
     n_sum = len(names)
@@ -327,7 +322,7 @@ def unique_test(u: np.ndarray, names: list[str], space: str, seeds: list[int],
     return dict(score=obs[:-n_sum].astype(np.float32), p=p[:-n_sum],
                 fdr=fdr_bh(np.nan_to_num(p[:-n_sum], nan=1.0), fdr_q),
                 summary=pd.DataFrame(dict(
-                    condition=f"partition unique_vs_shifted:{space}", target=names,
+                    condition=f"partition unique:{space}", target=names,
                     group_score=obs[-n_sum:], p_value=p[-n_sum:], ci95_low=ci[:, 0],
                     ci95_high=ci[:, 1], n_perm_run=n_patterns, n_subjects=len(u),
                     seeds=",".join(map(str, seeds)),

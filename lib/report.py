@@ -155,9 +155,8 @@ def method_table(run_dir: str | Path, params: dict) -> pd.DataFrame:
                            f"nested band weightings ({params.get('partition_n_iter', 20)} drawn per "
                            f"level; one per subject and outer fold, pooled over its targets; "
                            f"alphas per target), the same folds and inner folds, r selection; "
-                           f"the unique share of each partition_null space against the joint "
-                           f"fits with it shifted in time (4 shifts), tested across subjects "
-                           f"(one-sided sign flips)"),
+                           f"unique R^2 "
+                           f"tested across subjects (one-sided sign flips)"),
         ("voxel summaries", "voxels_reliable: group ISC significant (BH-FDR) against independent "
                             "circular shifts of each subject; voxels_top10pct: the other subjects' "
                             "noise ceiling; voxels_mean: the whole mask -- no model's map selects"),
@@ -185,9 +184,6 @@ def score_definitions() -> pd.DataFrame:
                            "predictions changes it", "as brain_score", "as brain_score"),
         ("unique:<space>", "R²(all spaces) - R²(all but <space>)", "as brain_score",
          "as brain_score"),
-        ("unique_vs_shifted:<space>", "R²(all spaces) - mean R²(all spaces, <space> circularly "
-                                      "shifted in time; 4 shifts): the tested share",
-         "as brain_score", "as brain_score"),
         ("shared", "R²(all spaces) - sum of the unique R²", "as brain_score", "as brain_score"),
         ("split:<space>", "|r| x the space's share of the joint r, cov(prediction of the space, "
                           "BOLD) / (sd(joint prediction) sd(BOLD)): the shares add up to the "

@@ -105,14 +105,17 @@ def two_band_subjects(seed: int, n: int = 300, n_subjects: int = 6, n_targets: i
     units each) shared by every subject, and BOLD (n, subjects x targets) with noise as smooth
     as real BOLD. The signal (correlation ``r`` with BOLD) comes from A, plus a share
     ``unique_share`` of its variance from B. ``kind``: ``redundant`` -- B is a noisy mixture of
-    A's units (it predicts BOLD through A, and adds nothing), or ``independent`` -- B is its own
-    AR(0.9) process."""
+    A's units (it predicts BOLD through A, and adds nothing), ``copy`` -- B is A plus 10% noise
+    (as a fine-tuned model's features are nearly the raw model's), or ``independent`` -- B is its
+    own AR(0.9) process."""
     from .spaces import make_delays
 
     rng = np.random.default_rng(seed)
     a = _ar1(rng, n, 6, 0.9)
-    b = (0.8 * a @ rng.standard_normal((6, 6)) / np.sqrt(6) + 0.6 * _ar1(rng, n, 6, 0.9)
-         if kind == "redundant" else _ar1(rng, n, 6, 0.9))
+    b = {"redundant": lambda: 0.8 * a @ rng.standard_normal((6, 6)) / np.sqrt(6)
+         + 0.6 * _ar1(rng, n, 6, 0.9),
+         "copy": lambda: a + 0.1 * _ar1(rng, n, 6, 0.9),
+         "independent": lambda: _ar1(rng, n, 6, 0.9)}[kind]()
     A, B = make_delays(a, delays), make_delays(b, delays)
 
     def unit(x):

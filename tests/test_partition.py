@@ -72,9 +72,10 @@ def test_unique_of_a_redundant_band_is_never_credited_and_its_test_is_valid():
     with a real share of the signal is found."""
     from lib.engine.inference import sign_flip_pvalues
 
-    null = _unique_b("redundant", 0.0, 0.35, 40)
-    assert null.mean() < 0.002, null.mean()
-    assert np.mean(sign_flip_pvalues(null.T)[0] < 0.05) <= 0.065
+    for kind, n_rep in (("redundant", 40), ("copy", 15)):
+        null = _unique_b(kind, 0.0, 0.35, n_rep)
+        assert null.mean() < 0.002, (kind, null.mean())
+        assert np.mean(sign_flip_pvalues(null.T)[0] < 0.05) <= 0.065
     real = _unique_b("independent", 0.3, 0.6, 15, n=600)
     assert real.mean() > 0.01, real.mean()
     assert np.mean(sign_flip_pvalues(real.T)[0] < 0.05) >= 0.3     # 7 of 15 here; 0 under the null
@@ -162,17 +163,18 @@ def _vs_shifted(kind, share, r, n_rep, n=300):
 
 
 @pytest.mark.slow
-def test_unique_against_a_shifted_copy_is_unbiased_for_a_redundant_band():
+def test_unique_against_a_shifted_copy_is_unbiased_unless_the_band_copies_another():
     """Against its own time-shifted copy (same size, smoothness and weightings, so the same
     selection noise on both sides), a redundant band's unique share is ~0 -- where the classic
-    R^2(all) - R^2(all but B) was -0.009 -- and a real share is found more often."""
+    R^2(all) - R^2(all but B) was -0.009 -- but a band that nearly copies the other comes out
+    positive (why the pipeline does not test this quantity: sft's features nearly copy raw's)."""
     from lib.engine.inference import sign_flip_pvalues
 
     null = _vs_shifted("redundant", 0.0, 0.35, 30)
     assert abs(null.mean()) < 0.004, null.mean()
     assert np.mean(sign_flip_pvalues(null.T)[0] < 0.05) <= 0.1
-    real = _vs_shifted("independent", 0.3, 0.6, 10)
-    assert real.mean() > 0.01 and np.mean(sign_flip_pvalues(real.T)[0] < 0.05) >= 0.3
+    copy = _vs_shifted("copy", 0.0, 0.35, 15)
+    assert copy.mean() > 0.003, copy.mean()
 
 
 def test_shift_rows_stays_inside_each_run():
@@ -198,4 +200,4 @@ def test_unique_test_is_across_subjects_and_one_sided():
     assert np.all(g["p"][10:20] > 0.9) and g["fdr"][:10].all() and not g["fdr"][10:].any()
     s = g["summary"].set_index("target")
     assert s.loc["roi", "p_value"] == 1 / 256 and s.loc["roi", "ci95_low"] > 0
-    assert (s.n_subjects == 8).all() and s.condition.iloc[0] == "partition unique_vs_shifted:lm:sft"
+    assert (s.n_subjects == 8).all() and s.condition.iloc[0] == "partition unique:lm:sft"

@@ -316,5 +316,8 @@ def unique_vs_shifted(joint: BandedResult, shifted: list[BandedResult]) -> np.nd
     """A band's unique share against its own placebo: the joint fit's measure minus the mean
     measure of the joint fits with the band shifted in time, per run (n_runs, t). Both sides
     search the same weightings over the same number of features, so the selection noise that
-    biases R^2(all) - R^2(all but the band) down is on both sides (docs/validity.md 5f)."""
+    biases R^2(all) - R^2(all but the band) down is on both sides -- unless the band nearly copies
+    another: then choosing it costs nothing while choosing its placebo does, and the share comes
+    out positive where the truth is 0 (docs/validity.md 5f). Not the pipeline's test, for that
+    reason: a fine-tuned model's features nearly copy the raw model's."""
     return joint.run_r2 - np.mean([s.run_r2 for s in shifted], 0)
