@@ -414,33 +414,24 @@ def sign_flip_test(d: np.ndarray, n_mc: int = 100_000, seed: int = 0) -> float:
     n <= 16, Monte Carlo (with the observed pattern counted) above."""
     d = np.asarray(d, float)
     d = d[np.isfinite(d)]
-    n = len(d)
-    if n == 0 or not np.any(d):
-        return np.nan if n == 0 else 1.0
-    obs = abs(d.mean())
-    if n <= 16:
-        signs = np.array(list(itertools.product((1.0, -1.0), repeat=n)))
-        stats = np.abs(signs @ d) / n
-        return float(np.mean(stats >= obs - 1e-12 * max(1.0, obs)))
-    rng = np.random.default_rng(seed)
-    signs = rng.choice((-1.0, 1.0), size=(n_mc, n))
-    stats = np.abs(signs @ d) / n
-    return float((1 + np.sum(stats >= obs - 1e-12 * max(1.0, obs))) / (1 + n_mc))
+    if len(d) == 0 or not np.any(d):
+        return np.nan if len(d) == 0 else 1.0
+    return float(sign_flip_pvalues(d[:, None], one_sided=False, n_mc=n_mc, seed=seed,
+                                   exact_max=16)[0][0])
 
 
 def sign_flip_pvalues(d: np.ndarray, one_sided: bool = True, n_mc: int = 10_000,
-                      seed: int = 0, batch: int = 4096) -> tuple[np.ndarray, int]:
+                      seed: int = 0, batch: int = 4096, exact_max: int = 12
+                      ) -> tuple[np.ndarray, int]:
     """Per column of ``d`` (n_subjects, t): the sign-flip p of mean = 0 across subjects (H1:
-    mean > 0 when ``one_sided``), exact over all 2^n patterns for n <= 12, else ``n_mc`` random
-    patterns with the observed one counted. Returns (p (t,), patterns used). Columns with a NaN
-    get NaN."""
+    mean > 0 when ``one_sided``), exact over all 2^n patterns for n <= ``exact_max``, else
+    ``n_mc`` random patterns with the observed one counted, (1 + hits) / (1 + n_mc). Returns
+    (p (t,), patterns used). Columns with a NaN get NaN."""
     d = np.asarray(d, np.float64)
     n, t = d.shape
-    if n <= 12:
-        signs = np.array(list(itertools.product((1.0, -1.0), repeat=n)))
-    else:
-        signs = np.random.default_rng(seed).choice((-1.0, 1.0), size=(n_mc, n))
-        signs[0] = 1.0                                     # the observed pattern
+    exact = n <= exact_max
+    signs = (np.array(list(itertools.product((1.0, -1.0), repeat=n))) if exact else
+             np.random.default_rng(seed).choice((-1.0, 1.0), size=(n_mc, n)))
     ok = np.isfinite(d).all(0)
     x = np.nan_to_num(d)
     obs = x.mean(0)
@@ -449,8 +440,8 @@ def sign_flip_pvalues(d: np.ndarray, one_sided: bool = True, n_mc: int = 10_000,
         stats = signs @ x[:, c:c + batch] / n              # (patterns, cols)
         o = obs[c:c + batch]
         tol = 1e-12 * np.maximum(1.0, np.abs(o))
-        hit = stats >= o - tol if one_sided else np.abs(stats) >= np.abs(o) - tol
-        p[c:c + batch] = hit.mean(0)
+        hits = (stats >= o - tol if one_sided else np.abs(stats) >= np.abs(o) - tol).sum(0)
+        p[c:c + batch] = hits / len(signs) if exact else (1 + hits) / (1 + len(signs))
     p[~ok] = np.nan
     return p, len(signs)
 
