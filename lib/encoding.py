@@ -182,7 +182,7 @@ def fit_partition_unit(job: Job, unit: Unit, progress=None) -> list[dict]:
     fit without one space (:func:`lib.engine.partition.needed_fits`), the reduced ones searching
     the joint fit's candidates with a zero for the left-out space; designs are shared by the
     unit's subjects."""
-    from .engine.partition import banded_score, nested, needed_fits
+    from .engine.partition import partition_scores
 
     mask = mask_of(job)
     labels = labels_of(job, mask)
@@ -199,13 +199,10 @@ def fit_partition_unit(job: Job, unit: Unit, progress=None) -> list[dict]:
                 out.append(dict(subject=sub, status="cached", error=""))
                 continue
             Y = subject_targets(job, sub, mask, labels)
-            designs = _partition_designs(job, unit.seed, sub, cache)
-            names = [n for n, _, _ in members]
-            arrays, subsets = {}, needed_fits(names)
-            for i, subset in enumerate(subsets):
-                res = banded_score(nested(designs, [names.index(n) for n in subset]), Y,
-                                   job.settings.batch_targets, select="r", measure="rsq",
-                                   pooled=True)
+            fits = partition_scores(_partition_designs(job, unit.seed, sub, cache), Y,
+                                    [n for n, _, _ in members], job.settings.batch_targets)
+            arrays, subsets = {}, list(fits)
+            for i, res in enumerate(fits.values()):
                 arrays[f"fit{i}_run_r2"] = res.run_r2.astype(np.float32)
                 arrays[f"fit{i}_valid"] = res.valid
                 if i == 0:

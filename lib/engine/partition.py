@@ -275,7 +275,15 @@ def partition_fits(Xs: list[np.ndarray], Y: np.ndarray, spaces: list[str],
     single story of smooth BOLD, held-out R^2 with R^2 selection biased a redundant band's unique
     share four times more), and one weighting per outer fold for all targets (``pooled``: less
     bias and more power than per-target weightings at every size measured there)."""
-    designs = banded_prepare(Xs, layout, gap=gap, **prepare_kw)
+    return partition_scores(banded_prepare(Xs, layout, gap=gap, **prepare_kw), Y, spaces,
+                            batch_targets, select, pooled, measure)
+
+
+def partition_scores(designs: list, Y: np.ndarray, spaces: list[str],
+                     batch_targets: int = 20000, select: str = "r", pooled: bool = True,
+                     measure: str = "rsq") -> dict[tuple, BandedResult]:
+    """:func:`partition_fits` on prepared joint designs (shared by subjects with the same
+    features): every subset :func:`needed_fits` asks for, the reduced ones :func:`nested`."""
     return {subset: banded_score(nested(designs, [spaces.index(x) for x in subset]), Y,
                                  batch_targets, select, pooled, measure)
             for subset in needed_fits(spaces)}
