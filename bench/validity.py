@@ -9,15 +9,20 @@ leak:    mean held-out r of features independent of BOLD, by gap and by kind of 
 null:    false-positive rate at p < 0.05 of the permutation null, one subject and the group
          mean of 3 subjects, by null method (block length / circular shift);
 planted: recovery of the planted signal of narratives-mini with the generating regressors.
-partition: unique R^2 of a band that adds nothing (redundant: a noisy copy of the other band;
-         independent: unrelated smooth features) and of one that adds 30% of the signal, by
-         TRs and weighting selection (per target, pooled); its across-subject test's rate of
-         p < 0.05 (one-sided sign flips over 6 subjects).
+partition: unique share of a band that adds nothing (redundant: a noisy mixture of the other
+         band; copy: the other band plus 10% noise; independent: unrelated smooth features)
+         and of one that adds 30% of the signal, with 30 or 300 columns a band: classic, against
+         the band's conditional placebo (the pipeline's test) and against the band wholly
+         shifted; the across-subject test's rate of p < 0.05 (one-sided sign flips over 6
+         subjects). About 50 minutes on 2 cores.
+chance:  chance levels of each feature set's residual leak: one circular shift of the features
+         (chance_score) against the mean of the block-permutation null (null_mean).
 crossed: the headline Δ test with several fine-tuning seeds: false-positive rate and CI coverage
          of seeds averaged inside subjects (before) and of subjects x seeds as crossed random
          effects (lib/engine/crossed.py), at 5-80 subjects, 2-5 seeds, seed SD 0-1x subject SD.
 """
 import argparse
+import itertools
 import sys
 import time
 import warnings
@@ -150,54 +155,101 @@ def crossed(n_rep=4000):
         print(f"| {S} | {M} | {sd} | {old:.3f} | {fpr:.3f} | {cov:.3f} |", flush=True)
 
 
-def partition_bias(n_rep=100, sizes=(300, 1200),
-                   kinds=("redundant", "copy", "independent", "real"), selections=(True, False)):
+def chance(n_sets=6, n_draws=6, n=300, trim=6):
+    """Chance levels of a feature set's residual leak: one circular shift of the features by half
+    the kept TRs (the pipeline's ``chance_score``, lib.spaces.mismatch) against the mean of the
+    block-permutation null that the group test already computes (``null_mean``). Per feature set
+    (AR(phi) units, phi 0-0.95) the leak is the mean held-out r over its other independent BOLD
+    draws (``n_draws`` each); each estimator is judged by its correlation with that leak and the
+    SD of score minus the estimate."""
+    from lib.spaces import design_matrix
+
+    spec = inf.NullSpec(n_perm=200, block=30, perm_stop=None)
+    kept = slice(trim, n)
+    rows = []
+    for phi in (0.0, 0.5, 0.9, 0.95):
+        for s in range(n_sets):
+            rng = np.random.default_rng([30_000, s, int(phi * 100)])
+            F = _ar1(rng, n, 64, phi)
+            D = ridge.prepare(design_matrix(F, kept, DELAYS), delays=DELAYS)
+            Dc = ridge.prepare(design_matrix(F, kept, DELAYS, mismatched=True), delays=DELAYS)
+            for _ in range(n_draws):
+                Y = realistic_noise(rng, n - trim, 40)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    r = with_null(D, Y, spec)
+                    c = ridge.score(Dc, Y).scores.mean()
+                null = inf.permutation_test([[r.null_plan]], r.scores)[0]
+                rows.append(dict(phi=phi, set=s, score=r.scores.mean(), chance=c,
+                                 null_mean=float(np.nanmean(null))))
+    import pandas as pd
+
+    df = pd.DataFrame(rows)
+    g = df.groupby(["phi", "set"]).score     # the set's leak: its other draws' mean score
+    df["leak"] = (g.transform("sum") - df.score) / (g.transform("count") - 1)
+    print("\n| estimate | corr with the set's leak | SD of score - estimate | mean estimate |"
+          "\n|---|---|---|---|")
+    print(f"| none | | {df.score.std():.4f} | 0 |")
+    for k in ("chance", "null_mean"):
+        print(f"| {k} | {np.corrcoef(df[k], df.leak)[0, 1]:+.2f} | "
+              f"{(df.score - df[k]).std():.4f} | {df[k].mean():+.4f} |", flush=True)
+    print(f"(mean score {df.score.mean():+.4f}; leak by phi: "
+          + ", ".join(f"{p:g}: {v:+.4f}" for p, v in df.groupby("phi").score.mean().items())
+          + ")")
+
+
+def partition_bias(n_rep=100, sizes=(300,), units=(6, 60),
+                   kinds=("redundant", "copy", "independent", "real"), selections=(True,)):
     """Unique share of band B (6 subjects x 10 targets sharing the features) on smooth BOLD, the
     pipeline's way (r|r|, r selection, one weighting per outer fold): classic R^2(A, B) -
-    R^2(A), and against B's time-shifted copy (4 shifts); pooled selection and per target."""
+    R^2(A), against B's conditional placebo (its part that A explains kept, its residual shifted
+    in time; 4 shifts: what stage 05 tests) and against B wholly shifted. ``units`` per band:
+    6 (30 delayed columns) or 60 (300 columns, as many as one story's TRs, like an LM's)."""
     from lib.engine import partition as part
     from lib.engine.inference import sign_flip_pvalues
     from lib.synthetic import two_band_subjects
 
-    print("\n| band B | TRs | selection | estimator | mean unique r\\|r\\| of B | SE | "
-          "rate of p < 0.05 across subjects |\n|---|---|---|---|---|---|---|")
-    for kind in kinds:
+    print("\n| band B | units | TRs | selection | estimator | mean unique r\\|r\\| of B | SE | "
+          "rate of p < 0.05 across subjects |\n|---|---|---|---|---|---|---|---|")
+    for kind, u_n, n, pooled in itertools.product(kinds, units, sizes, selections):
         share, r, k = (0.3, 0.6, "independent") if kind == "real" else (0.0, 0.35, kind)
-        for n in sizes:
-            lay = ridge.Layout.single(n, "sim")
-            for pooled in selections:
-                kw = dict(select="r", measure="rsq", pooled=pooled)
-                est = {"classic": [], "vs shifted": []}
-                for rep in range(n_rep):
-                    A, B, Y = two_band_subjects(rep, n, kind=k, unique_share=share, r=r)
-                    D = part.banded_prepare([A, B], lay, gap=30, n_iter=5)
-                    Ds = part.shifted_band_designs([A, B], 1, lay, gap=30, n_iter=5)
-                    c, v = [], []
-                    for y in np.split(Y, 6, axis=1):
-                        j = part.banded_score(D, y, **kw)
-                        c.append(j.r2.mean() - part.banded_score(part.nested(D, [0]), y, **kw)
-                                 .r2.mean())
-                        v.append(part.unique_vs_shifted(
-                            j, [part.banded_score(d, y, **kw) for d in Ds]).mean())
-                    est["classic"].append(c)
-                    est["vs shifted"].append(v)
-                for name, u in est.items():
-                    u = np.array(u)
-                    rate = np.mean(sign_flip_pvalues(u.T)[0] < 0.05)
-                    print(f"| {kind} | {n} | {'pooled' if pooled else 'per target'} | {name} | "
-                          f"{u.mean():+.4f} | {u.mean(1).std() / np.sqrt(n_rep):.4f} | "
-                          f"{rate:.3f} |", flush=True)
+        lay = ridge.Layout.single(n, "sim")
+        kw = dict(select="r", measure="rsq", pooled=pooled)
+        est = {"classic": [], "vs placebo": [], "vs whole band shifted": []}
+        for rep in range(n_rep):
+            A, B, Y = two_band_subjects(rep, n, kind=k, unique_share=share, r=r, units=u_n)
+            D = part.banded_prepare([A, B], lay, gap=30, n_iter=5)
+            P = {name: part.placebo_band_designs([A, B], 1, lay, gap=30, n_iter=5,
+                                                 conditional=cond)
+                 for name, cond in (("vs placebo", True), ("vs whole band shifted", False))}
+            rows = {name: [] for name in est}
+            for y in np.split(Y, 6, axis=1):
+                j = part.banded_score(D, y, **kw)
+                rows["classic"].append(
+                    j.r2.mean() - part.banded_score(part.nested(D, [0]), y, **kw).r2.mean())
+                for name, designs in P.items():
+                    rows[name].append(part.unique_vs_placebo(
+                        j, [part.banded_score(d, y, **kw) for d in designs]).mean())
+            for name in est:
+                est[name].append(rows[name])
+        for name, u in est.items():
+            u = np.array(u)
+            rate = np.mean(sign_flip_pvalues(u.T)[0] < 0.05)
+            print(f"| {kind} | {u_n} | {n} | {'pooled' if pooled else 'per target'} | {name} | "
+                  f"{u.mean():+.4f} | {u.mean(1).std() / np.sqrt(n_rep):.4f} | {rate:.3f} |",
+                  flush=True)
 
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--only", choices=["leak", "null", "planted", "crossed", "partition"])
+    ap.add_argument("--only", choices=["leak", "null", "planted", "crossed", "chance",
+                                       "partition"])
     a = ap.parse_args()
     from lib.cluster import limit_threads, thread_count
 
     limit_threads(thread_count("auto"))
     for name, fn in (("leak", leak), ("null", null), ("planted", planted), ("crossed", crossed),
-                     ("partition", partition_bias)):
+                     ("chance", chance), ("partition", partition_bias)):
         if a.only in (None, name):
             fn()

@@ -155,8 +155,25 @@ def partition_seeds(job: Job) -> list[int]:
 #: 2: nested band weightings, the reduced fits drawn from the joint fit's designs; r selection,
 #: the signed squared held-out r as the measure, and one weighting per subject and outer fold
 #: (pooled over its targets; alphas per target): docs/validity.md 5f measured it better than
-#: per-target weightings on every row (less bias of a band that adds nothing, more power)
-PARTITION_SCHEME = 2
+#: per-target weightings on every row (less bias of a band that adds nothing, more power).
+#: 3: each tested space (partition_null) also gets the joint fits with its conditional placebo
+PARTITION_SCHEME = 3
+#: shifts of a tested space's residual, one placebo joint fit each (docs/validity.md 5f)
+PARTITION_SHIFTS = 4
+
+
+def _partition_inputs(job: Job, seed: int, sub: str) -> tuple[list, object]:
+    """The partition spaces' delayed designs for ``sub`` (in ``settings.partition`` order) and
+    their layout."""
+    X = [design_inputs(job, cond, sd, sub) for _, cond, sd in partition_members(job, seed)]
+    return [x for x, _ in X], X[0][1]
+
+
+def _prepare_kw(job: Job) -> dict:
+    st = job.settings
+    return dict(gap=st.gap_trs, n_folds=st.n_folds, inner_folds=st.inner_folds,
+                alphas=st.alphas, n_iter=st.partition_n_iter, backend=st.backend,
+                device=st.device)
 
 
 def _partition_designs(job: Job, seed: int, sub: str, cache: dict) -> list:
@@ -164,24 +181,45 @@ def _partition_designs(job: Job, seed: int, sub: str, cache: dict) -> list:
     nests every reduced fit's candidates in them); shared by subjects with the same features."""
     from .engine.partition import banded_prepare
 
-    st = job.settings
     key = job.signature(sub)
     if key not in cache:
-        members = partition_members(job, seed)
-        X = {name: design_inputs(job, cond, sd, sub) for name, cond, sd in members}
-        layout = next(iter(X.values()))[1]
-        cache[key] = banded_prepare(
-            [X[n][0] for n, _, _ in members], layout, gap=st.gap_trs, n_folds=st.n_folds,
-            inner_folds=st.inner_folds, alphas=st.alphas, n_iter=st.partition_n_iter,
-            backend=st.backend, device=st.device)
+        cache[key] = banded_prepare(*_partition_inputs(job, seed, sub), **_prepare_kw(job))
     return cache[key]
+
+
+def _placebo_designs(job: Job, seed: int, sub: str, band: int, cache: dict) -> list:
+    """Per shift, the joint fit's designs with space ``band`` replaced by its conditional
+    placebo (:func:`lib.engine.partition.placebo_band_designs`); shared like the joint designs."""
+    from .engine.partition import placebo_band_designs
+
+    key = (job.signature(sub), "placebo", band)
+    if key not in cache:
+        Xs, layout = _partition_inputs(job, seed, sub)
+        cache[key] = placebo_band_designs(Xs, band, layout, n_shifts=PARTITION_SHIFTS,
+                                          **_prepare_kw(job))
+    return cache[key]
+
+
+def _placebo_arrays(job: Job, seed: int, sub: str, names: list[str], joint, Y,
+                    cache: dict) -> dict:
+    """``vs_placebo<b>_run_r2``: each tested space's unique share against its placebo."""
+    from .engine.partition import banded_score, unique_vs_placebo
+
+    out = {}
+    for b, name in enumerate(names):
+        if name in job.settings.partition_null:
+            placebos = [banded_score(d, Y, job.settings.batch_targets, select="r",
+                                     pooled=True, measure="rsq")
+                        for d in _placebo_designs(job, seed, sub, b, cache)]
+            out[f"vs_placebo{b}_run_r2"] = unique_vs_placebo(joint, placebos).astype(np.float32)
+    return out
 
 
 def fit_partition_unit(job: Job, unit: Unit, progress=None) -> list[dict]:
     """Banded fits of a variance partition for each subject of ``unit``: the joint fit and every
     fit without one space (:func:`lib.engine.partition.needed_fits`), the reduced ones searching
-    the joint fit's candidates with a zero for the left-out space; designs are shared by the
-    unit's subjects."""
+    the joint fit's candidates with a zero for the left-out space, and for each tested space the
+    joint fits with its conditional placebo; designs are shared by the unit's subjects."""
     from .engine.partition import partition_scores
 
     mask = mask_of(job)
@@ -199,8 +237,9 @@ def fit_partition_unit(job: Job, unit: Unit, progress=None) -> list[dict]:
                 out.append(dict(subject=sub, status="cached", error=""))
                 continue
             Y = subject_targets(job, sub, mask, labels)
-            fits = partition_scores(_partition_designs(job, unit.seed, sub, cache), Y,
-                                    [n for n, _, _ in members], job.settings.batch_targets)
+            names = [n for n, _, _ in members]
+            fits = partition_scores(_partition_designs(job, unit.seed, sub, cache), Y, names,
+                                    job.settings.batch_targets)
             arrays, subsets = {}, list(fits)
             for i, res in enumerate(fits.values()):
                 arrays[f"fit{i}_run_r2"] = res.run_r2.astype(np.float32)
@@ -208,6 +247,8 @@ def fit_partition_unit(job: Job, unit: Unit, progress=None) -> list[dict]:
                 if i == 0:
                     arrays["split_run_r2"] = res.run_split.astype(np.float32)
                     arrays["weights"] = res.weights.mean(0).astype(np.float32)
+            arrays.update(_placebo_arrays(job, unit.seed, sub, names, fits[tuple(names)], Y,
+                                          cache))
             write_npz(path, **arrays)
             write_sidecar(path, key, subject=sub, seed=unit.seed,
                           subsets=[list(x) for x in subsets],

@@ -229,10 +229,11 @@ def layer_profile(df: pd.DataFrame, synthetic: bool = False):
 
 
 def partition_bars(table: pd.DataFrame, target: str, synthetic: bool = False):
-    """Variance partition of one target: joint, unique per space and shared (held-out r|r|),
-    mean over subjects with each subject as a dot."""
+    """Variance partition of one target: joint, unique per space (and against the space's
+    conditional placebo, where tested) and shared (held-out r|r|), mean over subjects with each
+    subject as a dot."""
     t = table[table.target == target]
-    order = ["joint"] + sorted(m for m in t.measure.unique() if m.startswith("unique:")) + \
+    order = ["joint"] + sorted(m for m in t.measure.unique() if m.startswith("unique")) + \
         ["shared"]
     order = [m for m in order if m in set(t.measure)]
     fig, ax = plt.subplots(figsize=(6.5, 3.4))
@@ -242,7 +243,8 @@ def partition_bars(table: pd.DataFrame, target: str, synthetic: bool = False):
                alpha=0.8)
         ax.plot(np.full(len(v), i) + np.linspace(-0.15, 0.15, len(v)), v, "k.", ms=4)
     ax.axhline(0, color="k", lw=0.8)
-    ax.set_xticks(range(len(order)), [m.replace("unique:", "unique ") for m in order],
+    ax.set_xticks(range(len(order)), [m.replace("unique_vs_placebo:", "vs placebo ")
+                                      .replace("unique:", "unique ") for m in order],
                   rotation=20, fontsize=8)
     ax.set_ylabel("held-out r|r| (signed squared r)")
     ax.set_title(f"Variance partition: {target}{_tag(synthetic)}", fontsize=10)

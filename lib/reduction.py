@@ -210,10 +210,15 @@ def group_tests(job: Job, condition: str, seeds: list[int], fdr_q: float = 0.05,
         for arrays, _ in res:
             valid = arrays["valid"] if valid is None else valid & arrays["valid"]
     obs = np.mean(obs, 0)
+    n_sum = len(names)
+    summary_cols = np.arange(len(obs) - n_sum, len(obs))
     if client is None:
         cache: dict = {}
         plans = [null_plans(job, condition, seeds, s, cache) for s in subs]
         _, p, n_done = permutation_test(plans, obs, job.settings.null)
+        null_mean = _null_mean(lambda b0, b1, cols: [subject_null(sub, b0, b1, cols)
+                                                     for sub in plans],
+                               job.settings.null, summary_cols)
     else:
         futures = [client.submit(null_plans, job, condition, seeds, s, pure=False)
                    for s in subs]
@@ -223,8 +228,8 @@ def group_tests(job: Job, condition: str, seeds: list[int], fdr_q: float = 0.05,
                                   for f in futures])
 
         _, p, n_done = permutation_test([], obs, job.settings.null, batch_fn, valid)
+        null_mean = _null_mean(batch_fn, job.settings.null, summary_cols)
         client.cancel(futures)
-    n_sum = len(names)
     vox_p = p[:-n_sum]
     return dict(score=obs[:-n_sum].astype(np.float32), p=vox_p,
                 fdr=fdr_bh(vox_p, fdr_q), n_perm_run=n_done[:-n_sum],
@@ -232,7 +237,17 @@ def group_tests(job: Job, condition: str, seeds: list[int], fdr_q: float = 0.05,
                                           group_score=obs[-n_sum:], p_value=p[-n_sum:],
                                           n_perm_run=n_done[-n_sum:],
                                           n_subjects=len(subs),
-                                          seeds=",".join(map(str, seeds)))))
+                                          seeds=",".join(map(str, seeds)),
+                                          null_mean=null_mean)))
+
+
+def _null_mean(batch_fn, spec, cols: np.ndarray) -> np.ndarray:
+    """Mean of the group null of targets ``cols`` over its first ``perm_batch`` permutations (the
+    test's own orders, none stopped early: a sample cut at the stopping time would be biased
+    towards the exceedances that stopped it) -- a chance level of the group score, like
+    ``chance_score`` a diagnostic that no headline subtracts (docs/validity.md 1)."""
+    n = min(spec.perm_batch, spec.n_perm)
+    return np.mean(batch_fn(0, n, cols), 0).mean(0)
 
 
 def random_effects(job: Job, a: str, seeds: list[int], b: str | None = None,
@@ -260,18 +275,18 @@ def random_effects(job: Job, a: str, seeds: list[int], b: str | None = None,
 
 # --------------------------------------------------------------------------- partition
 def _partition_measures(arrays: dict, meta: dict) -> dict[str, np.ndarray]:
-    """Per run (n_runs, t): joint R^2, unique and split R^2 of each space, shared R^2."""
+    """Per run (n_runs, t): joint R^2, unique and split R^2 of each space, shared R^2, and each
+    tested space's unique share against its placebo (``unique_vs_placebo:<space>``)."""
+    from .engine.partition import partition_measures
+
     subsets = [tuple(x) for x in meta["subsets"]]
-    r2 = {sub: arrays[f"fit{i}_run_r2"] for i, sub in enumerate(subsets)}
     full = subsets[0]
-    out = {"joint": r2[full]}
-    uniq = 0
+    out = partition_measures(list(full), {sub: arrays[f"fit{i}_run_r2"]
+                                          for i, sub in enumerate(subsets)},
+                             arrays["split_run_r2"])
     for i, s in enumerate(full):
-        u = r2[full] - r2[tuple(x for x in full if x != s)]
-        out[f"unique:{s}"] = u
-        out[f"split:{s}"] = arrays["split_run_r2"][i]
-        uniq = uniq + u
-    out["shared"] = r2[full] - uniq
+        if f"vs_placebo{i}_run_r2" in arrays:
+            out[f"unique_vs_placebo:{s}"] = arrays[f"vs_placebo{i}_run_r2"]
     return out
 
 
@@ -301,18 +316,20 @@ def partition_outputs(job: Job, seeds: list[int], synthetic: bool, fdr_q: float 
                     rows += [dict(base, measure=k, target=n, r2=float(v[i, -n_sum + j]))
                              for j, n in enumerate(names)]
         subj[sub] = {k: np.mean([p[k] for p in per_seed], 0) for k in per_seed[0]}
-    group = {f"partition_unique:{space}": unique_test(
-        np.stack([subj[s][f"unique:{space}"] for s in sorted(subj)]), names, space, seeds, fdr_q)
-        for space in job.settings.partition_null}
+    group = {f"partition_unique_vs_placebo:{space}": unique_test(
+        np.stack([subj[s][f"unique_vs_placebo:{space}"] for s in sorted(subj)]), names, space,
+        seeds, fdr_q) for space in job.settings.partition_null}
     return pd.DataFrame(rows), maps, group
 
 
 def unique_test(u: np.ndarray, names: list[str], space: str, seeds: list[int],
                 fdr_q: float = 0.05) -> dict:
-    """Across-subject test of a space's unique R^2 (``u``: subjects x (voxels + summary
-    targets), seeds averaged inside subjects): one-sided sign flips of the subjects' values, the
-    subject as the unit. Its null is "unique R^2 = 0" itself (not "no space predicts", which a
-    null that reorders BOLD tests); docs/validity.md measures its bias and false-positive rate."""
+    """Across-subject test of a space's unique share against its conditional placebo (``u``:
+    subjects x (voxels + summary targets) of ``unique_vs_placebo``, seeds averaged inside
+    subjects): one-sided sign flips of the subjects' values, the subject as the unit. Its null is
+    "the space adds nothing beyond what the other spaces explain of it" (not "no space
+    predicts", which a null that reorders BOLD tests); docs/validity.md 5f measures its bias and
+    false-positive rate."""
     from .engine.inference import sign_flip_pvalues, t_ci
 
     n_sum = len(names)
@@ -322,7 +339,7 @@ def unique_test(u: np.ndarray, names: list[str], space: str, seeds: list[int],
     return dict(score=obs[:-n_sum].astype(np.float32), p=p[:-n_sum],
                 fdr=fdr_bh(np.nan_to_num(p[:-n_sum], nan=1.0), fdr_q),
                 summary=pd.DataFrame(dict(
-                    condition=f"partition unique:{space}", target=names,
+                    condition=f"partition unique_vs_placebo:{space}", target=names,
                     group_score=obs[-n_sum:], p_value=p[-n_sum:], ci95_low=ci[:, 0],
                     ci95_high=ci[:, 1], n_perm_run=n_patterns, n_subjects=len(u),
                     seeds=",".join(map(str, seeds)),

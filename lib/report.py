@@ -155,8 +155,10 @@ def method_table(run_dir: str | Path, params: dict) -> pd.DataFrame:
                            f"nested band weightings ({params.get('partition_n_iter', 20)} drawn per "
                            f"level; one per subject and outer fold, pooled over its targets; "
                            f"alphas per target), the same folds and inner folds, r selection; "
-                           f"unique R^2 "
-                           f"tested across subjects (one-sided sign flips)"),
+                           f"the unique share of each partition_null space against the joint "
+                           f"fits with its conditional placebo (the part the other spaces "
+                           f"explain kept, its residual shifted in time; 4 shifts), tested "
+                           f"across subjects (one-sided sign flips)"),
         ("voxel summaries", "voxels_reliable: group ISC significant (BH-FDR) against independent "
                             "circular shifts of each subject; voxels_top10pct: the other subjects' "
                             "noise ceiling; voxels_mean: the whole mask -- no model's map selects"),
@@ -172,6 +174,9 @@ def score_definitions() -> pd.DataFrame:
          "blocked folds (leave one story out / contiguous story-time blocks with a gap)"),
         ("chance_score", "the same, for the same features shifted in time by half the story",
          "as brain_score", "as brain_score"),
+        ("null_mean", "group tests: the mean of the group score's own block-permutation null "
+                      "(its first 100 orders, none stopped early): a chance level of the group "
+                      "score, a diagnostic", "as brain_score", "as brain_score"),
         ("above_chance", "brain_score - chance_score", "as brain_score", "as brain_score"),
         ("normalised_score", "brain_score / noise ceiling (ceiling >= min_ceiling, else NaN); "
                              "voxels_reliable: mean r / mean ceiling over those voxels",
@@ -184,6 +189,10 @@ def score_definitions() -> pd.DataFrame:
                            "predictions changes it", "as brain_score", "as brain_score"),
         ("unique:<space>", "R²(all spaces) - R²(all but <space>)", "as brain_score",
          "as brain_score"),
+        ("unique_vs_placebo:<space>", "R²(all spaces) - mean R²(all spaces, <space> replaced by "
+                                      "its ridge fit on the other spaces plus its residual "
+                                      "circularly shifted in time; 4 shifts): the tested share",
+         "as brain_score", "as brain_score"),
         ("shared", "R²(all spaces) - sum of the unique R²", "as brain_score", "as brain_score"),
         ("split:<space>", "|r| x the space's share of the joint r, cov(prediction of the space, "
                           "BOLD) / (sd(joint prediction) sd(BOLD)): the shares add up to the "

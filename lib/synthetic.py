@@ -100,9 +100,11 @@ def realistic_noise(rng, n: int, m: int, phi_range=(0.85, 0.95), tr: float = 1.5
 
 def two_band_subjects(seed: int, n: int = 300, n_subjects: int = 6, n_targets: int = 10,
                       r: float = 0.35, kind: str = "redundant", unique_share: float = 0.0,
-                      delays=(1, 2, 3, 4, 5)) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """SYNTHETIC data for variance partitioning: two delayed feature bands A and B (6 AR(0.9)
-    units each) shared by every subject, and BOLD (n, subjects x targets) with noise as smooth
+                      delays=(1, 2, 3, 4, 5), units: int = 6
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """SYNTHETIC data for variance partitioning: two delayed feature bands A and B (``units``
+    AR(0.9) units each; with 60 or more, each band has more columns than one story's TRs, as an
+    LM's have) shared by every subject, and BOLD (n, subjects x targets) with noise as smooth
     as real BOLD. The signal (correlation ``r`` with BOLD) comes from A, plus a share
     ``unique_share`` of its variance from B. ``kind``: ``redundant`` -- B is a noisy mixture of
     A's units (it predicts BOLD through A, and adds nothing), ``copy`` -- B is A plus 10% noise
@@ -111,11 +113,11 @@ def two_band_subjects(seed: int, n: int = 300, n_subjects: int = 6, n_targets: i
     from .spaces import make_delays
 
     rng = np.random.default_rng(seed)
-    a = _ar1(rng, n, 6, 0.9)
-    b = {"redundant": lambda: 0.8 * a @ rng.standard_normal((6, 6)) / np.sqrt(6)
-         + 0.6 * _ar1(rng, n, 6, 0.9),
-         "copy": lambda: a + 0.1 * _ar1(rng, n, 6, 0.9),
-         "independent": lambda: _ar1(rng, n, 6, 0.9)}[kind]()
+    a = _ar1(rng, n, units, 0.9)
+    b = {"redundant": lambda: 0.8 * a @ rng.standard_normal((units, units)) / np.sqrt(units)
+         + 0.6 * _ar1(rng, n, units, 0.9),
+         "copy": lambda: a + 0.1 * _ar1(rng, n, units, 0.9),
+         "independent": lambda: _ar1(rng, n, units, 0.9)}[kind]()
     A, B = make_delays(a, delays), make_delays(b, delays)
 
     def unit(x):

@@ -174,10 +174,12 @@ else:
 # %% [markdown]
 # ## Feature spaces and variance partitioning
 # Brain score of each feature space alone (and its chance level), then the banded-ridge partition:
-# what each space explains that the others do not (`unique`), what they share, and the
-# product-measure split of the joint model's R². The headline contrasts: unique variance of the
-# fine-tuned model over the raw one (and the low-level spaces), and of the raw over the
-# fine-tuned one. Left-out spaces (missing audio, lexicon gaps) are listed, not silently dropped.
+# what each space explains that the others do not (`unique`), what they share, and each space's
+# share of the joint model's r|r| (the signed square of its held-out r). The headline contrasts:
+# unique variance of the fine-tuned model over the raw one (and the low-level spaces), and of the
+# raw over the fine-tuned one; a tested space's unique share against its conditional placebo
+# (`unique_vs_placebo`: its part that the other spaces explain kept, its residual shifted in
+# time) is what the across-subject test uses. Left-out spaces (missing audio, lexicon gaps) are listed, not silently dropped.
 
 # %% tags=["report"]
 space_scores = tab[tab.target.isin(["whole_brain_mean", "voxels_mean", "voxels_reliable",
@@ -203,8 +205,8 @@ for k in sorted(k[:-len("_fdr")] for k in g if k.startswith("partition_") and k.
     img = plots.to_img(np.where(g[f"{k}_fdr"], g[f"{k}_score"], 0), mask_img)
     name = k.replace("partition_", "").replace(":", " ")
     plots.save_img(img, out / f"group_{k.replace(':', '-')}.nii.gz")
-    fig = plots.glass_brain(img, f"{name}: group mean R², FDR q<{fdr_q} ({int(g[f'{k}_fdr'].sum())}"
-                            f" voxels){tag}")
+    fig = plots.glass_brain(img, f"{name}: group mean r|r|, FDR q<{fdr_q} "
+                            f"({int(g[f'{k}_fdr'].sum())} voxels){tag}")
     plots.save(fig, out / f"glass_{k.replace(':', '-')}.png")
 
 # %% tags=["report"]

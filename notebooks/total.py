@@ -199,7 +199,9 @@ display(Markdown("Interactive viewers (open offline in a browser): " + ", ".join
 # ### Feature spaces and variance partitioning
 # Each space's brain score alone (with its chance level), and the banded-ridge partition: what
 # the fine-tuned model explains that the raw model and the low-level spaces do not
-# (`unique lm:sft`), and the reverse (`unique lm:raw`). Held-out R², centred on each test block.
+# (`unique lm:sft`), and the reverse (`unique lm:raw`); `vs placebo lm:sft` is the tested share,
+# against the joint fits with sft's residual beyond the other spaces shifted in time. The measure
+# is r|r|, the signed square of the held-out r.
 
 # %%
 if (cmp / "space_scores.csv").exists():
@@ -208,11 +210,11 @@ if (cmp / "partition_summary.csv").exists():
     display(pd.read_csv(cmp / "partition_summary.csv").pivot_table(
         index="measure", columns="target", values="mean").round(4))
 for p in sorted(cmp.glob("partition_*.png")):
-    figure(p, f"Variance partition ({p.stem.replace('partition_', '')}): joint R², unique R² of "
-              f"each space, shared R²; bars: mean over subjects, dots: subjects.")
+    figure(p, f"Variance partition ({p.stem.replace('partition_', '')}): joint r|r|, unique share "
+              f"of each space (and of the tested space against its placebo), shared; bars: mean over subjects, dots: subjects.")
 for p in sorted(cmp.glob("glass_partition_*.png")):
-    figure(p, f"Group-mean unique R² of the space named in the title, in voxels where it "
-              f"survives the group block-permutation test (q < {fdr_q}).")
+    figure(p, f"Group-mean unique share of the space named in the title against its placebo, in "
+              f"voxels where it survives the across-subject sign-flip test (q < {fdr_q}).")
 figure(cmp / "alpha_diagnostic.png", "Share of ridge penalties chosen at each value of the grid, "
        "per model: mass at an end of the grid says widen it.")
 

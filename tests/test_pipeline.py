@@ -39,6 +39,11 @@ def test_report_is_complete(quick_run):
     assert {"raw", "sft", "control", "scrambled", "random", "word_rate", "phonemes",
             "surprisal:raw"} <= set(sc.condition)
     assert sc.synthetic_bold.all()
+    part = pd.read_csv(run_dir / "brain_score" / "partition.csv")     # the tested share is there
+    assert {"joint", "unique:lm:sft", "unique_vs_placebo:lm:sft", "shared"} <= set(part.measure)
+    assert "unique_vs_placebo:lm:raw" not in set(part.measure)         # only partition_null
+    gt = pd.read_csv(run_dir / "brain_score" / "group_tests.csv")
+    assert (gt.condition == "partition unique_vs_placebo:lm:sft").sum() >= 1
 
 
 @pytest.mark.slow
