@@ -32,7 +32,7 @@ import pandas as pd
 from .cache import is_fresh, write_npz, write_sidecar
 from .data import DataError
 from .job import (Job, Settings, Unit, design_inputs, input_key, labels_of, mask_of,
-                  plan_units, run_targets, subject_targets, summary_names)
+                  plan_units, run_targets, score_blocks_of, subject_targets, summary_names)
 from .engine.ridge import EngineError, prepare, score
 from .features import FeatureMaps
 from .transcripts import read_transcript, stimulus_groups
@@ -78,7 +78,8 @@ def _design(job: Job, unit: Unit, sub: str, cache: dict, key, mismatched=False, 
         X, layout = design_inputs(job, unit.condition, unit.seed, sub, mismatched, layer)
         cache[key] = prepare(X, layout, gap=st.gap_trs, n_folds=st.n_folds,
                              inner_folds=st.inner_folds, alphas=st.alphas, backend=st.backend,
-                             device=st.device, source=f"{unit.condition} seed {unit.seed}")
+                             device=st.device, source=f"{unit.condition} seed {unit.seed}",
+                             score_blocks=score_blocks_of(job, sub))
     return cache[key]
 
 
@@ -169,11 +170,11 @@ def _partition_inputs(job: Job, seed: int, sub: str) -> tuple[list, object]:
     return [x for x, _ in X], X[0][1]
 
 
-def _prepare_kw(job: Job) -> dict:
+def _prepare_kw(job: Job, sub: str) -> dict:
     st = job.settings
     return dict(gap=st.gap_trs, n_folds=st.n_folds, inner_folds=st.inner_folds,
                 alphas=st.alphas, n_iter=st.partition_n_iter, backend=st.backend,
-                device=st.device)
+                device=st.device, score_blocks=score_blocks_of(job, sub))
 
 
 def _partition_designs(job: Job, seed: int, sub: str, cache: dict) -> list:
@@ -183,7 +184,7 @@ def _partition_designs(job: Job, seed: int, sub: str, cache: dict) -> list:
 
     key = job.signature(sub)
     if key not in cache:
-        cache[key] = banded_prepare(*_partition_inputs(job, seed, sub), **_prepare_kw(job))
+        cache[key] = banded_prepare(*_partition_inputs(job, seed, sub), **_prepare_kw(job, sub))
     return cache[key]
 
 
@@ -196,7 +197,7 @@ def _placebo_designs(job: Job, seed: int, sub: str, band: int, cache: dict) -> l
     if key not in cache:
         Xs, layout = _partition_inputs(job, seed, sub)
         cache[key] = placebo_band_designs(Xs, band, layout, n_shifts=PARTITION_SHIFTS,
-                                          **_prepare_kw(job))
+                                          **_prepare_kw(job, sub))
     return cache[key]
 
 

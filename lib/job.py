@@ -238,6 +238,19 @@ def subject_targets(job: Job, subject: str, mask: np.ndarray, labels) -> np.ndar
     return _TARGETS[key]
 
 
+def score_blocks_of(job: Job, subject: str) -> int:
+    """``n_folds`` when ``subject`` heard several stimuli while another analysed subject heard
+    one: its held-out stories are then scored as the mean r over ``n_folds`` blocks of story
+    time, the unit of a single-story subject (whose blocked folds cannot give a whole-story r),
+    so every subject of the run is scored in one unit (docs/validity.md 4b); else 0 (whole-story
+    r for every held-out story)."""
+    n_stim = job.runs.groupby("subject").story.agg(
+        lambda s: len({job.stimulus.get(x, x) for x in s}))
+    if subject in n_stim.index and n_stim[subject] > 1 and n_stim.min() == 1:
+        return int(job.settings.n_folds)
+    return 0
+
+
 def input_key(job: Job, condition: str, seed: int, subject: str, extra=()) -> str:
     from .features import story_path
 
@@ -257,8 +270,10 @@ def input_key(job: Job, condition: str, seed: int, subject: str, extra=()) -> st
     from .spaces import space_version
 
     merged = sorted((s, g) for s, g in job.stimulus.items() if s != g)   # only when it matters
+    blocks = score_blocks_of(job, subject)
     return key_of(job.settings.key(), condition, space_version(condition), seed, feats, trs, bold,
-                  list(extra) + ([("stimulus", merged)] if merged else []),
+                  list(extra) + ([("stimulus", merged)] if merged else []) +
+                  ([("score_blocks", blocks)] if blocks else []),
                   content_hash(job.mask_path),
                   content_hash(job.labels_path) if job.labels_path else "")
 

@@ -17,10 +17,10 @@ import pandas as pd
 
 from .cache import write_csv, write_npz
 from .encoding import load_result, null_plans
-from .job import Job, labels_of, mask_of, run_targets, summary_names
+from .job import Job, labels_of, mask_of, run_targets, score_blocks_of, summary_names
 from .engine.inference import ceiling_from_isc, fdr_bh, permutation_test, random_effects_map, \
     repeat_ceiling, zscore_time
-from .engine.ridge import aggregate_runs, np_pearson
+from .engine.ridge import aggregate_runs, block_edges, np_pearson
 
 
 def _run_story(meta: dict) -> np.ndarray:
@@ -167,19 +167,16 @@ def _repeat_ceilings(job: Job, mask, labels, names: list, maps: dict, synthetic:
 
 
 def score_blocks(job: Job, subject: str, n: int) -> list[np.ndarray] | None:
-    """The blocks of story time a subject's brain score averages its r over, when it heard one
-    story (its outer folds' test blocks); None when it heard several (whole-story r)."""
-    from .engine.ridge import EngineError, Layout, blocked_folds
-
+    """The blocks of story time a subject's brain score averages its r over in a run of ``n``
+    kept TRs: its outer folds' test blocks when it heard one story, the same cut of each
+    held-out story when :func:`lib.job.score_blocks_of` scores it per block; None when it is
+    scored by whole-story r."""
     stories = {job.stimulus.get(s, s) for s in job.subject_runs(subject).story}
-    if len(stories) > 1:
+    n_blocks = job.settings.n_folds if len(stories) == 1 else score_blocks_of(job, subject)
+    if not n_blocks or n < 2 * n_blocks:
         return None
-    try:
-        folds = blocked_folds(Layout.single(n, stories.pop()), job.settings.n_folds,
-                              job.settings.gap_trs)
-    except EngineError:
-        return None
-    return [test for _, test in folds]
+    e = block_edges(n, n_blocks)
+    return [np.arange(a, b) for a, b in zip(e[:-1], e[1:])]
 
 
 def unit_r(z: np.ndarray, other: np.ndarray, blocks: list[np.ndarray] | None) -> np.ndarray:

@@ -86,14 +86,19 @@ def load_params(run_dir: str | Path) -> dict:
 
 
 def scoring_units(scores: pd.DataFrame) -> str:
-    """How many subjects are scored per block of story time (one story heard) and per held-out
-    story (several): the group means mix the two units when both are present; the noise ceiling
-    of each subject is in its own unit."""
-    kind = scores.groupby("subject").fold_scheme.first().map(
-        lambda s: "whole story" if s.startswith("leave-one-story-out") else "blocks")
+    """How many subjects are scored per block of story time and per held-out story. A profile
+    that mixes single- and several-story subjects scores every held-out story per block
+    (:func:`lib.job.score_blocks_of`), so its group means are in one unit; the noise ceiling
+    of each subject is in the same unit."""
+    scheme = scores.groupby("subject").fold_scheme.first()
+    kind = scheme.map(lambda s: "blocks" if "blocks" in s else "whole story")
     n_blk, n_story = int((kind == "blocks").sum()), int((kind == "whole story").sum())
+    n_held = int(scheme.str.startswith("leave-one-story-out").sum())
     text = (f"{n_blk} subject(s): mean r over blocks of story time; {n_story} subject(s): r of "
             f"each held-out story")
+    if n_blk and n_held and not n_story:
+        text += (f" ({n_held} of them held-out stories, each cut into the same blocks: one "
+                 f"scoring unit for every subject)")
     if n_blk and n_story:
         text += " -- the group means mix the two units (per-block r drops the slow variance "
         text += "between blocks; their ceilings are in the same units)"

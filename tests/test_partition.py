@@ -117,6 +117,20 @@ def test_one_band_equals_the_single_space_engine():
         assert np.abs(band.r - eng.scores).max() <= 1e-3
 
 
+def test_one_band_equals_the_engine_with_stories_scored_per_block():
+    rng = np.random.default_rng(5)
+    X = rng.standard_normal((300, 20)).astype(np.float32)
+    Y = (X[:, :5] @ rng.standard_normal((5, 40)) * 0.4 + rng.standard_normal((300, 40))
+         ).astype(np.float32)
+    lay = ridge.Layout.of_runs([150, 150], ["a", "b"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        eng = ridge.score(ridge.prepare(X, lay, gap=10, score_blocks=5), Y)
+    band = partition.banded_score(partition.banded_prepare([X], lay, gap=10, score_blocks=5), Y,
+                                  select="r", measure="rsq")
+    assert np.abs(band.r - eng.scores).max() <= 1e-3
+
+
 @pytest.mark.slow
 def test_banded_agrees_with_himalaya():
     """The reference: himalaya's MultipleKernelRidgeCV (random search, R^2 selection) on the same

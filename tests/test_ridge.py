@@ -146,6 +146,32 @@ def test_runs_scored_separately_and_aggregated_by_story():
     np.testing.assert_allclose(res.scores, expect, atol=1e-6)
 
 
+def test_held_out_story_scored_per_block_in_the_single_story_unit():
+    """With ``score_blocks``, a held-out story's r is the mean r over the contiguous blocks that
+    blocked folds cut one story into (the unit of a single-story subject); without, its
+    whole-story r. Single-story designs ignore it (their folds are already blocks)."""
+    rng = np.random.default_rng(3)
+    X = make_delays(_ar1(rng, 240, 8, 0.9), DELAYS)
+    Y = (X[:, :4] @ rng.standard_normal((4, 20)) + 3 * _ar1(rng, 240, 20, 0.9)
+         ).astype(np.float32)
+    lay = ridge.Layout.of_runs([120, 120], ["a", "b"])
+    whole = ridge.score(ridge.prepare(X, lay, delays=DELAYS), Y)
+    D = ridge.prepare(X, lay, delays=DELAYS, score_blocks=5)
+    blocks = ridge.score(D, Y)
+    rows, pred, _ = ridge.heldout_predictions(D, Y)
+    for run in (0, 1):
+        m = lay.run[rows] == run
+        p, y = pred[m], Y[rows[m]]
+        per_block = np.mean([ridge.np_pearson(p[a:a + 24], y[a:a + 24])
+                             for a in range(0, 120, 24)], 0)
+        np.testing.assert_allclose(blocks.run_scores[run], per_block, atol=1e-5)
+        np.testing.assert_allclose(whole.run_scores[run], ridge.np_pearson(p, y), atol=1e-5)
+    assert np.abs(blocks.run_scores - whole.run_scores).max() > 0.01
+    assert D.scheme == "leave-one-story-out, r per 5 blocks of each held-out story"
+    assert ridge.prepare(X[:120], ridge.Layout.single(120, "a"), gap=5,
+                         score_blocks=5).score_blocks == 0
+
+
 # --------------------------------------------------------------------------- leakage
 def test_default_gap_removes_the_autocorrelation_leak():
     """Acceptance: smooth null features x AR(0.9) BOLD, 300 TRs, 64 features x 5 delays,

@@ -10,6 +10,8 @@ Fit and score (:mod:`lib.engine.ridge`):
                                            a gap), inner folds, one eigendecomposition per fit;
                                            ``folds=split_folds(layout, test_stories)`` for a fixed
                                            split, ``inner_groups=k`` for story-grouped inner folds
+                                           ``score_blocks=k``: held-out stories scored as the mean
+                                           r over k blocks (the unit of one-story designs)
     ``score(design, Y)``                   per-target brain scores (mean per-fold r), alphas
     ``heldout_predictions(design, Y)``     the held-out predictions themselves
     ``fit_score(X, Y, ...)``               prepare + score
@@ -20,7 +22,10 @@ Statistics (:mod:`lib.engine.inference`, :mod:`lib.engine.paired`, :mod:`lib.eng
     ``paired_comparison(y, pa, pb, stories, {"name": cols})``
                                            Δ within one subject on held-out time: block CI and p
     ``crossed_test(D)``                    Δ over subjects x fine-tuning seeds (both random)
-Banded ridge and variance partitioning: :mod:`lib.engine.partition`.
+Banded ridge and variance partitioning (:mod:`lib.engine.partition`):
+    ``partition_fits(Xs, Y, spaces, layout, gap=...)``  joint and leave-one-space-out fits
+    ``placebo_band_designs`` + ``unique_vs_placebo``    a space's unique share against its
+                                           conditional placebo (the test of "adds nothing")
 
 A researcher's five lines (three stories of 200 TRs, 3 delays; the last story held out):
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .ridge import Backend, Design, aggregate_runs, pearson_cols, r2_cols, run_masks, \
+from .ridge import Backend, Design, aggregate_runs, pearson_cols, r2_cols, score_masks, \
     standardised
 
 
@@ -137,7 +137,7 @@ class NullPlan:
                 Yc = standardised(D.B, self.Y, c)
                 hat = (lambda g, f=f: self.hat(f, g))
                 for run, rr in fold_null(D.B, fd, hat, self.best[f, c], Yc, P,
-                                         D.layout).items():
+                                         D.layout, n_blocks=D.score_blocks).items():
                     acc[run][:, c0:c0 + len(c)] += rr
         run_null = acc / np.maximum(cnt, 1)[:, None, None]
         run_null[cnt == 0] = np.nan
@@ -152,7 +152,7 @@ def null_plan(design: Design, Y: np.ndarray, result, spec: NullSpec, seed: int =
 
 
 def fold_null(B: Backend, fd, hat, best, Yc, P, layout, metric: str = "r",
-              max_bytes: int = 1 << 27):
+              max_bytes: int = 1 << 27, n_blocks: int = 0):
     """Null per-fold score per run {run: (c, t)} for reorderings P (c, n), reusing the fold's
     decompositions: ``hat(g)`` is the (n_test, n_train) hat matrix of hyperparameter group g
     (an alpha, or a band weighting and an alpha) and ``best[j]`` target j's group.
@@ -163,10 +163,11 @@ def fold_null(B: Backend, fd, hat, best, Yc, P, layout, metric: str = "r",
     n_test x n whatever the group's size); a group with fewer targets than test TRs gathers its
     permuted columns instead and multiplies H_g into them (c x n_train x its targets) -- banded
     ridge has dozens of small groups. ``metric``: Pearson ``r`` or ``r2`` (test-centred, as in
-    :mod:`lib.partition`).
+    :mod:`lib.partition`); a run's score is the mean over its scoring blocks
+    (:func:`lib.engine.ridge.score_masks`), as the fit's own.
     """
     n, n_te = Yc.shape[0], len(fd.test)
-    masks = run_masks(layout, fd.test)
+    masks = score_masks(layout, fd.test, n_blocks)
     out = {run: np.zeros((len(P), Yc.shape[1]), np.float32) for run in masks}
     step = max(1, int(max_bytes // (4 * n_te * n)))
     for c0 in range(0, len(P), step):
@@ -187,10 +188,10 @@ def fold_null(B: Backend, fd, hat, best, Yc, P, layout, metric: str = "r",
                 pred = (B.asarray(M).reshape(c * n_te, n) @ Ysel).reshape(c, n_te, -1)
             else:
                 pred = H @ Ysel[B.idx(rows)]                      # (c, n_test, t_g)
-            for run, m in masks.items():
-                yte = Ysel[B.idx(Pc[:, fd.test[m]])]              # (c, n_run_test, t_g)
-                out[run][c0:c0 + c, sel_np] = B.to_numpy(
-                    _score_from_sums(B, pred[:, B.idx(m)], yte, metric))
+            for run, ms in masks.items():
+                out[run][c0:c0 + c, sel_np] = np.mean([B.to_numpy(_score_from_sums(
+                    B, pred[:, B.idx(m)], Ysel[B.idx(Pc[:, fd.test[m]])], metric))
+                    for m in ms], 0)
     return out
 
 

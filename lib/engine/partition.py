@@ -43,8 +43,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .ridge import (ALPHA_TIE, DEFAULT_ALPHAS, Layout, run_masks, standardised, aggregate_runs,
-                    blocked_folds, inner_scores, pearson_cols, prepare)
+from .ridge import (ALPHA_TIE, DEFAULT_ALPHAS, Layout, score_masks, standardised,
+                    aggregate_runs, blocked_folds, inner_scores, pearson_cols, prepare)
 
 
 @dataclass
@@ -129,15 +129,15 @@ def _split_r2(y, parts):
 def banded_prepare(Xs: list[np.ndarray], layout: Layout | None = None, *, gap: int,
                    n_folds: int = 5, inner_folds: int = 4, alphas=DEFAULT_ALPHAS,
                    n_iter: int = 20, seed: int = 0, backend: str = "numpy",
-                   device=None) -> list:
+                   device=None, score_blocks: int = 0) -> list:
     """One :class:`lib.ridge.Design` per band weighting (shared by every subject with the
-    same features and TRs)."""
+    same features and TRs); ``score_blocks`` as in :func:`lib.engine.ridge.prepare`."""
     X = np.hstack([np.asarray(x, np.float32) for x in Xs])
     edges = np.cumsum([0] + [x.shape[1] for x in Xs])
     groups = [np.arange(a, b) for a, b in zip(edges[:-1], edges[1:])]
     W = band_weights(len(Xs), n_iter, seed)
     designs = [prepare(X, layout, gap=gap, n_folds=n_folds, inner_folds=inner_folds,
-                       alphas=alphas, backend=backend, device=device,
+                       alphas=alphas, backend=backend, device=device, score_blocks=score_blocks,
                        col_scale=np.concatenate([np.full(len(g), np.sqrt(w_b))
                                                  for g, w_b in zip(groups, w)]), groups=groups)
                for w in W]
@@ -203,15 +203,10 @@ def banded_score(designs: list, Y: np.ndarray, batch_targets: int = 20000,
                     parts[b][:, sel] = B.to_numpy(
                         (out.A_parts[b] / (out.lam + float(al[a]))) @ BY)
             yt = B.to_numpy(Yb[B.idx(test)]).astype(np.float64)
-            for run, m in run_masks(lay, test).items():
-                joint = parts[:, m].sum(0)
-                r = B.to_numpy(pearson_cols(B, B.asarray(joint), B.asarray(yt[m])))
-                fold_r[f, run, cols] = r
-                if measure == "rsq":      # r and each band's share of it; squared per run
-                    fold_split[f, :, run, cols] = _r_shares(yt[m], parts[:, m]).T
-                else:
-                    fold_r2[f, run, cols] = _r2(yt[m], joint)
-                    fold_split[f, :, run, cols] = _split_r2(yt[m], parts[:, m]).T
+            for run, ms in score_masks(lay, test, D0.score_blocks).items():
+                fold_r[f, run, cols], fold_r2[f, run, cols], split = _run_measures(
+                    B, yt, parts, ms, measure)
+                fold_split[f, :, run, cols] = split.T
     story = lay.run_story()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -224,6 +219,23 @@ def banded_score(designs: list, Y: np.ndarray, batch_targets: int = 20000,
     return BandedResult(aggregate_runs(run_r2, story), aggregate_runs(run_r, story),
                         np.stack([aggregate_runs(x, story) for x in run_split]), run_r2,
                         weights, al[a_idx], choice, edge, designs, valid, run_split)
+
+
+def _run_measures(B, yt: np.ndarray, parts: np.ndarray, blocks: list, measure: str):
+    """One run's held-out r, R^2 (NaN for ``rsq``) and split (b, t), each the mean over the
+    run's scoring blocks (:func:`lib.engine.ridge.score_masks`): ``rsq`` splits r into each
+    band's share (squared per run by the caller), ``r2`` is split by the product measure."""
+    r, r2, split = [], [], []
+    for m in blocks:
+        joint = parts[:, m].sum(0)
+        r.append(B.to_numpy(pearson_cols(B, B.asarray(joint), B.asarray(yt[m]))))
+        if measure == "rsq":
+            r2.append(np.full(joint.shape[1], np.nan))
+            split.append(_r_shares(yt[m], parts[:, m]))
+        else:
+            r2.append(_r2(yt[m], joint))
+            split.append(_split_r2(yt[m], parts[:, m]))
+    return np.mean(r, 0), np.mean(r2, 0), np.mean(split, 0)
 
 
 def _choose_pooled(rs: np.ndarray) -> np.ndarray:

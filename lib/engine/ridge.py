@@ -132,7 +132,7 @@ def blocked_folds(layout: Layout, n_folds: int = 5, gap: int = 20, rows=None
     u = np.unique(pos)
     if len(u) < 2 * n_folds:
         raise EngineError(f"{len(u)} TRs of story time are too few for {n_folds} folds")
-    edges = np.linspace(0, len(u), n_folds + 1).round().astype(int)
+    edges = block_edges(len(u), n_folds)
     folds = []
     for a, b in zip(edges[:-1], edges[1:]):
         lo, hi = u[a], u[b - 1]
@@ -143,6 +143,13 @@ def blocked_folds(layout: Layout, n_folds: int = 5, gap: int = 20, rows=None
                               f"{lo}..{hi} ({len(u)} TRs of story time, {n_folds} folds)")
         folds.append((train, test))
     return folds
+
+
+def block_edges(n: int, n_blocks: int) -> np.ndarray:
+    """Edges of ``n_blocks`` contiguous blocks of ``n`` story positions, as equal as rounding
+    allows: one story's outer test blocks, and the scoring blocks of a held-out story
+    (:func:`score_masks`), so that both are the same unit."""
+    return np.linspace(0, n, n_blocks + 1).round().astype(int)
 
 
 def story_group_folds(layout: Layout, n_groups: int, rows=None
@@ -236,6 +243,7 @@ class Design:
     gap: int
     n_features: int
     scheme: str
+    score_blocks: int = 0     # > 1: a held-out story's r is the mean over this many blocks
 
     @property
     def n_runs(self) -> int:
@@ -246,11 +254,14 @@ def prepare(X: np.ndarray, layout: Layout | None = None, *, delays=None, gap: in
             n_folds: int = 5, inner_folds: int = DEFAULT_INNER_FOLDS, alphas=DEFAULT_ALPHAS,
             backend: str = "numpy", device: str | None = None, dtype: str = "float32",
             folds=None, source: str = "", col_scale=None, groups=None,
-            inner_groups: int | None = None, tr: float = 1.5) -> Design:
+            inner_groups: int | None = None, tr: float = 1.5, score_blocks: int = 0) -> Design:
     """Folds and decompositions for features ``X`` (n, p) that already carry their delays.
     ``col_scale`` and ``groups``: band weights and bands, for banded ridge (lib.partition).
     ``inner_groups``: inner folds hold out groups of whole training stories
     (:func:`story_group_folds`) instead of one story each (or blocks of a single story).
+    ``score_blocks``: with leave-one-story-out folds, score each held-out story as the mean r
+    over that many contiguous blocks of it (the unit of a subject who heard one story, whose
+    blocked folds cannot give a whole-story r) instead of its whole-story r.
 
     ``gap`` defaults to :func:`default_gap` of ``delays``; one of the two must be given so the
     gap always matches the features (a direct caller cannot silently get a 5-TR gap).
@@ -270,7 +281,10 @@ def prepare(X: np.ndarray, layout: Layout | None = None, *, delays=None, gap: in
     B = Backend(backend, device, dtype)
     Xb = B.asarray(X)
     outer = folds or blocked_folds(layout, n_folds, gap)
-    scheme = ("leave-one-story-out" if len(np.unique(layout.story)) > 1 else
+    loso = len(np.unique(layout.story)) > 1
+    score_blocks = int(score_blocks) if loso and score_blocks and score_blocks > 1 else 0
+    scheme = ("leave-one-story-out" + (f", r per {score_blocks} blocks of each held-out story"
+                                       if score_blocks else "") if loso else
               f"{len(outer)} contiguous blocks of story time, gap {gap} TRs")
     fds = []
     try:
@@ -284,7 +298,7 @@ def prepare(X: np.ndarray, layout: Layout | None = None, *, delays=None, gap: in
     except EngineError as e:
         raise EngineError(f"{e}{where}") from None
     return Design(B, layout, fds, np.sort(np.asarray(alphas, np.float64)), int(gap), X.shape[1],
-                  scheme)
+                  scheme, score_blocks)
 
 
 # --------------------------------------------------------------------------- scoring
@@ -360,6 +374,24 @@ def run_masks(layout: Layout, test: np.ndarray) -> dict[int, np.ndarray]:
     return {int(r): np.flatnonzero(runs == r) for r in np.unique(runs)}
 
 
+def score_masks(layout: Layout, test: np.ndarray, n_blocks: int = 0
+                ) -> dict[int, list[np.ndarray]]:
+    """Per run a fold tests, the index sets into ``test`` whose r its score averages: all its
+    test rows, or with ``n_blocks`` (a held-out story scored per block) that many contiguous
+    blocks of its story positions, cut as :func:`blocked_folds` cuts one story."""
+    out = {}
+    for run, m in run_masks(layout, test).items():
+        if n_blocks > 1:
+            pos = layout.pos[test[m]]
+            u = np.unique(pos)
+            e = block_edges(len(u), n_blocks)
+            out[run] = [m[(pos >= u[a]) & (pos <= u[b - 1])] for a, b in zip(e[:-1], e[1:])
+                        if b > a]
+        else:
+            out[run] = [m]
+    return out
+
+
 def score(design: Design, Y: np.ndarray, batch_targets: int = 20000, source: str = "",
           select: str = "r") -> EncodingResult:
     """Cross-validated brain scores of ``design``'s features for targets ``Y`` (n, t).
@@ -402,9 +434,9 @@ def score(design: Design, Y: np.ndarray, batch_targets: int = 20000, source: str
             BYo = fd.outer.project(B, Yb)
             pred = _predict_grouped(B, fd.outer, D.alphas, best, BYo)
             yt = Yb[B.idx(fd.test)]
-            for run, m in run_masks(D.layout, fd.test).items():
-                mi = B.idx(m)
-                fold_scores[f, run, cols] = B.to_numpy(pearson_cols(B, pred[mi], yt[mi]))
+            for run, ms in score_masks(D.layout, fd.test, D.score_blocks).items():
+                fold_scores[f, run, cols] = np.mean(
+                    [B.to_numpy(pearson_cols(B, pred[B.idx(m)], yt[B.idx(m)])) for m in ms], 0)
             # diagnostic: concatenated predictions with the training mean added back
             full = pred + B.mean0(Yb[B.idx(fd.train)], keep=True)
             for k, v in (("p", full.sum(0)), ("pp", (full * full).sum(0)), ("y", yt.sum(0)),
