@@ -220,7 +220,7 @@ def partition_bias(n_rep=100, sizes=(300,), units=(6, 60),
             A, B, Y = two_band_subjects(rep, n, kind=k, unique_share=share, r=r, units=u_n)
             D = part.banded_prepare([A, B], lay, gap=30, n_iter=5)
             P = {name: part.placebo_band_designs([A, B], 1, lay, gap=30, n_iter=5,
-                                                 conditional=cond)
+                                                 conditional=cond, joint=D)
                  for name, cond in (("vs placebo", True), ("vs whole band shifted", False))}
             rows = {name: [] for name in est}
             for y in np.split(Y, 6, axis=1):

@@ -197,6 +197,7 @@ def _placebo_designs(job: Job, seed: int, sub: str, band: int, cache: dict) -> l
     if key not in cache:
         Xs, layout = _partition_inputs(job, seed, sub)
         cache[key] = placebo_band_designs(Xs, band, layout, n_shifts=PARTITION_SHIFTS,
+                                          joint=_partition_designs(job, seed, sub, cache),
                                           **_prepare_kw(job, sub))
     return cache[key]
 

@@ -168,7 +168,7 @@ def _vs_placebo(kind, share, r, n_rep, conditional=True, n=300):
         lay = ridge.Layout.single(n, "sim")
         designs = partition.banded_prepare([A, B], lay, gap=30, n_iter=5)
         placebos = partition.placebo_band_designs([A, B], 1, lay, gap=30, n_iter=5,
-                                                  conditional=conditional)
+                                                  conditional=conditional, joint=designs)
         kw = dict(select="r", measure="rsq", pooled=True)
         out.append([partition.aggregate_runs(partition.unique_vs_placebo(
             partition.banded_score(designs, y, **kw),
@@ -199,6 +199,25 @@ def test_whole_band_shifted_credits_a_near_copy():
     that nearly copies the other comes out positive (sft's features nearly copy raw's)."""
     copy = _vs_placebo("copy", 0.0, 0.35, 15, conditional=False)
     assert copy.mean() > 0.003, copy.mean()
+
+
+def test_placebo_reuses_the_joint_designs_that_never_see_the_band():
+    """A weighting with w_b = 0 never sees band b: the placebo fits take the joint fit's design
+    for it (not decomposed again), and score exactly as if it had been rebuilt."""
+    from lib.synthetic import two_band_subjects
+
+    A, B, Y = two_band_subjects(0, 200, n_subjects=1, kind="redundant")
+    lay = ridge.Layout.single(200, "sim")
+    joint = partition.banded_prepare([A, B], lay, gap=10, n_iter=3)
+    fast = partition.placebo_band_designs([A, B], 1, lay, gap=10, n_iter=3, n_shifts=1,
+                                          joint=joint)[0]
+    slow = partition.placebo_band_designs([A, B], 1, lay, gap=10, n_iter=3, n_shifts=1)[0]
+    zero = [w[1] == 0 for w in partition.band_weights(2, 3)]
+    assert any(zero) and not all(zero)
+    assert all((d is j) == z for d, j, z in zip(fast, joint, zero))
+    kw = dict(select="r", measure="rsq", pooled=True)
+    np.testing.assert_allclose(partition.banded_score(fast, Y, **kw).run_r2,
+                               partition.banded_score(slow, Y, **kw).run_r2, atol=1e-6)
 
 
 def test_explained_part_keeps_what_the_other_bands_explain():

@@ -129,20 +129,26 @@ def _split_r2(y, parts):
 def banded_prepare(Xs: list[np.ndarray], layout: Layout | None = None, *, gap: int,
                    n_folds: int = 5, inner_folds: int = 4, alphas=DEFAULT_ALPHAS,
                    n_iter: int = 20, seed: int = 0, backend: str = "numpy",
-                   device=None, score_blocks: int = 0) -> list:
+                   device=None, score_blocks: int = 0, reuse: tuple | None = None) -> list:
     """One :class:`lib.ridge.Design` per band weighting (shared by every subject with the
-    same features and TRs); ``score_blocks`` as in :func:`lib.engine.ridge.prepare`."""
+    same features and TRs); ``score_blocks`` as in :func:`lib.engine.ridge.prepare`.
+    ``reuse=(designs, b)``: designs of the same weightings where only band b's features
+    differ -- a weighting with w_b = 0 never sees band b, so its design is taken as it is."""
     X = np.hstack([np.asarray(x, np.float32) for x in Xs])
     edges = np.cumsum([0] + [x.shape[1] for x in Xs])
     groups = [np.arange(a, b) for a, b in zip(edges[:-1], edges[1:])]
     W = band_weights(len(Xs), n_iter, seed)
-    designs = [prepare(X, layout, gap=gap, n_folds=n_folds, inner_folds=inner_folds,
-                       alphas=alphas, backend=backend, device=device, score_blocks=score_blocks,
-                       col_scale=np.concatenate([np.full(len(g), np.sqrt(w_b))
-                                                 for g, w_b in zip(groups, w)]), groups=groups)
-               for w in W]
-    for D, w in zip(designs, W):
+    designs = []
+    for i, w in enumerate(W):
+        if reuse is not None and w[reuse[1]] == 0:
+            designs.append(reuse[0][i])
+            continue
+        D = prepare(X, layout, gap=gap, n_folds=n_folds, inner_folds=inner_folds, alphas=alphas,
+                    backend=backend, device=device, score_blocks=score_blocks, groups=groups,
+                    col_scale=np.concatenate([np.full(len(g), np.sqrt(w_b))
+                                              for g, w_b in zip(groups, w)]))
         D.band_weights = w
+        designs.append(D)
     return designs
 
 
@@ -360,21 +366,24 @@ def explained_part(X: np.ndarray, others: np.ndarray, layout: Layout, *, gap: in
 
 
 def placebo_band_designs(Xs: list[np.ndarray], band: int, layout: Layout, *, gap: int,
-                         n_shifts: int = 4, conditional: bool = True, **prepare_kw
-                         ) -> list[list]:
+                         n_shifts: int = 4, conditional: bool = True, joint: list | None = None,
+                         **prepare_kw) -> list[list]:
     """Per shift, the joint fit's designs with band ``band`` replaced by a placebo: with
     ``conditional`` (the pipeline's test), the part of the band that the other bands explain
     (:func:`explained_part`) plus its residual circularly shifted in time within each run
     (:func:`shift_rows`) -- the band's relation to the other bands and its own smoothness kept,
     only what it carries beyond them misaligned from BOLD (a conditional shift: the null of
     "unique = 0" rather than of "the band predicts nothing"); without, the whole band shifted,
-    which credits a band that nearly copies another (docs/validity.md 5f)."""
+    which credits a band that nearly copies another (docs/validity.md 5f). ``joint``: the joint
+    fit's designs (:func:`banded_prepare` of ``Xs`` with the same settings), whose weightings
+    without the band are reused rather than decomposed again."""
     X = np.asarray(Xs[band], np.float64)
     fixed = explained_part(X, np.hstack([x for i, x in enumerate(Xs) if i != band]), layout,
                            gap=gap) if conditional else np.zeros_like(X)
     return [banded_prepare([(fixed + shift_rows(X - fixed, layout, f)).astype(np.float32)
                             if i == band else x for i, x in enumerate(Xs)],
-                           layout, gap=gap, **prepare_kw)
+                           layout, gap=gap, reuse=None if joint is None else (joint, band),
+                           **prepare_kw)
             for f in shift_fractions(n_shifts)]
 
 
