@@ -6,7 +6,7 @@ the others), so memory holds one subject plus the sum; the group permutation tes
 subject's null plan from its saved alphas.
 
 Aggregation everywhere: runs are averaged within a story, then stories with equal weight, then
-seeds (:func:`lib.engine.ridge.aggregate_runs`); the group score is the mean over subjects.
+seeds (:func:`lib.engine.folds.aggregate_runs`); the group score is the mean over subjects.
 """
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ from .encoding import load_result, null_plans
 from .job import Job, labels_of, mask_of, run_targets, score_blocks_of, summary_names
 from .engine.inference import ceiling_from_isc, fdr_bh, permutation_test, random_effects_map, \
     repeat_ceiling, zscore_time
-from .engine.ridge import aggregate_runs, block_edges, np_pearson
+from .engine.folds import aggregate_runs, block_edges
+from .engine.ridge import np_pearson
 
 
 def _run_story(meta: dict) -> np.ndarray:

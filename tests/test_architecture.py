@@ -65,9 +65,9 @@ def test_paired_statistics_import_nothing_of_the_pipeline():
 
 LAYERS = [  # bottom to top; a module may import its own layer and the layers below it
     {"lib", "lib.errors", "lib.paths", "lib.cache", "lib.cluster"},
-    {"lib.engine", "lib.engine.backend", "lib.engine.ridge", "lib.engine.inference",
-     "lib.engine.second_level", "lib.engine.partition", "lib.engine.paired",
-     "lib.engine.crossed"},
+    {"lib.engine", "lib.engine.backend", "lib.engine.folds", "lib.engine.ridge",
+     "lib.engine.inference", "lib.engine.second_level", "lib.engine.partition",
+     "lib.engine.paired", "lib.engine.crossed"},
     {"lib.alignment", "lib.data", "lib.datasets", "lib.datasets.matrices",
      "lib.datasets.generic", "lib.datasets.words", "lib.transcripts", "lib.download",
      "lib.rois", "lib.surface", "lib.geometry"},

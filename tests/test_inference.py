@@ -261,50 +261,32 @@ def test_random_effects_map_finds_a_consistent_effect():
     assert sig[: v // 10].mean() > 0.9 and sig[v // 10:].mean() < 0.05
 
 
-def test_null_plan_equals_refitting_the_permuted_bold():
+@pytest.mark.parametrize("stories, score_blocks", [((200,), 0), ((120, 120), 4)])
+def test_null_plan_equals_refitting_the_permuted_bold(stories, score_blocks):
     """A permutation's null score, computed from the fold decompositions, equals scoring the
-    permuted BOLD with the observed alphas held fixed (r and R^2 alike)."""
+    permuted BOLD with the observed alphas held fixed -- on blocks of one story, and on held-out
+    stories scored per block (``score_blocks``: the mean r over each story's blocks)."""
     rng = np.random.default_rng(11)
-    X = smooth_features(rng, 200, p=8)
-    Y = realistic_noise(rng, 200, 30)
+    n, t_n = sum(stories), 12
+    X = smooth_features(rng, n, p=8)
+    Y = realistic_noise(rng, n, t_n)
+    lay = ridge.Layout.of_runs(stories, [f"s{i}" for i in range(len(stories))])
     spec = inf.NullSpec(n_perm=3, perm_stop=None)
-    D = ridge.prepare(X, delays=DELAYS)
+    D = ridge.prepare(X, lay, delays=DELAYS, score_blocks=score_blocks)
     res = with_null(D, Y, spec)
-    null = res.null_plan.batch(0, 3, np.arange(30))
+    null = res.null_plan.batch(0, 3, np.arange(t_n))
     for j, order in enumerate(res.null_plan.orders):
         Yp = Y[order]
-        r = np.zeros(30)
+        r = np.zeros(t_n)
         for f, fd in enumerate(D.folds):
-            for t in range(30):
-                BY = fd.outer.project(D.B, ridge.standardised(D.B, Yp, np.array([t])))
-                pred = fd.outer.predict(res.alphas[f, t], BY)
-                r[t] += ridge.np_pearson(pred, Yp[fd.test, t:t + 1])[0]
-        np.testing.assert_allclose(null[j], r / len(D.folds), atol=1e-4)
-
-
-def test_null_plan_of_stories_scored_per_block_equals_refitting():
-    """Held-out stories scored per block (``score_blocks``): each null score is still the
-    permuted BOLD scored like the fit -- the mean r over each held-out story's blocks, stories
-    averaged -- with the observed alphas held fixed."""
-    rng = np.random.default_rng(12)
-    X = smooth_features(rng, 240, p=8)
-    Y = realistic_noise(rng, 240, 12)
-    lay = ridge.Layout.of_runs([120, 120], ["a", "b"])
-    spec = inf.NullSpec(n_perm=3, perm_stop=None)
-    D = ridge.prepare(X, lay, delays=DELAYS, score_blocks=4)
-    res = with_null(D, Y, spec)
-    null = res.null_plan.batch(0, 3, np.arange(12))
-    for j, order in enumerate(res.null_plan.orders):
-        Yp = Y[order]
-        r = np.zeros(12)
-        for f, fd in enumerate(D.folds):
-            for t in range(12):
+            size = len(fd.test) // max(score_blocks, 1)
+            for t in range(t_n):
                 BY = fd.outer.project(D.B, ridge.standardised(D.B, Yp, np.array([t])))
                 pred = fd.outer.predict(res.alphas[f, t], BY)[:, 0]
                 y = Yp[fd.test, t]
-                r[t] += np.mean([np.corrcoef(pred[a:a + 30], y[a:a + 30])[0, 1]
-                                 for a in range(0, 120, 30)])
-        np.testing.assert_allclose(null[j], r / 2, atol=1e-4)
+                r[t] += np.mean([np.corrcoef(pred[a:a + size], y[a:a + size])[0, 1]
+                                 for a in range(0, len(y), size)])
+        np.testing.assert_allclose(null[j], r / len(D.folds), atol=1e-4)
 
 
 def test_subject_level_ci_covers_at_4_to_10_subjects():

@@ -3,7 +3,7 @@
 It imports numpy, scipy, pandas and torch (never the rest of ``lib``), so it can be used on any
 (TRs x features) design and (TRs x targets) responses, the way himalaya is.
 
-Fit and score (:mod:`lib.engine.ridge`):
+Fit and score (:mod:`lib.engine.ridge`; layouts and folds in :mod:`lib.engine.folds`):
     ``Layout.of_runs(lengths, stories)``   which run / story / story position each row is
     ``Layout.single(n, story)``            one run of one named story (the name seeds the null)
     ``prepare(X, layout, delays=...)``     folds (leave one story out, or blocks of one story with
@@ -41,8 +41,8 @@ A researcher's five lines (three stories of 200 TRs, 3 delays; the last story he
 from .crossed import crossed_test
 from .inference import NullSpec, null_plan, paired_stats, permutation_test
 from .paired import paired_comparison
-from .ridge import (EngineError, Layout, blocked_folds, fit_score, heldout_predictions, prepare,
-                    score, split_folds, story_group_folds)
+from .folds import EngineError, Layout, blocked_folds, split_folds, story_group_folds
+from .ridge import fit_score, heldout_predictions, prepare, score
 
 __all__ = ["Layout", "prepare", "score", "fit_score", "heldout_predictions", "blocked_folds",
            "split_folds", "story_group_folds", "EngineError", "NullSpec", "null_plan",

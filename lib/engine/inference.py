@@ -26,8 +26,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .ridge import Backend, Design, aggregate_runs, pearson_cols, r2_cols, score_masks, \
-    standardised
+from .folds import aggregate_runs, score_masks
+from .ridge import Backend, Design, pearson_cols, r2_cols, standardised
 
 
 # --------------------------------------------------------------------------- permutations

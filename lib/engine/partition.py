@@ -43,8 +43,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .ridge import (ALPHA_TIE, DEFAULT_ALPHAS, Layout, score_masks, standardised,
-                    aggregate_runs, blocked_folds, inner_scores, pearson_cols, prepare)
+from .folds import Layout, aggregate_runs, blocked_folds, score_masks
+from .ridge import ALPHA_TIE, DEFAULT_ALPHAS, inner_scores, pearson_cols, prepare, standardised
 
 
 @dataclass

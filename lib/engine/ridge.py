@@ -3,7 +3,8 @@
 Numpy or torch (CPU or CUDA) through the array shim of :mod:`lib.engine.backend`; no pipeline knowledge.
 
 Rows are TRs. A :class:`Layout` says which run, story and position in the story (TR index after
-trimming) each row belongs to, and decides the folds (:func:`blocked_folds`):
+trimming) each row belongs to, and decides the folds (:func:`blocked_folds`; both live in
+:mod:`lib.engine.folds`):
 
 * two or more stories: leave one story out (every run of the held-out story is tested; runs are
   separate scans, so no gap is needed);
@@ -37,6 +38,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .backend import Backend, np_pearson, pearson_cols, r2_cols, zscore_on  # noqa: F401
+from .folds import (EngineError, Layout, aggregate_runs, block_edges,  # noqa: F401 (re-exported)
+                    blocked_folds, run_masks, score_masks, split_folds, story_group_folds)
 
 DEFAULT_ALPHAS = np.logspace(-1, 8, 10)
 DEFAULT_DELAYS = (1, 2, 3, 4, 5)
@@ -51,135 +54,10 @@ DEFAULT_INNER_FOLDS = 4
 ALPHA_TIE = 1e-4   # validation-r ties (float noise) go to the larger penalty
 
 
-class EngineError(ValueError):
-    """Inputs the engine cannot fit (too few TRs for the folds, no targets, ...)."""
-
-
 def default_gap(delays=DEFAULT_DELAYS, tr: float = 1.5) -> int:
     """Gap (TRs) between training and test blocks for features carrying ``delays`` (TRs) at
     repetition time ``tr`` (s): the longest delay plus AUTOCORR_MARGIN_S of story time."""
     return int(max(max(delays), 0) + int(np.ceil(AUTOCORR_MARGIN_S / float(tr) - 1e-9)))
-
-
-# --------------------------------------------------------------------------- layout & folds
-@dataclass(frozen=True)
-class Layout:
-    """Run, story and story position (kept-TR index) of every row of a design."""
-    run: np.ndarray
-    story: np.ndarray
-    pos: np.ndarray
-    names: tuple = ()     # story names (seed the permutation null; shared across subjects)
-
-    def __len__(self) -> int:
-        return len(self.run)
-
-    @classmethod
-    def single(cls, n: int, story: str) -> "Layout":
-        """One run of one story. The name is required: it seeds the permutation null, so
-        subjects who heard the same story share reorderings and different stories differ."""
-        if not str(story):
-            raise ValueError("Layout.single needs the story's name (it seeds the null)")
-        z = np.zeros(n, np.int64)
-        return cls(z, z.copy(), np.arange(n), (str(story),))
-
-    @classmethod
-    def of_content(cls, X: np.ndarray) -> "Layout":
-        """One run named by a hash of its features' content (the default of :func:`prepare`
-        when no layout is given): the same stimulus gets the same null reorderings."""
-        import hashlib
-
-        h = hashlib.sha1(np.ascontiguousarray(X).tobytes()).hexdigest()[:16]
-        return cls.single(len(X), f"content-{h}")
-
-    @classmethod
-    def of_runs(cls, lengths, stories=None) -> "Layout":
-        """Runs stacked in order; ``stories[i]`` names run i's story (default: every run its own
-        story, i.e. leave one run out)."""
-        lengths = [int(n) for n in lengths]
-        stories = list(range(len(lengths))) if stories is None else list(stories)
-        if len(stories) != len(lengths):
-            raise ValueError(f"{len(lengths)} runs but {len(stories)} story labels")
-        names = {s: i for i, s in enumerate(dict.fromkeys(stories))}
-        run = np.concatenate([np.full(n, i) for i, n in enumerate(lengths)])
-        story = np.concatenate([np.full(n, names[s]) for n, s in zip(lengths, stories)])
-        pos = np.concatenate([np.arange(n) for n in lengths])
-        return cls(run.astype(np.int64), story.astype(np.int64), pos.astype(np.int64),
-                   tuple(str(s) for s in names))
-
-    @property
-    def run_lengths(self) -> list[int]:
-        return np.bincount(self.run).tolist()
-
-    def run_story(self) -> np.ndarray:
-        """Story index of each run."""
-        out = np.zeros(self.run.max() + 1, np.int64)
-        out[self.run] = self.story
-        return out
-
-
-def blocked_folds(layout: Layout, n_folds: int = 5, gap: int = 20, rows=None
-                  ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(train, test) row indices: leave one story out, or contiguous blocks of story time with
-    ``gap`` TRs dropped from training on each side (see module docstring). ``rows`` restricts
-    the folds to a subset (inner folds inside an outer training set)."""
-    rows = np.arange(len(layout)) if rows is None else np.asarray(rows)
-    story, pos = layout.story[rows], layout.pos[rows]
-    stories = np.unique(story)
-    if len(stories) >= 2:
-        return [(rows[story != s], rows[story == s]) for s in stories]
-    if n_folds < 2:
-        raise EngineError("need at least 2 folds")
-    u = np.unique(pos)
-    if len(u) < 2 * n_folds:
-        raise EngineError(f"{len(u)} TRs of story time are too few for {n_folds} folds")
-    edges = block_edges(len(u), n_folds)
-    folds = []
-    for a, b in zip(edges[:-1], edges[1:]):
-        lo, hi = u[a], u[b - 1]
-        test = rows[(pos >= lo) & (pos <= hi)]
-        train = rows[(pos < lo - gap) | (pos > hi + gap)]
-        if len(train) < 2:
-            raise EngineError(f"a gap of {gap} TRs leaves no training TRs around the test block "
-                              f"{lo}..{hi} ({len(u)} TRs of story time, {n_folds} folds)")
-        folds.append((train, test))
-    return folds
-
-
-def block_edges(n: int, n_blocks: int) -> np.ndarray:
-    """Edges of ``n_blocks`` contiguous blocks of ``n`` story positions, as equal as rounding
-    allows: one story's outer test blocks, and the scoring blocks of a held-out story
-    (:func:`score_masks`), so that both are the same unit."""
-    return np.linspace(0, n, n_blocks + 1).round().astype(int)
-
-
-def story_group_folds(layout: Layout, n_groups: int, rows=None
-                      ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(train, test) row indices holding out groups of whole stories: the stories of ``rows``
-    dealt round-robin (in story order) into ``n_groups`` groups. With many stories this is the
-    inner-fold scheme of a fit on a dataset's training split: every validation set is whole
-    stories (no gap needed), and ``n_groups`` decompositions instead of one per story."""
-    rows = np.arange(len(layout)) if rows is None else np.asarray(rows)
-    stories = np.unique(layout.story[rows])
-    if len(stories) < 2:
-        raise EngineError(f"story-grouped folds need at least 2 stories, got {len(stories)}")
-    k = min(int(n_groups), len(stories))
-    if k < 2:
-        raise EngineError("need at least 2 story groups")
-    group = {s: i % k for i, s in enumerate(stories)}
-    g = np.array([group[s] for s in layout.story[rows]])
-    return [(rows[g != i], rows[g == i]) for i in range(k)]
-
-
-def split_folds(layout: Layout, test_stories) -> list[tuple[np.ndarray, np.ndarray]]:
-    """One outer fold: every row of the ``test_stories`` (names of ``layout.names``) is tested,
-    every other row trains (a dataset's own train/test split)."""
-    idx = [layout.names.index(s) for s in test_stories if s in layout.names]
-    if not idx:
-        raise EngineError(f"none of the test stories {list(test_stories)} is in the layout")
-    test = np.isin(layout.story, idx)
-    if test.all():
-        raise EngineError("every story is a test story: nothing to train on")
-    return [(np.flatnonzero(~test), np.flatnonzero(test))]
 
 
 # --------------------------------------------------------------------------- decompositions
@@ -320,14 +198,6 @@ class EncodingResult:
     info: dict = field(default_factory=dict)
 
 
-def aggregate_runs(run_values: np.ndarray, run_story: np.ndarray) -> np.ndarray:
-    """(n_runs, ...) -> (...): mean over runs within a story, then stories with equal weight."""
-    stories = np.unique(run_story)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return np.nanmean([np.nanmean(run_values[run_story == s], 0) for s in stories], 0)
-
-
 def inner_scores(B: Backend, fd: FoldDesign, alphas, Y, metric: str = "r"):
     """(n_alphas, t) mean validation score (``r``, or ``r2`` for variance partitioning, where
     the prediction's scale matters) over the inner folds of one outer fold."""
@@ -367,29 +237,6 @@ def _predict_grouped(B: Backend, dec: Decomp, alphas, best: np.ndarray, BY):
         sel = B.idx(np.flatnonzero(best == a_i))
         pred[:, sel] = dec.predict(alphas[a_i], BY[:, sel])
     return pred
-
-
-def run_masks(layout: Layout, test: np.ndarray) -> dict[int, np.ndarray]:
-    runs = layout.run[test]
-    return {int(r): np.flatnonzero(runs == r) for r in np.unique(runs)}
-
-
-def score_masks(layout: Layout, test: np.ndarray, n_blocks: int = 0
-                ) -> dict[int, list[np.ndarray]]:
-    """Per run a fold tests, the index sets into ``test`` whose r its score averages: all its
-    test rows, or with ``n_blocks`` (a held-out story scored per block) that many contiguous
-    blocks of its story positions, cut as :func:`blocked_folds` cuts one story."""
-    out = {}
-    for run, m in run_masks(layout, test).items():
-        if n_blocks > 1:
-            pos = layout.pos[test[m]]
-            u = np.unique(pos)
-            e = block_edges(len(u), n_blocks)
-            out[run] = [m[(pos >= u[a]) & (pos <= u[b - 1])] for a, b in zip(e[:-1], e[1:])
-                        if b > a]
-        else:
-            out[run] = [m]
-    return out
 
 
 def score(design: Design, Y: np.ndarray, batch_targets: int = 20000, source: str = "",
