@@ -108,55 +108,89 @@ def test_generic_roi_dataset_runs_stages_01_to_06_and_recovers_the_planted_rois(
     assert deltas.ci_low.le(deltas.delta).all() and deltas.p.between(0, 1).all()
 
 
-def test_generic_nifti_dataset_with_word_table_at_tr_1s_runs_stage_05(tmp_path, paths):
-    """A BOLD NIfTI per run, timed words (onsets), TR 1.0 s from the BIDS sidecar."""
+def _nifti_dataset(root: Path, heard: dict, seed: int = 3):
+    """A generic NIfTI dataset at TR 1.0 s: pieman's timed words (for a story other than
+    pieman, the same timings with the words in another order: another stimulus), one SYNTHETIC
+    BOLD run per (subject, story) of ``heard``, word rate planted in 4 voxels. Returns
+    (manifest, TRs per run)."""
+    import nibabel as nib
+
+    rng = np.random.default_rng(seed)
+    root.mkdir()
+    words = pd.read_csv(PIEMAN, header=None, names=["word", "aligned", "onset", "offset"])
+    words = words.dropna()[["word", "onset", "offset"]]
+    for story in sorted({st for sts in heard.values() for st in sts}):
+        w = words if story == "pieman" else words.assign(word=rng.permutation(words.word.values))
+        w.to_csv(root / f"{story}_words.tsv", sep="\t", index=False)
+    n = int(words.onset.max()) + 12
+    rate = np.bincount(np.floor(words.onset).astype(int), minlength=n).astype(float)
+    drive = hrf_word_rate(rate)
+    shape, aff = (4, 4, 3), np.diag([3, 3, 3, 1])
+    planted = np.zeros(shape, bool)
+    planted[:2, :2, 0] = True
+    rows = []
+    for s, stories in heard.items():
+        for story in stories:
+            data = rng.standard_normal(shape + (n,)).astype(np.float32)
+            data[planted] += 2.0 * ((drive - drive.mean()) / drive.std())
+            nib.save(nib.Nifti1Image(data, aff), root / f"{s}_{story}_bold.nii.gz")
+            (root / f"{s}_{story}_bold.json").write_text(json.dumps({"RepetitionTime": 1.0}))
+            rows.append(dict(subject=s, story=story, responses=f"{s}_{story}_bold.nii.gz",
+                             words=f"{story}_words.tsv"))
+    pd.DataFrame(rows).to_csv(root / "runs.tsv", sep="\t", index=False)
+    nib.save(nib.Nifti1Image(np.ones(shape, np.uint8), aff), root / "mask.nii.gz")
+    nib.save(nib.Nifti1Image(planted.astype(np.uint8), aff), root / "planted.nii.gz")
+    return datasets.generic_manifest(root), n
+
+
+def _stage05(m, root: Path, run: Path, stories: list[str]):
     import nibabel as nib
 
     from conftest import fake_index
     from lib import brain_score, encoding, transcripts
-
-    rng = np.random.default_rng(3)
-    root = tmp_path / "nii"
-    root.mkdir()
-    words = pd.read_csv(PIEMAN, header=None, names=["word", "aligned", "onset", "offset"])
-    words = words.dropna()
-    words = words[["word", "onset", "offset"]]
-    words.to_csv(root / "words.tsv", sep="\t", index=False)
-    n = int(words.onset.max()) + 12
-    rate = np.bincount(np.floor(words.onset).astype(int), minlength=n).astype(float)
-    drive = hrf_word_rate(rate)
-    shape = (4, 4, 3)
-    planted = np.zeros(shape, bool)
-    planted[:2, :2, 0] = True
-    rows = []
-    for s in ("sub-a", "sub-b"):
-        data = rng.standard_normal(shape + (n,)).astype(np.float32)
-        data[planted] += 2.0 * ((drive - drive.mean()) / drive.std())
-        img = nib.Nifti1Image(data, np.diag([3, 3, 3, 1]))
-        nib.save(img, root / f"{s}_bold.nii.gz")
-        (root / f"{s}_bold.json").write_text(json.dumps({"RepetitionTime": 1.0}))
-        rows.append(dict(subject=s, story="pieman", responses=f"{s}_bold.nii.gz",
-                         words="words.tsv"))
-    pd.DataFrame(rows).to_csv(root / "runs.tsv", sep="\t", index=False)
-    m = datasets.generic_manifest(root)
-    assert (m.tr == 1.0).all() and (m.responses == "nifti").all()
-    run = tmp_path / "run"
-    transcripts.build_transcripts(m, run / "transcripts")
-    assert pd.read_csv(run / "transcripts" / "pieman.tsv", sep="\t").tr.max() < n
-    nib.save(nib.Nifti1Image(np.ones(shape, np.uint8), np.diag([3, 3, 3, 1])), root / "mask.nii.gz")
-    nib.save(nib.Nifti1Image(planted.astype(np.uint8), np.diag([3, 3, 3, 1])),
-             root / "planted.nii.gz")
     from lib.engine.inference import NullSpec
 
+    transcripts.build_transcripts(m, run / "transcripts")
     st = encoding.Settings(null=NullSpec(n_perm=50), perm_conditions=("raw",),
                            spaces=("word_rate",))
-    job = encoding.make_job(m, run / "transcripts", fake_index(run, ["pieman"]),
+    job = encoding.make_job(m, run / "transcripts", fake_index(run, stories),
                             run / "brain_score", nib.load(str(root / "mask.nii.gz")), st,
                             root / "planted.nii.gz")
-    res = brain_score.run_stage(job, progress=False)
+    return brain_score.run_stage(job, progress=False)
+
+
+def test_generic_nifti_dataset_with_word_table_at_tr_1s_runs_stage_05(tmp_path, paths):
+    """A BOLD NIfTI per run, timed words (onsets), TR 1.0 s from the BIDS sidecar."""
+    root = tmp_path / "nii"
+    m, n = _nifti_dataset(root, {"sub-a": ["pieman"], "sub-b": ["pieman"]})
+    assert (m.tr == 1.0).all() and (m.responses == "nifti").all()
+    run = tmp_path / "run"
+    res = _stage05(m, root, run, ["pieman"])
+    assert pd.read_csv(run / "transcripts" / "pieman.tsv", sep="\t").tr.max() < n
     sc = res["scores"]
     roi = sc[(sc.target == "roi-1") & (sc.condition == "word_rate")]
     assert len(roi) == 2 and (roi.brain_score > 0.3).all(), roi
+
+
+def test_subjects_of_one_and_of_two_stories_are_scored_in_one_unit(tmp_path):
+    """Stage 05 on a run where sub-a heard one story and sub-b two: sub-b's held-out stories are
+    scored per block like sub-a's folds (its fold scheme says so), its noise ceiling is in the
+    same unit, and the method table's scoring-unit row reports one unit."""
+    from lib.report import scoring_units
+
+    root = tmp_path / "nii"
+    m, _ = _nifti_dataset(root, {"sub-a": ["pieman"], "sub-b": ["pieman", "retold"]})
+    res = _stage05(m, root, tmp_path / "run", ["pieman", "retold"])
+    scheme = res["scores"].groupby("subject").fold_scheme.first()
+    assert scheme["sub-b"] == "leave-one-story-out, r per 5 blocks of each held-out story"
+    assert scheme["sub-a"].startswith("5 contiguous blocks")
+    assert "one scoring unit" in scoring_units(res["scores"])
+    roi = res["scores"][(res["scores"].target == "roi-1") &
+                        (res["scores"].condition == "word_rate")]
+    assert (roi.brain_score > 0.3).all(), roi
+    nc = pd.read_csv(tmp_path / "run" / "brain_score" / "noise_ceiling.csv")
+    b = nc[nc.subject == "sub-b"]
+    assert len(b) and b.scoring_unit.str.contains("block").all(), nc
 
 
 # --------------------------------------------------------------------------- bad input
