@@ -205,14 +205,13 @@ def _placebo_designs(job: Job, seed: int, sub: str, band: int, cache: dict) -> l
 def _placebo_arrays(job: Job, seed: int, sub: str, names: list[str], joint, Y,
                     cache: dict) -> dict:
     """``vs_placebo<b>_run_r2``: each tested space's unique share against its placebo."""
-    from .engine.partition import banded_score, unique_vs_placebo
+    from .engine.partition import placebo_scores, unique_vs_placebo
 
     out = {}
     for b, name in enumerate(names):
         if name in job.settings.partition_null:
-            placebos = [banded_score(d, Y, job.settings.batch_targets, select="r",
-                                     pooled=True, measure="rsq")
-                        for d in _placebo_designs(job, seed, sub, b, cache)]
+            placebos = placebo_scores(_placebo_designs(job, seed, sub, b, cache), Y,
+                                      job.settings.batch_targets)
             out[f"vs_placebo{b}_run_r2"] = unique_vs_placebo(joint, placebos).astype(np.float32)
     return out
 

@@ -169,10 +169,9 @@ def _vs_placebo(kind, share, r, n_rep, conditional=True, n=300):
         designs = partition.banded_prepare([A, B], lay, gap=30, n_iter=5)
         placebos = partition.placebo_band_designs([A, B], 1, lay, gap=30, n_iter=5,
                                                   conditional=conditional, joint=designs)
-        kw = dict(select="r", measure="rsq", pooled=True)
         out.append([partition.aggregate_runs(partition.unique_vs_placebo(
-            partition.banded_score(designs, y, **kw),
-            [partition.banded_score(d, y, **kw) for d in placebos]), lay.run_story()).mean()
+            partition.banded_score(designs, y, **partition.SCORING),
+            partition.placebo_scores(placebos, y)), lay.run_story()).mean()
             for y in np.split(Y, 6, axis=1)])
     return np.array(out)
 
@@ -215,9 +214,8 @@ def test_placebo_reuses_the_joint_designs_that_never_see_the_band():
     zero = [w[1] == 0 for w in partition.band_weights(2, 3)]
     assert any(zero) and not all(zero)
     assert all((d is j) == z for d, j, z in zip(fast, joint, zero))
-    kw = dict(select="r", measure="rsq", pooled=True)
-    np.testing.assert_allclose(partition.banded_score(fast, Y, **kw).run_r2,
-                               partition.banded_score(slow, Y, **kw).run_r2, atol=1e-6)
+    np.testing.assert_allclose(partition.placebo_scores([fast], Y)[0].run_r2,
+                               partition.placebo_scores([slow], Y)[0].run_r2, atol=1e-6)
 
 
 def test_explained_part_keeps_what_the_other_bands_explain():

@@ -24,8 +24,9 @@ Statistics (:mod:`lib.engine.inference`, :mod:`lib.engine.paired`, :mod:`lib.eng
     ``crossed_test(D)``                    Δ over subjects x fine-tuning seeds (both random)
 Banded ridge and variance partitioning (:mod:`lib.engine.partition`):
     ``partition_fits(Xs, Y, spaces, layout, gap=...)``  joint and leave-one-space-out fits
-    ``placebo_band_designs`` + ``unique_vs_placebo``    a space's unique share against its
-                                           conditional placebo (the test of "adds nothing")
+    ``placebo_band_designs`` + ``placebo_scores`` + ``unique_vs_placebo``
+                                           a space's unique share against its conditional
+                                           placebo (the test of "adds nothing")
 
 A researcher's five lines (three stories of 200 TRs, 3 delays; the last story held out):
 

@@ -164,7 +164,7 @@ def fold_null(B: Backend, fd, hat, best, Yc, P, layout, metric: str = "r",
     permuted columns instead and multiplies H_g into them (c x n_train x its targets) -- banded
     ridge has dozens of small groups. ``metric``: Pearson ``r`` or ``r2`` (test-centred, as in
     :mod:`lib.partition`); a run's score is the mean over its scoring blocks
-    (:func:`lib.engine.ridge.score_masks`), as the fit's own.
+    (:func:`lib.engine.folds.score_masks`), as the fit's own.
     """
     n, n_te = Yc.shape[0], len(fd.test)
     masks = score_masks(layout, fd.test, n_blocks)

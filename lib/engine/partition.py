@@ -229,7 +229,7 @@ def banded_score(designs: list, Y: np.ndarray, batch_targets: int = 20000,
 
 def _run_measures(B, yt: np.ndarray, parts: np.ndarray, blocks: list, measure: str):
     """One run's held-out r, R^2 (NaN for ``rsq``) and split (b, t), each the mean over the
-    run's scoring blocks (:func:`lib.engine.ridge.score_masks`): ``rsq`` splits r into each
+    run's scoring blocks (:func:`lib.engine.folds.score_masks`): ``rsq`` splits r into each
     band's share (squared per run by the caller), ``r2`` is split by the product measure."""
     r, r2, split = [], [], []
     for m in blocks:
@@ -289,29 +289,43 @@ def partition_measures(spaces: list[str], r2: dict[tuple, np.ndarray], split: np
     return out
 
 
+#: how partitions are scored unless a caller says otherwise (docs/validity.md 5f): r selection,
+#: one band weighting per outer fold pooled over the targets, the signed squared held-out r (on a
+#: single story of smooth BOLD, held-out R^2 with R^2 selection biased a redundant band's unique
+#: share four times more, and per-target weightings had more bias and less power at every size)
+SCORING = dict(select="r", pooled=True, measure="rsq")
+
+
 def partition_fits(Xs: list[np.ndarray], Y: np.ndarray, spaces: list[str],
                    layout: Layout | None = None, *, gap: int, batch_targets: int = 20000,
-                   select: str = "r", pooled: bool = True, measure: str = "rsq",
-                   **prepare_kw) -> dict[tuple, BandedResult]:
+                   scoring: dict | None = None, **prepare_kw) -> dict[tuple, BandedResult]:
     """Every fit :func:`partition` needs, from ONE set of designs: the joint fit searches all
     weightings, each reduced fit the nested subset with a zero for its left-out space (the
-    same decompositions, so a reduced fit is exactly the full search restricted). By default the
-    measure is the signed squared held-out r with r selection (scale-free; docs/validity.md: on a
-    single story of smooth BOLD, held-out R^2 with R^2 selection biased a redundant band's unique
-    share four times more), and one weighting per outer fold for all targets (``pooled``: less
-    bias and more power than per-target weightings at every size measured there)."""
+    same decompositions, so a reduced fit is exactly the full search restricted); scored as
+    :data:`SCORING` says, with ``scoring``'s changes (``select``, ``pooled``, ``measure`` of
+    :func:`banded_score`)."""
     return partition_scores(banded_prepare(Xs, layout, gap=gap, **prepare_kw), Y, spaces,
-                            batch_targets, select, pooled, measure)
+                            batch_targets, scoring)
 
 
 def partition_scores(designs: list, Y: np.ndarray, spaces: list[str],
-                     batch_targets: int = 20000, select: str = "r", pooled: bool = True,
-                     measure: str = "rsq") -> dict[tuple, BandedResult]:
+                     batch_targets: int = 20000, scoring: dict | None = None
+                     ) -> dict[tuple, BandedResult]:
     """:func:`partition_fits` on prepared joint designs (shared by subjects with the same
     features): every subset :func:`needed_fits` asks for, the reduced ones :func:`nested`."""
+    kw = {**SCORING, **(scoring or {})}
     return {subset: banded_score(nested(designs, [spaces.index(x) for x in subset]), Y,
-                                 batch_targets, select, pooled, measure)
+                                 batch_targets, **kw)
             for subset in needed_fits(spaces)}
+
+
+def placebo_scores(placebos: list[list], Y: np.ndarray, batch_targets: int = 20000,
+                   scoring: dict | None = None) -> list[BandedResult]:
+    """The joint fits of :func:`placebo_band_designs` (one per shift), scored as
+    :func:`partition_scores` scores the real joint fit: :func:`unique_vs_placebo` compares
+    the two."""
+    kw = {**SCORING, **(scoring or {})}
+    return [banded_score(d, Y, batch_targets, **kw) for d in placebos]
 
 
 def needed_fits(spaces: list[str]) -> list[tuple]:
