@@ -163,11 +163,14 @@ PARTITION_SCHEME = 3
 PARTITION_SHIFTS = 4
 
 
-def _partition_inputs(job: Job, seed: int, sub: str) -> tuple[list, object]:
+def _partition_inputs(job: Job, seed: int, sub: str, cache: dict) -> tuple[list, object]:
     """The partition spaces' delayed designs for ``sub`` (in ``settings.partition`` order) and
-    their layout."""
-    X = [design_inputs(job, cond, sd, sub) for _, cond, sd in partition_members(job, seed)]
-    return [x for x, _ in X], X[0][1]
+    their layout, read once for the joint designs and every placebo."""
+    key = (job.signature(sub), "inputs")
+    if key not in cache:
+        X = [design_inputs(job, cond, sd, sub) for _, cond, sd in partition_members(job, seed)]
+        cache[key] = [x for x, _ in X], X[0][1]
+    return cache[key]
 
 
 def _prepare_kw(job: Job, sub: str) -> dict:
@@ -184,7 +187,8 @@ def _partition_designs(job: Job, seed: int, sub: str, cache: dict) -> list:
 
     key = job.signature(sub)
     if key not in cache:
-        cache[key] = banded_prepare(*_partition_inputs(job, seed, sub), **_prepare_kw(job, sub))
+        cache[key] = banded_prepare(*_partition_inputs(job, seed, sub, cache),
+                                    **_prepare_kw(job, sub))
     return cache[key]
 
 
@@ -195,7 +199,7 @@ def _placebo_designs(job: Job, seed: int, sub: str, band: int, cache: dict) -> l
 
     key = (job.signature(sub), "placebo", band)
     if key not in cache:
-        Xs, layout = _partition_inputs(job, seed, sub)
+        Xs, layout = _partition_inputs(job, seed, sub, cache)
         cache[key] = placebo_band_designs(Xs, band, layout, n_shifts=PARTITION_SHIFTS,
                                           joint=_partition_designs(job, seed, sub, cache),
                                           **_prepare_kw(job, sub))

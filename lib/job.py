@@ -84,6 +84,10 @@ class Job:
     def subject_runs(self, subject: str) -> pd.DataFrame:
         return self.runs[self.runs.subject == subject].sort_values(["story", "run"])
 
+    def n_stimuli(self, subject: str) -> int:
+        """How many different stimuli ``subject`` heard (pieman and piemanpni are one)."""
+        return len({self.stimulus.get(s, s) for s in self.subject_runs(subject).story})
+
     def signature(self, subject: str) -> tuple:
         """Subjects with equal signatures share features, folds and decompositions."""
         r = self.subject_runs(subject)
@@ -244,9 +248,7 @@ def score_blocks_of(job: Job, subject: str) -> int:
     time, the unit of a single-story subject (whose blocked folds cannot give a whole-story r),
     so every subject of the run is scored in one unit (docs/validity.md 4b); else 0 (whole-story
     r for every held-out story)."""
-    n_stim = job.runs.groupby("subject").story.agg(
-        lambda s: len({job.stimulus.get(x, x) for x in s}))
-    if subject in n_stim.index and n_stim[subject] > 1 and n_stim.min() == 1:
+    if job.n_stimuli(subject) > 1 and min(map(job.n_stimuli, job.runs.subject.unique())) == 1:
         return int(job.settings.n_folds)
     return 0
 

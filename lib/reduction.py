@@ -20,7 +20,7 @@ from .encoding import load_result, null_plans
 from .job import Job, labels_of, mask_of, run_targets, score_blocks_of, summary_names
 from .engine.inference import ceiling_from_isc, fdr_bh, permutation_test, random_effects_map, \
     repeat_ceiling, zscore_time
-from .engine.folds import aggregate_runs, block_edges
+from .engine.folds import aggregate_runs, position_blocks
 from .engine.ridge import np_pearson
 
 
@@ -172,12 +172,11 @@ def score_blocks(job: Job, subject: str, n: int) -> list[np.ndarray] | None:
     kept TRs: its outer folds' test blocks when it heard one story, the same cut of each
     held-out story when :func:`lib.job.score_blocks_of` scores it per block; None when it is
     scored by whole-story r."""
-    stories = {job.stimulus.get(s, s) for s in job.subject_runs(subject).story}
-    n_blocks = job.settings.n_folds if len(stories) == 1 else score_blocks_of(job, subject)
+    n_blocks = job.settings.n_folds if job.n_stimuli(subject) == 1 else \
+        score_blocks_of(job, subject)
     if not n_blocks or n < 2 * n_blocks:
         return None
-    e = block_edges(n, n_blocks)
-    return [np.arange(a, b) for a, b in zip(e[:-1], e[1:])]
+    return [np.flatnonzero(b) for b in position_blocks(np.arange(n), n_blocks)]
 
 
 def unit_r(z: np.ndarray, other: np.ndarray, blocks: list[np.ndarray] | None) -> np.ndarray:

@@ -84,27 +84,29 @@ def blocked_folds(layout: Layout, n_folds: int = 5, gap: int = 20, rows=None
         return [(rows[story != s], rows[story == s]) for s in stories]
     if n_folds < 2:
         raise EngineError("need at least 2 folds")
-    u = np.unique(pos)
-    if len(u) < 2 * n_folds:
-        raise EngineError(f"{len(u)} TRs of story time are too few for {n_folds} folds")
-    edges = block_edges(len(u), n_folds)
+    n_pos = len(np.unique(pos))
+    if n_pos < 2 * n_folds:
+        raise EngineError(f"{n_pos} TRs of story time are too few for {n_folds} folds")
     folds = []
-    for a, b in zip(edges[:-1], edges[1:]):
-        lo, hi = u[a], u[b - 1]
-        test = rows[(pos >= lo) & (pos <= hi)]
+    for block in position_blocks(pos, n_folds):
+        lo, hi = pos[block].min(), pos[block].max()
+        test = rows[block]
         train = rows[(pos < lo - gap) | (pos > hi + gap)]
         if len(train) < 2:
             raise EngineError(f"a gap of {gap} TRs leaves no training TRs around the test block "
-                              f"{lo}..{hi} ({len(u)} TRs of story time, {n_folds} folds)")
+                              f"{lo}..{hi} ({n_pos} TRs of story time, {n_folds} folds)")
         folds.append((train, test))
     return folds
 
 
-def block_edges(n: int, n_blocks: int) -> np.ndarray:
-    """Edges of ``n_blocks`` contiguous blocks of ``n`` story positions, as equal as rounding
-    allows: one story's outer test blocks, and the scoring blocks of a held-out story
-    (:func:`score_masks`), so that both are the same unit."""
-    return np.linspace(0, n, n_blocks + 1).round().astype(int)
+def position_blocks(pos: np.ndarray, n_blocks: int) -> list[np.ndarray]:
+    """Boolean masks over ``pos`` (story positions) of ``n_blocks`` contiguous blocks of its
+    distinct positions, as equal as rounding allows (empty blocks left out): one story's outer
+    test blocks (:func:`blocked_folds`), the scoring blocks of a held-out story
+    (:func:`score_masks`) and of a noise ceiling -- one cut, so they are the same unit."""
+    u = np.unique(pos)
+    e = np.linspace(0, len(u), n_blocks + 1).round().astype(int)
+    return [(pos >= u[a]) & (pos <= u[b - 1]) for a, b in zip(e[:-1], e[1:]) if b > a]
 
 
 def story_group_folds(layout: Layout, n_groups: int, rows=None
@@ -157,12 +159,6 @@ def score_masks(layout: Layout, test: np.ndarray, n_blocks: int = 0
     blocks of its story positions, cut as :func:`blocked_folds` cuts one story."""
     out = {}
     for run, m in run_masks(layout, test).items():
-        if n_blocks > 1:
-            pos = layout.pos[test[m]]
-            u = np.unique(pos)
-            e = block_edges(len(u), n_blocks)
-            out[run] = [m[(pos >= u[a]) & (pos <= u[b - 1])] for a, b in zip(e[:-1], e[1:])
-                        if b > a]
-        else:
-            out[run] = [m]
+        out[run] = ([m[b] for b in position_blocks(layout.pos[test[m]], n_blocks)]
+                    if n_blocks > 1 else [m])
     return out

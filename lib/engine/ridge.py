@@ -38,8 +38,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .backend import Backend, np_pearson, pearson_cols, r2_cols, zscore_on  # noqa: F401
-from .folds import (EngineError, Layout, aggregate_runs, block_edges,  # noqa: F401 (re-exported)
-                    blocked_folds, run_masks, score_masks, split_folds, story_group_folds)
+from .folds import (EngineError, Layout, aggregate_runs,  # noqa: F401 (re-exported)
+                    blocked_folds, position_blocks, run_masks, score_masks, split_folds,
+                    story_group_folds)
 
 DEFAULT_ALPHAS = np.logspace(-1, 8, 10)
 DEFAULT_DELAYS = (1, 2, 3, 4, 5)
