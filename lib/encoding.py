@@ -207,7 +207,7 @@ def _placebo_designs(job: Job, seed: int, sub: str, band: int, cache: dict) -> l
 
 
 def _placebo_arrays(job: Job, seed: int, sub: str, names: list[str], joint, Y,
-                    cache: dict) -> dict:
+                    cache: dict, memo: dict) -> dict:
     """``vs_placebo<b>_run_r2``: each tested space's unique share against its placebo."""
     from .engine.partition import placebo_scores, unique_vs_placebo
 
@@ -215,7 +215,7 @@ def _placebo_arrays(job: Job, seed: int, sub: str, names: list[str], joint, Y,
     for b, name in enumerate(names):
         if name in job.settings.partition_null:
             placebos = placebo_scores(_placebo_designs(job, seed, sub, b, cache), Y,
-                                      job.settings.batch_targets)
+                                      job.settings.batch_targets, memo=memo)
             out[f"vs_placebo{b}_run_r2"] = unique_vs_placebo(joint, placebos).astype(np.float32)
     return out
 
@@ -243,8 +243,9 @@ def fit_partition_unit(job: Job, unit: Unit, progress=None) -> list[dict]:
                 continue
             Y = subject_targets(job, sub, mask, labels)
             names = [n for n, _, _ in members]
+            memo: dict = {}     # this subject's inner-fold scores of each design
             fits = partition_scores(_partition_designs(job, unit.seed, sub, cache), Y, names,
-                                    job.settings.batch_targets)
+                                    job.settings.batch_targets, memo=memo)
             arrays, subsets = {}, list(fits)
             for i, res in enumerate(fits.values()):
                 arrays[f"fit{i}_run_r2"] = res.run_r2.astype(np.float32)
@@ -253,7 +254,7 @@ def fit_partition_unit(job: Job, unit: Unit, progress=None) -> list[dict]:
                     arrays["split_run_r2"] = res.run_split.astype(np.float32)
                     arrays["weights"] = res.weights.mean(0).astype(np.float32)
             arrays.update(_placebo_arrays(job, unit.seed, sub, names, fits[tuple(names)], Y,
-                                          cache))
+                                          cache, memo))
             write_npz(path, **arrays)
             write_sidecar(path, key, subject=sub, seed=unit.seed,
                           subsets=[list(x) for x in subsets],

@@ -380,10 +380,28 @@ class ExtractUnit:
     subjects: tuple = ()      # (empty: the model serves every subject of its stories)
 
 
-def extract_unit(_job, unit: ExtractUnit) -> list[dict]:
+_LOADED: dict = {}   # the last model extract_unit loaded in this process, by how it was loaded
+
+
+def _unit_model(unit: ExtractUnit) -> LoadedModel:
+    """The unit's model, reused from the previous unit when it names the same model, device and
+    numerics: stage 03 runs one unit per story, and a load costs 0.4 s (a converted model) to
+    3.4 s (a random-init baseline, which initialises 135M weights twice) -- 50 s of 15 stories
+    (docs/benchmarks.md). Extraction never changes a model (eval mode, hooks removed)."""
     from .models import load_model
 
-    lm = load_model(unit.model, device=unit.device, cpu_bf16=unit.cpu_bf16)
+    d = Path(unit.model)   # a model folder is keyed by its files too: it may be retrained
+    stamp = tuple((f.name, f.stat().st_mtime_ns, f.stat().st_size)
+                  for f in sorted(d.iterdir()) if f.is_file()) if d.is_dir() else ()
+    key = (unit.model, unit.device, unit.cpu_bf16, stamp)
+    if key not in _LOADED:
+        _LOADED.clear()
+        _LOADED[key] = load_model(unit.model, device=unit.device, cpu_bf16=unit.cpu_bf16)
+    return _LOADED[key]
+
+
+def extract_unit(_job, unit: ExtractUnit) -> list[dict]:
+    lm = _unit_model(unit)
     rows = extract_for(lm, list(unit.stories), Path(unit.transcripts_dir), Path(unit.cache_root),
                        unit.condition, seed=unit.seed, leaky=unit.leaky, **dict(unit.options))
     return [{**r, "fold": unit.fold, "subjects": ",".join(unit.subjects)} for r in rows]

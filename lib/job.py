@@ -19,7 +19,8 @@ from .engine.inference import NullSpec
 from .engine.ridge import DEFAULT_ALPHAS, DEFAULT_DELAYS, Layout, default_gap
 from .spaces import design_matrix
 
-ENGINE_VERSION = 5     # 5: the chance design shifts the TRs before the trim too
+ENGINE_VERSION = 6     # 6: alpha scores of all penalties at once, float-noise changes only
+                       # (5: the chance design shifts the TRs before the trim too)
 SUMMARY = "whole_brain_mean"
 
 

@@ -37,7 +37,7 @@ from .engine.ridge import (DEFAULT_ALPHAS, EngineError, Layout, heldout_predicti
                     split_folds)
 from .features import FeatureMaps
 
-MATRIX_VERSION = 2     # 2: the chance design shifts the TRs before the trim too
+MATRIX_VERSION = 3     # 3: alpha scores of all penalties at once (2: chance shifts before trim)
 CONTRASTS = (("sft", "raw"), ("sft", "control"), ("sft", "scrambled"), ("raw", "random"),
              ("raw", "word_rate"))
 
@@ -152,9 +152,11 @@ def _design(job: MatrixJob, condition: str, seed: int, subject: str, cache: dict
     return cache[key]
 
 
-def layer_designs(job: MatrixJob, condition: str, seed: int, subject: str):
+def layer_designs(job: MatrixJob, condition: str, seed: int, subject: str, cache: dict):
     """(layer, Design) for every layer of the condition's all-layer activations; each story's
-    file is read once (one pass over the words for all layers), not once per layer."""
+    file is read once (one pass over the words for all layers), not once per layer. The
+    headline layer's design is the condition's own (:func:`_design`, in ``cache``): its
+    activations are the all-layer file's slice (:func:`lib.features.story_activations`)."""
     from .features import load_activations
     from .spaces import design_matrix, tr_features
     from .transcripts import read_transcript
@@ -172,6 +174,9 @@ def layer_designs(job: MatrixJob, condition: str, seed: int, subject: str):
         per_run.append(F.reshape(int(r.n_trs), n_l, d))
     n_l = per_run[0].shape[1]
     for layer in sorted(set(range(0, n_l, st.layer_stride)) | {n_l - 1, st.layer}):
+        if layer == st.layer:
+            yield layer, _design(job, condition, seed, subject, cache)
+            continue
         Xs = [design_matrix(F[:, layer], kept_slice(r), st.delays) for F, r in zip(per_run, rows)]
         layout = Layout.of_runs([len(x) for x in Xs], [r.story for r in rows])
         yield layer, _prepare(job, np.vstack(Xs), layout, f"{condition} layer {layer} {subject}")
@@ -212,7 +217,7 @@ def fit_subjects(job: MatrixJob, condition: str, seed: int, subjects: list[str],
     if (condition, seed) in job.all_layers and condition in st.layer_conditions:
         prof = {sub: [] for sub in subjects}
         done = []
-        for layer, Dl in tqdm(layer_designs(job, condition, seed, subjects[0]),
+        for layer, Dl in tqdm(layer_designs(job, condition, seed, subjects[0], cache),
                               desc=f"layer profile {condition}", leave=False):
             done.append(layer)
             for sub in subjects:

@@ -5,6 +5,7 @@ notebook cell shows it and the report embeds it. Titles say "synthetic BOLD" whe
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -215,8 +216,10 @@ def layer_profile(df: pd.DataFrame, synthetic: bool = False):
     for i, (cond, g) in enumerate(df.groupby("condition")):
         w = g.pivot_table(index="layer", columns="subject", values="brain_score")
         m = w.mean(1)
-        boots = np.stack([w.iloc[:, rng.integers(0, w.shape[1], w.shape[1])].mean(1)
-                          for _ in range(2000)])
+        draws = rng.integers(0, w.shape[1], (2000, w.shape[1]))      # subjects resampled
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)             # an all-NaN layer
+            boots = np.nanmean(w.to_numpy()[:, draws], axis=2).T       # (2000, layers)
         lo, hi = np.percentile(boots, [2.5, 97.5], axis=0)
         ax.plot(w.index, m, "o-", color=f"C{i}", label=cond)
         ax.fill_between(w.index, lo, hi, color=f"C{i}", alpha=0.2)

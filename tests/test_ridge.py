@@ -96,6 +96,31 @@ def test_alpha_selection_and_scores_match_brute_force(planted):
         np.testing.assert_allclose(res.fold_scores[f, 0], r, atol=1e-4)
 
 
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+@pytest.mark.parametrize("metric", ["r", "r2"])
+def test_alpha_scores_equal_each_alpha_scored_afresh(planted, metric, backend):
+    """All penalties at once (centred A, one cross product) give the scores of predicting with
+    each penalty and scoring it from scratch, kernel and primal forms; a target with NaN
+    scores -1 and a constant one r 0, as before."""
+    X, Y, _ = planted
+    Y = Y.copy()
+    Y[:, 3], Y[:, 4] = 7.0, np.nan
+    for p in (60, 12):                                         # kernel (n_fit < p) and primal
+        D = ridge.prepare(X[:, :p], gap=5, n_folds=3, inner_folds=3, backend=backend,
+                          device="cpu")
+        B, al = D.B, D.alphas
+        fn = ridge.pearson_cols if metric == "r" else ridge.r2_cols
+        for fd in D.folds:
+            Yb = B.asarray(Y)
+            ref = np.mean([[np.nan_to_num(B.to_numpy(fn(B, dec.predict(a, dec.project(B, Yb)),
+                                                         Yb[B.idx(dec.pred_rows)])), nan=-1.0)
+                            for a in al] for dec in fd.inner], 0)
+            got = B.to_numpy(ridge.inner_scores(B, fd, al, Yb, metric))
+            np.testing.assert_allclose(got, ref, atol=2e-5 if metric == "r" else 1e-4)
+            assert np.all(got[:, 4] == -1.0)
+            assert metric == "r2" or np.all(np.abs(got[:, 3]) < 1e-6)
+
+
 def test_agrees_with_sklearn_ridgecv_with_intercept(planted):
     """One alpha: fold r equals sklearn RidgeCV(fit_intercept=True) on features standardised on
     the training rows (the engine's target offset never matters)."""

@@ -169,15 +169,17 @@ def banded_fit(Xs: list[np.ndarray], Y: np.ndarray, layout: Layout | None = None
 
 
 def banded_score(designs: list, Y: np.ndarray, batch_targets: int = 20000,
-                 select: str = "r2", pooled: bool = False, measure: str = "r2"
-                 ) -> BandedResult:
+                 select: str = "r2", pooled: bool = False, measure: str = "r2",
+                 memo: dict | None = None) -> BandedResult:
     """Score targets ``Y`` with prepared banded designs (:func:`banded_prepare`): each target's
     (weighting, alpha) by its inner-fold ``select`` score, or with ``pooled`` one weighting per
     outer fold for all targets (:func:`_choose_pooled`; docs/validity.md measures both).
     ``measure``: what ``r2`` and ``split`` hold -- held-out R^2 and its product-measure split, or
     ``rsq``: the signed square r|r| of the held-out r (averaged over folds per run, like a brain
     score), split as |r| times each band's share of r (:func:`_r_shares`), which no shrinkage
-    of the predictions can change."""
+    of the predictions can change. ``memo``: a dict shared by the scorings of one ``Y``
+    (:func:`partition_scores`, :func:`placebo_scores`), where a design's inner-fold scores are
+    kept, so that a design that several fits search is scored once."""
     D0 = designs[0]
     W = np.stack([D.band_weights for D in designs])
     B, lay, al = D0.B, D0.layout, D0.alphas
@@ -194,8 +196,7 @@ def banded_score(designs: list, Y: np.ndarray, batch_targets: int = 20000,
         cols = cols_all[s:s + batch_targets]
         Yb = standardised(B, Y, cols)
         for f in range(nf):
-            rs = np.stack([B.to_numpy(inner_scores(B, D.folds[f], al, Yb, select))
-                           for D in designs])
+            rs = np.stack([_inner(D, f, s, Yb, select, memo) for D in designs])
             best = (_choose_pooled if pooled else _choose)(rs)   # index c * n_alpha + a
             choice[f, cols] = best
             test = D0.folds[f].test
@@ -225,6 +226,19 @@ def banded_score(designs: list, Y: np.ndarray, batch_targets: int = 20000,
     return BandedResult(aggregate_runs(run_r2, story), aggregate_runs(run_r, story),
                         np.stack([aggregate_runs(x, story) for x in run_split]), run_r2,
                         weights, al[a_idx], choice, edge, designs, valid, run_split)
+
+
+def _inner(D, f: int, s: int, Yb, select: str, memo: dict | None) -> np.ndarray:
+    """:func:`inner_scores` of design ``D``'s outer fold ``f`` for the target batch starting at
+    column ``s``, kept in ``memo`` (the design rides along in the value, so its id stays its own
+    while the memo lives)."""
+    key = (id(D), f, s, select)
+    if memo is not None and key in memo:
+        return memo[key][1]
+    rs = D.B.to_numpy(inner_scores(D.B, D.folds[f], D.alphas, Yb, select))
+    if memo is not None:
+        memo[key] = (D, rs)
+    return rs
 
 
 def _run_measures(B, yt: np.ndarray, parts: np.ndarray, blocks: list, measure: str):
@@ -309,23 +323,29 @@ def partition_fits(Xs: list[np.ndarray], Y: np.ndarray, spaces: list[str],
 
 
 def partition_scores(designs: list, Y: np.ndarray, spaces: list[str],
-                     batch_targets: int = 20000, scoring: dict | None = None
-                     ) -> dict[tuple, BandedResult]:
+                     batch_targets: int = 20000, scoring: dict | None = None,
+                     memo: dict | None = None) -> dict[tuple, BandedResult]:
     """:func:`partition_fits` on prepared joint designs (shared by subjects with the same
-    features): every subset :func:`needed_fits` asks for, the reduced ones :func:`nested`."""
+    features): every subset :func:`needed_fits` asks for, the reduced ones :func:`nested`.
+    Each design's inner-fold scores are computed once for all the fits that search it (and
+    for the placebo fits of the same ``Y`` that share ``memo``)."""
     kw = {**SCORING, **(scoring or {})}
+    memo = {} if memo is None else memo
     return {subset: banded_score(nested(designs, [spaces.index(x) for x in subset]), Y,
-                                 batch_targets, **kw)
+                                 batch_targets, memo=memo, **kw)
             for subset in needed_fits(spaces)}
 
 
 def placebo_scores(placebos: list[list], Y: np.ndarray, batch_targets: int = 20000,
-                   scoring: dict | None = None) -> list[BandedResult]:
+                   scoring: dict | None = None, memo: dict | None = None
+                   ) -> list[BandedResult]:
     """The joint fits of :func:`placebo_band_designs` (one per shift), scored as
     :func:`partition_scores` scores the real joint fit: :func:`unique_vs_placebo` compares
-    the two."""
+    the two. ``memo``: the one :func:`partition_scores` filled for this ``Y``, so the joint
+    designs that a placebo reuses are not scored again."""
     kw = {**SCORING, **(scoring or {})}
-    return [banded_score(d, Y, batch_targets, **kw) for d in placebos]
+    memo = {} if memo is None else memo
+    return [banded_score(d, Y, batch_targets, memo=memo, **kw) for d in placebos]
 
 
 def needed_fits(spaces: list[str]) -> list[tuple]:
