@@ -386,8 +386,8 @@ _LOADED: dict = {}   # the last model extract_unit loaded in this process, by ho
 def _unit_model(unit: ExtractUnit) -> LoadedModel:
     """The unit's model, reused from the previous unit when it names the same model, device and
     numerics: stage 03 runs one unit per story, and a load costs 0.4 s (a converted model) to
-    3.4 s (a random-init baseline, which initialises 135M weights twice) -- 50 s of 15 stories
-    (docs/benchmarks.md). Extraction never changes a model (eval mode, hooks removed)."""
+    3.4 s (a random-init baseline, which initialises 135M weights twice); lebel's stage 03 took
+    149 s instead of 174 s (docs/benchmarks.md). Extraction never changes a model (eval mode, hooks removed)."""
     from .models import load_model
 
     d = Path(unit.model)   # a model folder is keyed by its files too: it may be retrained

@@ -211,7 +211,7 @@ def inner_scores(B: Backend, fd: FoldDesign, alphas, Y, metric: str = "r"):
 
 def alpha_scores(B: Backend, dec: Decomp, alphas, BY, yv, metric: str = "r"):
     """(n_alphas, t) validation ``r`` (or ``r2``, :func:`r2_cols`) of ``dec``'s predictions
-    of ``yv`` for every alpha; NaN (a target constant on the validation rows) scores -1.
+    of ``yv`` for every alpha; NaN (a target with NaN) scores -1, a constant target r 0.
 
     The same numbers as :func:`pearson_cols` of each alpha's prediction, with the work that
     does not depend on alpha done once: A's rows are centred first, so every prediction comes
@@ -219,7 +219,7 @@ def alpha_scores(B: Backend, dec: Decomp, alphas, BY, yv, metric: str = "r"):
     y is centred and its norm taken once; and the cross term sum_i p_i y_i of all alphas is one
     small product, (1 / (lam + alpha)) @ ((A_c^T y_c) * BY). Each alpha then costs its
     prediction and one pass for sum_i p_i^2, about a third of the passes of centring and
-    reducing every prediction afresh (measured: 2.4x faster on the partition's 8,735 targets,
+    reducing every prediction afresh (measured: 1.8x faster on 8,735 targets,
     docs/benchmarks.md)."""
     xp = B.xp
     Ac = dec.A - B.mean0(dec.A, keep=True)
