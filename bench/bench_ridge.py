@@ -2,6 +2,7 @@
 
     python bench/bench_ridge.py                      # the full table (n in 1000, 3000; targets 1..50000)
     python bench/bench_ridge.py --trs 1000 --targets 5000   # one size, one line for scripts:
+    python bench/bench_ridge.py --eigh 2304          # float64 eigh of one Gram: numpy vs torch
     ridge: engine=<s> sklearn=<s> himalaya=<s> speedup_sklearn=<x> speedup_himalaya=<x> max_abs_dr=<d>
 
 Data: random features (p = 3072 = 768 x 4 delays) with a planted linear signal in half the targets.
@@ -151,8 +152,38 @@ def one_size(n, t, p, threads, methods, tmp, dr_targets=1000):
     return row
 
 
+def eigh_timings(p: int, threads: int, repeats: int = 3) -> None:
+    """Seconds per float64 eigendecomposition of a (p, p) Gram of smooth random features, in
+    numpy's LAPACK and in torch's, and how far their ridge fits differ (hat matrices at one
+    alpha: eigenvectors may differ in sign or within a repeated eigenvalue, fits may not)."""
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(threads)
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((p + p // 2, p)).astype(np.float32)
+    X += 0.5 * np.cumsum(X, 0) / 30
+    G = (X.T @ X).astype(np.float64)
+    out = {}
+    for name, f in (("numpy", np.linalg.eigh),
+                    ("torch", lambda g: tuple(a.numpy() for a in
+                                              torch.linalg.eigh(torch.from_numpy(g))))):
+        f(G)
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            lam, V = f(G)
+        out[name] = ((time.perf_counter() - t0) / repeats, lam, V)
+    alpha = float(np.median(out["numpy"][1]))
+    W = [V @ np.diag(1 / (lam + alpha)) @ V.T for _, lam, V in out.values()]
+    print(f"eigh p={p} threads={threads}: numpy {out['numpy'][0]:.3f} s, "
+          f"torch {out['torch'][0]:.3f} s, max |ridge inverse difference| / max entry "
+          f"{np.abs(W[0] - W[1]).max() / np.abs(W[0]).max():.1e}")
+
+
 def main():
     ap = argparse.ArgumentParser()
+    ap.add_argument("--eigh", type=int, default=0, metavar="P",
+                    help="only time one float64 eigh of a (P, P) Gram, numpy vs torch")
     ap.add_argument("--trs", type=int, nargs="*", default=[1000, 3000])
     ap.add_argument("--targets", type=int, nargs="*", default=[1, 1000, 5000, 50000])
     ap.add_argument("--features", type=int, default=3072)
@@ -164,6 +195,8 @@ def main():
     ap.add_argument("--methods", nargs="*", default=None,
                     help="subset of engine-numpy engine-torch sklearn himalaya")
     a = ap.parse_args()
+    if a.eigh:
+        return eigh_timings(a.eigh, a.threads)
     Path(a.tmp).mkdir(parents=True, exist_ok=True)
     import platform
 

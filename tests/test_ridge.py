@@ -121,6 +121,34 @@ def test_alpha_scores_equal_each_alpha_scored_afresh(planted, metric, backend):
             assert metric == "r2" or np.all(np.abs(got[:, 3]) < 1e-6)
 
 
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_primal_projection_without_the_basis_equals_the_basis(planted, backend):
+    """The primal form projects few targets as V^T (Xf^T Y), without forming Bm = (Xf V)^T;
+    past as many targets as fit rows it forms Bm once. Both give (Xf V)^T Y, and the hat
+    matrix is the same either way; the standardised fit and prediction rows equal
+    zscore_on's."""
+    X, Y, _ = planted
+    D = ridge.prepare(X[:, :12], gap=5, n_folds=3, inner_folds=3, backend=backend, device="cpu")
+    B = D.B
+    dec = D.folds[0].outer
+    n_fit = len(dec.fit)
+    assert dec.Bm is None and n_fit > 12                       # primal, nothing formed yet
+    Xf, V = B.to_numpy(dec.Xf), B.to_numpy(dec.V)
+    Xz = B.to_numpy(ridge.zscore_on(B, B.asarray(X[:, :12]), dec.fit))
+    np.testing.assert_allclose(Xf, Xz[dec.fit], rtol=0, atol=0)
+    ref = (Xf @ V).T @ Y[dec.fit].astype(np.float64)
+    few = B.to_numpy(dec.project(B, B.asarray(Y[:, :5])))
+    assert dec.Bm is None                                      # still not formed
+    np.testing.assert_allclose(few, ref[:, :5], rtol=1e-4, atol=1e-3)
+    many = np.hstack([Y] * (n_fit // Y.shape[1] + 1))          # more targets than fit rows
+    got = B.to_numpy(dec.project(B, B.asarray(many)))
+    assert dec.Bm is not None and dec.Xf is None               # formed once, rows dropped
+    np.testing.assert_allclose(got[:, :Y.shape[1]], ref, rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(B.to_numpy(dec.hat(10.0)),
+                               B.to_numpy(dec.A) / (B.to_numpy(dec.lam) + 10.0) @ (Xf @ V).T,
+                               rtol=1e-4, atol=1e-5)
+
+
 def test_agrees_with_sklearn_ridgecv_with_intercept(planted):
     """One alpha: fold r equals sklearn RidgeCV(fit_intercept=True) on features standardised on
     the training rows (the engine's target offset never matters)."""

@@ -97,3 +97,13 @@ def test_a_planted_signal_in_one_named_roi_is_the_best_roi(tmp_path, paths):
     wr = sc[(sc.condition == "word_rate") & sc.target.str.startswith("roi-")]
     best = wr.groupby("target").brain_score.mean().sort_values()
     assert best.index[-1] == "roi-L_pSTG" and best.iloc[-1] > 0.3, best.tail(3)
+
+
+def test_a_probability_atlas_labels_each_voxel_by_its_first_maximum():
+    """The volume-wise maximum equals numpy's argmax, ties to the first volume included (ties
+    are common: probabilities are whole percents)."""
+    rng = np.random.default_rng(0)
+    prob = np.asfortranarray(rng.integers(0, 4, (6, 5, 4, 7)).astype(np.uint8))
+    top = prob.max(3)
+    assert (np.sum(prob == top[..., None], 3) > 1).any()       # the case that matters is here
+    np.testing.assert_array_equal(rois._first_max(prob, top), prob.argmax(3))

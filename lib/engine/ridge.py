@@ -37,7 +37,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .backend import Backend, np_pearson, pearson_cols, r2_cols, zscore_on  # noqa: F401
+from .backend import (Backend, np_pearson, pearson_cols, r2_cols, zscore_on,  # noqa: F401
+                      zscore_rows)
 from .folds import (EngineError, Layout, aggregate_runs,  # noqa: F401 (re-exported)
                     blocked_folds, position_blocks, run_masks, score_masks, split_folds,
                     story_group_folds)
@@ -69,18 +70,35 @@ class Decomp:
     pred_rows: np.ndarray
     lam: object
     A: object     # (n_pred, m): the rows to predict, projected
-    Bm: object    # (m, n_fit): maps fit targets into the eigenbasis
+    Bm: object    # (m, n_fit): maps fit targets into the eigenbasis (primal form: formed lazily)
     A_parts: list | None = None   # per column group: its share of A (banded ridge splits)
+    Xf: object = None             # primal form: the standardised fit rows and the eigenvectors,
+    V: object = None              # while Bm = (Xf V)^T is not formed
+    projected: int = 0            # targets projected without Bm so far
 
     def project(self, B: Backend, Y):
-        return self.Bm @ Y[B.idx(self.fit)]
+        """Bm @ Y[fit]. In the primal form Bm costs an (n_fit, p) x (p, p) product to form;
+        V^T (Xf^T Y) gives the same numbers without it, cheaper as long as the targets projected
+        stay fewer than the fit rows (response matrices: 2 x 200 targets on ~3,000 rows). Past
+        that, Bm is formed once and kept (it then pays for itself)."""
+        Yf = Y[B.idx(self.fit)]
+        if self.Bm is None and self.projected + Yf.shape[1] <= len(self.fit):
+            self.projected += Yf.shape[1]
+            return self.V.T @ (self.Xf.T @ Yf)
+        return self.basis() @ Yf
+
+    def basis(self):
+        """Bm, formed on first need."""
+        if self.Bm is None:
+            self.Bm, self.Xf = (self.Xf @ self.V).T, None
+        return self.Bm
 
     def predict(self, alpha: float, BY):
         return (self.A / (self.lam + float(alpha))) @ BY
 
     def hat(self, alpha: float):
         """(n_pred, n_fit) matrix mapping fit targets to predictions."""
-        return (self.A / (self.lam + float(alpha))) @ self.Bm
+        return (self.A / (self.lam + float(alpha))) @ self.basis()
 
 
 def decompose(B: Backend, X, fit: np.ndarray, pred_rows: np.ndarray, col_scale=None,
@@ -88,10 +106,9 @@ def decompose(B: Backend, X, fit: np.ndarray, pred_rows: np.ndarray, col_scale=N
     """Standardise X on ``fit`` rows (then multiply column j by ``col_scale[j]``: banded ridge's
     band weights), then one eigendecomposition serving every alpha. With ``groups`` (column
     index arrays) the prediction is also kept split by group."""
-    Xz = zscore_on(B, X, fit)
+    Xf, Xp = zscore_rows(B, X, fit, pred_rows)
     if col_scale is not None:
-        Xz = Xz * B.asarray(col_scale)
-    Xf, Xp = Xz[B.idx(fit)], Xz[B.idx(pred_rows)]
+        Xf, Xp = Xf * B.asarray(col_scale), Xp * B.asarray(col_scale)
     n, p = Xf.shape
     if n <= p:      # kernel form: K = Xf Xf^T = U diag(lam) U^T
         lam, U = B.eigh(Xf @ Xf.T)
@@ -99,7 +116,7 @@ def decompose(B: Backend, X, fit: np.ndarray, pred_rows: np.ndarray, col_scale=N
         return Decomp(fit, pred_rows, B.xp.clip(lam, 0, None), (Xp @ Xf.T) @ U, U.T, parts)
     lam, V = B.eigh(Xf.T @ Xf)   # primal: Xf^T Xf = V diag(lam) V^T
     parts = [Xp[:, B.idx(g)] @ V[B.idx(g)] for g in groups] if groups else None
-    return Decomp(fit, pred_rows, B.xp.clip(lam, 0, None), Xp @ V, (Xf @ V).T, parts)
+    return Decomp(fit, pred_rows, B.xp.clip(lam, 0, None), Xp @ V, None, parts, Xf=Xf, V=V)
 
 
 @dataclass
