@@ -253,6 +253,12 @@ def sft_sentence(models: pd.DataFrame, perplexity_csv: str | Path | None = None)
            f"{n_train} Narratives stories (none of the scored stories: one fine-tuned model per "
            f"seed scores every story); seed{'s' if len(seeds) > 1 else ''} "
            f"{', '.join(map(str, seeds))}.")
+    if "precision" in sft:
+        precs = sorted(set(models.precision.dropna()))
+        words = {"bf16": "bf16 mixed precision (fp32 weights, bf16 products)", "fp32": "fp32"}
+        out += (f" Trained in {' and '.join(words.get(p, p) for p in precs)}: the profile's "
+                f"`sft_precision` (`auto` takes bf16 where the hardware has it), so a machine "
+                f"with another precision trains slightly different models.")
     if len(seeds) == 1:
         out += (" With one seed, the variability between fine-tuned models is not in the "
                 "intervals above.")

@@ -58,13 +58,17 @@ class SFTConfig:
     warmup_steps: int = 0
     checkpoint_every: int = 100    # a checkpoint costs ~3x the model size of disk writes
     eval_blocks: int = 16          # validation blocks per held-out story set (first N, fixed)
+    precision: str = "auto"        # training arithmetic: fp32 | bf16 | auto (:func:`precision`)
     device: str | None = None
 
     def key(self, train_text_hash: str, kind: str) -> str:
         d = asdict(self)
         d.pop("device")
         d.pop("checkpoint_every")
-        return key_of("sft", 4, d, train_text_hash, kind)   # 4: fused AdamW (3: bf16 blocks)
+        # 5: the precision asked for is in the key (pinned fp32 and bf16 models never share an
+        # entry; "auto" models are reused whatever precision they resolved to, which they record)
+        # 4: fused AdamW (3: bf16 blocks)
+        return key_of("sft", 5, d, train_text_hash, kind)
 
 
 # --------------------------------------------------------------------------- control text
@@ -143,6 +147,9 @@ def trained_positions(block_size: int) -> np.ndarray:
 
 
 def eval_loss(model: LoadedModel, blocks: np.ndarray, batch_size: int = 8) -> float:
+    """Mean causal-LM loss over ``blocks``, in fp32 on every device: a measurement, so that
+    the validation losses and perplexities of models trained on different machines compare
+    (bf16 autocast moved SmolLM2's loss on the same text by 2e-4)."""
     import torch
 
     if len(blocks) == 0:
@@ -154,8 +161,7 @@ def eval_loss(model: LoadedModel, blocks: np.ndarray, batch_size: int = 8) -> fl
     with torch.inference_mode():
         for i in range(0, len(blocks), batch_size):
             x = torch.from_numpy(blocks[i:i + batch_size]).to(model.device)
-            with _autocast(model.device):
-                loss = m(input_ids=x, labels=x).loss
+            loss = m(input_ids=x, labels=x).loss
             tot += float(loss) * len(x)
             n += len(x)
     m.train(was)
@@ -175,17 +181,36 @@ def _base_loss(cfg: SFTConfig, lm: LoadedModel, blocks: np.ndarray) -> float:
     return _BASE_LOSS[key]
 
 
-def _autocast(device: str):
-    """bf16 mixed precision (fp32 weights and optimizer) on a GPU that has it, and on a CPU
-    with bf16 instructions: measured 2.9 vs 4.4 s per 514-token SmolLM2 step on 2 cores
-    (docs/benchmarks.md)."""
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def precision(asked: str, device: str) -> str:
+    """The training arithmetic for ``asked`` on ``device``: ``fp32``, or ``bf16`` mixed
+    precision (fp32 weights and optimizer, bf16 matrix products). ``auto`` takes bf16 where the
+    hardware has it (a GPU that supports it; a CPU with AVX-512 bf16 or AMX instructions:
+    measured 2.9 vs 4.4 s per 514-token SmolLM2 step on 2 cores, docs/benchmarks.md) and fp32
+    elsewhere, so the same profile trains slightly different models on different machines:
+    each model records the precision it was trained in. Pin ``fp32`` to train the same model
+    everywhere."""
+    import torch
+
+    if asked not in PRECISIONS:
+        raise ValueError(f"sft precision must be one of {PRECISIONS}, got {asked!r}")
+    has = (torch.cuda.is_bf16_supported() if device == "cuda" else
+           _cpu_has_bf16() if device == "cpu" else False)
+    if asked == "bf16" and not has:
+        raise ValueError(f"sft precision 'bf16' asked, but this {device} has no bf16 arithmetic "
+                         f"(emulated bf16 is slower than fp32): use 'fp32' or 'auto'")
+    return "bf16" if asked == "bf16" or (asked == "auto" and has) else "fp32"
+
+
+def _autocast(device: str, prec: str):
+    """bf16 autocast for ``prec == "bf16"``, else nothing (fp32)."""
     import contextlib
     import torch
 
-    if device == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    if device == "cpu" and _cpu_has_bf16():
-        return torch.autocast("cpu", dtype=torch.bfloat16)
+    if prec == "bf16":
+        return torch.autocast(device, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
@@ -239,7 +264,7 @@ def _resume(ckpt: Path, key: str, device: str, model, opt, sched, val_before: fl
 
 
 def _steps(cfg: SFTConfig, lm: LoadedModel, opt_parts, blocks: np.ndarray, order: np.ndarray,
-           start: tuple, key: str, ckpt: Path, bar) -> list[dict]:
+           start: tuple, key: str, ckpt: Path, bar, prec: str = "fp32") -> list[dict]:
     """The optimiser steps from ``start`` = (step, history, val_before), checkpointing every
     ``cfg.checkpoint_every``; returns the history of train losses."""
     import torch
@@ -250,7 +275,7 @@ def _steps(cfg: SFTConfig, lm: LoadedModel, opt_parts, blocks: np.ndarray, order
     while step < cfg.steps:
         idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
         x = torch.from_numpy(blocks[idx]).to(lm.device)
-        with _autocast(lm.device):
+        with _autocast(lm.device, prec):
             loss = model(input_ids=x, labels=x).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -294,6 +319,7 @@ def train(cfg: SFTConfig, train_texts: dict[str, str], out_dir: str | Path,
     torch.manual_seed(cfg.seed)
     torch.use_deterministic_algorithms(True, warn_only=True)   # reruns give the same weights
     lm = load_model(cfg.base_model, device=cfg.device, dtype="float32")
+    prec = precision(cfg.precision, lm.device)
     blocks = make_blocks([train_texts[s] for s in sorted(train_texts)], lm.tokenizer,
                          cfg.block_size, source=f"training text ({', '.join(sorted(train_texts))})")
     ev = (make_blocks([eval_texts[s] for s in sorted(eval_texts)], lm.tokenizer, cfg.block_size,
@@ -309,14 +335,14 @@ def train(cfg: SFTConfig, train_texts: dict[str, str], out_dir: str | Path,
     t0 = time.time()
     bar = tqdm(total=cfg.steps, initial=start[0], desc=f"SFT {label or kind}",
                disable=not progress, leave=False)
-    history = _steps(cfg, lm, opt_parts, blocks, order, start, key, ckpt, bar)
+    history = _steps(cfg, lm, opt_parts, blocks, order, start, key, ckpt, bar, prec)
     bar.close()
     seconds = time.time() - t0
     metrics = dict(
         kind=kind, label=label, n_train_blocks=int(len(blocks)), n_eval_blocks=int(len(ev)),
         train_tokens_seen=int(cfg.steps * cfg.batch_size * (cfg.block_size + 1)),
         epochs=float(cfg.steps * cfg.batch_size / len(blocks)), seconds=seconds,
-        device=lm.device, **_losses(history, start[2], eval_loss(lm, ev)))
+        device=lm.device, precision=prec, **_losses(history, start[2], eval_loss(lm, ev)))
     _save(cfg, lm, opt_parts[0], out_dir, history, metrics, {
         "key": key, "config": asdict(cfg), "kind": kind, "label": label,
         "train_stories": sorted(train_texts), "eval_stories": sorted(eval_texts or {}),
@@ -438,7 +464,7 @@ def trained_dir(models_root: Path, base_tag: str, key: str) -> Path | None:
 MODEL_COLUMNS = ["kind", "condition", "fold", "seed", "path", "score_stories", "train_stories",
                  "subjects", "leaky", "n_train_blocks", "n_eval_blocks", "train_tokens_seen", "epochs",
                  "train_loss_first", "train_loss_last", "val_loss_before", "val_loss_after",
-                 "val_ppl_before", "val_ppl_after", "seconds", "device"]
+                 "val_ppl_before", "val_ppl_after", "seconds", "device", "precision"]
 
 
 def train_unit(_job, unit: SFTUnit, progress: bool = True) -> dict:

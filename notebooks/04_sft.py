@@ -41,6 +41,8 @@ sft_batch_size = 2
 sft_block_size = 128
 sft_seeds = [0]
 sft_method = "full"               # full | lora
+sft_precision = "auto"            # fp32 | bf16 | auto: bf16 mixed precision where the hardware
+                                  # has it (recorded per model); fp32 trains the same model anywhere
 layer_profile = False
 layer_profile_conditions = ["raw", "sft"]   # whose every layer is cached when layer_profile
 surprisal = False
@@ -77,7 +79,7 @@ if sft_block_size < context_tokens:
     print(f"WARNING: sft_block_size {sft_block_size} < context_tokens {context_tokens}: features "
           f"read at positions {sft_block_size + 1}..{context_tokens} were never trained")
 cfg = sft.SFTConfig(base_model=model, steps=sft_steps, lr=sft_lr, batch_size=sft_batch_size,
-                    block_size=sft_block_size, method=sft_method,
+                    block_size=sft_block_size, method=sft_method, precision=sft_precision,
                     device=None if device == "auto" else device)
 with cl.client_for(cluster, threads, dict(workers=workers, slurm=slurm)) as client:
     folds, trained = sft.run_stage(corpus, scored, cfg, paths.models, mode=sft_mode,
@@ -90,6 +92,9 @@ pd.DataFrame(folds)[["fold", "score_stories", "subjects", "heldout", "leaky"]]
 # %% [markdown]
 # ## Training record: tokens seen, epochs, loss and held-out perplexity before → after
 #
+# `precision` says how each model was trained (fp32, or bf16 mixed precision where the hardware has
+# it: `sft_precision = "auto"`). Losses and perplexities are measured in fp32 on every machine.
+#
 # With `sft_mode = "external"` the validation text is the start of the corpus's held-out stories;
 # the perplexity on the scored stories (the dataset's own text) follows below.
 
@@ -97,7 +102,7 @@ pd.DataFrame(folds)[["fold", "score_stories", "subjects", "heldout", "leaky"]]
 print(f"{trained.train_tokens_seen.iloc[0]} tokens seen per model = "
       f"{trained.epochs.iloc[0]:.2f} epochs of its training text; seeds {sorted(set(trained.seed))}")
 trained[["condition", "fold", "seed", "train_tokens_seen", "epochs", "train_loss_first",
-         "train_loss_last", "val_ppl_before", "val_ppl_after", "seconds", "device"]]
+         "train_loss_last", "val_ppl_before", "val_ppl_after", "seconds", "device", "precision"]]
 
 # %%
 if sft_mode == "external":

@@ -2,6 +2,7 @@ import json
 from collections import Counter
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from lib import sft
@@ -241,3 +242,48 @@ def test_external_mode_trains_on_unscored_stories_only(corpus, tmp_path):
                           exclude=["pieman"], progress=False)
     assert t2.path.iloc[0] == t1.path.iloc[0]                     # trained once, used twice
     assert list(t2.columns) == sft.MODEL_COLUMNS
+
+
+def test_precision_is_asked_resolved_recorded_and_keyed(corpus, tmp_path, monkeypatch):
+    """fp32 and bf16 models never share a cache entry; each model records how it was trained;
+    bf16 on a CPU without bf16 arithmetic is refused rather than emulated."""
+    base = dict(base_model="tiny-gpt2", steps=2, lr=1e-3, batch_size=2, block_size=32,
+                device="cpu")
+    keys = {p: sft.SFTConfig(**base, precision=p).key("h", "sft") for p in sft.PRECISIONS}
+    assert len(set(keys.values())) == 3
+    with pytest.raises(ValueError, match="one of"):
+        sft.precision("fp16", "cpu")
+    monkeypatch.setattr(sft, "_cpu_has_bf16", lambda: False)
+    assert sft.precision("auto", "cpu") == "fp32"
+    with pytest.raises(ValueError, match="no bf16 arithmetic"):
+        sft.precision("bf16", "cpu")
+    monkeypatch.setattr(sft, "_cpu_has_bf16", lambda: True)
+    assert sft.precision("auto", "cpu") == "bf16" and sft.precision("fp32", "cpu") == "fp32"
+    texts = {"black": corpus["black"][:3000]}
+    m = sft.train(sft.SFTConfig(**base, precision="bf16"), texts, tmp_path / "b", None,
+                  progress=False)
+    f = sft.train(sft.SFTConfig(**base, precision="fp32"), texts, tmp_path / "f", None,
+                  progress=False)
+    assert (m["precision"], f["precision"]) == ("bf16", "fp32")
+    assert m["train_loss_first"] != f["train_loss_first"]   # bf16 products differ from fp32
+
+
+def test_evaluation_is_fp32_whatever_the_training_precision(tiny, corpus, monkeypatch):
+    """Losses are measurements: the same on a machine with bf16 arithmetic and one without."""
+    blocks = sft.make_blocks([corpus["black"][:4000]], tiny.tokenizer, 32)[:4]
+    monkeypatch.setattr(sft, "_cpu_has_bf16", lambda: False)
+    a = sft.eval_loss(tiny, blocks)
+    monkeypatch.setattr(sft, "_cpu_has_bf16", lambda: True)
+    assert sft.eval_loss(tiny, blocks) == a
+
+
+def test_the_report_says_how_the_models_were_trained():
+    from lib import report
+
+    models = pd.DataFrame(dict(condition=["sft", "control"], seed=[0, 0],
+                               train_stories=["a,b", "a,b"], train_tokens_seen=[100, 100],
+                               epochs=[0.5, 0.5], precision=["bf16", "bf16"]))
+    text = report.sft_sentence(models)
+    assert "bf16 mixed precision" in text and "one seed" in text
+    assert "fp32" in report.sft_sentence(models.assign(precision="fp32"))
+    assert "precision" not in report.sft_sentence(models.drop(columns="precision"))
