@@ -104,3 +104,24 @@ def test_repeated_hearings_scored_separately(paths, tmp_path):
     r = sc[(sc.target == "roi-1") & (sc.condition == "raw")]
     assert len(r) == 4 and (r.brain_score > 0.2).all()
     assert "repeat_run1_run2" in set(res["noise_ceiling"].ceiling_kind)
+
+
+def test_a_product_flag_is_dropped_only_when_every_prediction_is_finite():
+    """OpenBLAS may leave FE_INVALID set on finite products; a unit's record keeps numpy's
+    matmul warning only when a prediction really was NaN or inf (then concat_r is not finite)."""
+    from types import SimpleNamespace
+
+    def caught(*msgs):
+        with warnings.catch_warnings(record=True) as ws:
+            warnings.simplefilter("always")
+            for m, cat in msgs:
+                warnings.warn(m, cat)
+        return ws
+
+    ws = caught(("invalid value encountered in matmul", RuntimeWarning),
+                ("30% of alpha choices are at the edge", UserWarning))
+    ok = SimpleNamespace(concat_r=np.array([0.1, np.nan, 0.2]), valid=np.array([1, 0, 1], bool))
+    bad = SimpleNamespace(concat_r=np.array([0.1, 0.3, np.nan]), valid=np.array([1, 1, 1], bool))
+    assert encoding._meaningful(ws, ok) == ["30% of alpha choices are at the edge"]
+    assert encoding._meaningful(ws, bad) == ["invalid value encountered in matmul",
+                                             "30% of alpha choices are at the edge"]
