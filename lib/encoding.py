@@ -113,7 +113,7 @@ def _fit_subject(job: Job, unit: Unit, sub: str, Y: np.ndarray, designs: dict,
 
 def _meaningful(caught, res) -> list[str]:
     """The messages of the warnings a fit raised, less numpy's floating-point flags of matrix
-    products when every valid target's scores came out finite. Some OpenBLAS kernels leave the
+    products when every held-out prediction came out finite. Some OpenBLAS kernels leave the
     FE_INVALID flag set on finite inputs and outputs (numpy#24067, OpenBLAS#1924): seen here on
     one CPU, once in two identical fits of a 5-column design, with bit-for-bit the same scores.
     A real NaN or inf in any held-out prediction reaches ``concat_r`` (sums over every fold's
