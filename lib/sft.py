@@ -264,7 +264,7 @@ def _resume(ckpt: Path, key: str, device: str, model, opt, sched, val_before: fl
 
 
 def _steps(cfg: SFTConfig, lm: LoadedModel, opt_parts, blocks: np.ndarray, order: np.ndarray,
-           start: tuple, key: str, ckpt: Path, bar, prec: str = "fp32") -> list[dict]:
+           start: tuple, key: str, ckpt: Path, bar, prec: str) -> list[dict]:
     """The optimiser steps from ``start`` = (step, history, val_before), checkpointing every
     ``cfg.checkpoint_every``; returns the history of train losses."""
     import torch

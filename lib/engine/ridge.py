@@ -108,7 +108,8 @@ def decompose(B: Backend, X, fit: np.ndarray, pred_rows: np.ndarray, col_scale=N
     index arrays) the prediction is also kept split by group."""
     Xf, Xp = zscore_rows(B, X, fit, pred_rows)
     if col_scale is not None:
-        Xf, Xp = Xf * B.asarray(col_scale), Xp * B.asarray(col_scale)
+        w = B.asarray(col_scale)
+        Xf, Xp = Xf * w, Xp * w
     n, p = Xf.shape
     if n <= p:      # kernel form: K = Xf Xf^T = U diag(lam) U^T
         lam, U = B.eigh(Xf @ Xf.T)
