@@ -14,11 +14,19 @@ import numpy as np
 import pandas as pd
 
 TABLES = ("scores", "component_scores", "layer_scores", "deltas")
+#: written by the seed-, subject- and checkpoint-aware analysis (lib.deltas); absent in older runs
+OPTIONAL = ("answer", "dose", "trend", "layer_deltas")
+FINE_TUNING = ("sft - raw", "sft - control", "sft - scrambled")
 
 
 def load_stage05(d: str | Path) -> dict[str, pd.DataFrame]:
     d = Path(d)
-    return {k: pd.read_csv(d / f"{k}.csv") for k in TABLES}
+    out = {k: pd.read_csv(d / f"{k}.csv") for k in TABLES}
+    for k in OPTIONAL:
+        f = d / f"{k}.csv"
+        if f.exists() and f.stat().st_size > 1:
+            out[k] = pd.read_csv(f)
+    return out
 
 
 def headline_set(scores: pd.DataFrame, wanted: str = "first10") -> str:
@@ -35,23 +43,175 @@ def _fmt_p(p: float) -> str:
 
 def answer(deltas: pd.DataFrame, contrast: str = "sft - raw", targets: str = "first10",
            n_seeds: int = 1, source: str = "", unit: str = "targets") -> str:
-    """One sentence per subject: Δ, its CI and p, for ``contrast`` on ``targets`` (``unit``
-    names what a target is, e.g. "response components")."""
+    """One sentence per subject and seed from ``deltas.csv``: Δ, its CI and p, for ``contrast``
+    on ``targets`` (``unit`` names what a target is, e.g. "response components"). Several seeds
+    are listed one by one: averaging their CI ends is no interval for the seed mean, and a
+    seeds-combined interval with the seeds' variance in it is :func:`answer_text`'s."""
     d = deltas[(deltas.contrast == contrast) & (deltas.targets == targets)]
     if d.empty:
         return f"No {contrast} comparison in this run."
     n = int(d.n_targets.iloc[0])
     what = f"all {n} {unit}" if targets == "all" else f"the first {n} {unit} ({targets})"
     parts = []
-    for r in d.groupby("subject", sort=True).agg(
-            delta=("delta", "mean"), ci_low=("ci_low", "mean"), ci_high=("ci_high", "mean"),
-            p=("p", "max"), n_trs=("n_trs", "first"), block=("block_trs", "first")).itertuples():
-        parts.append(f"{r.Index}: Δr = {r.delta:+.4f} (95% CI {r.ci_low:+.4f} to {r.ci_high:+.4f}, "
-                     f"p = {_fmt_p(r.p)}; {r.n_trs} held-out TRs in blocks of {r.block})")
+    for r in d.sort_values(["subject", "seed"]).itertuples():
+        seed = f" seed {r.seed}" if d.seed.nunique() > 1 else ""
+        parts.append(f"{r.subject}{seed}: Δr = {r.delta:+.4f} ({_ci(r)}, p = {_fmt_p(r.p)}; "
+                     f"{r.n_trs} held-out TRs)")
     seeds = ("one fine-tuning seed: the variability between fine-tuned models is not in these "
-             "intervals" if n_seeds == 1 else f"{n_seeds} seeds, Δ averaged over them")
+             "intervals" if n_seeds == 1 else f"{n_seeds} seeds shown one by one; the "
+             f"seeds-combined interval is in the answer table")
     return (f"{source}{contrast}, mean r over {what} -- " + "; ".join(parts)
             + f". Held-out time is the unit within each subject; no group claim ({seeds}).")
+
+
+def _ci(r) -> str:
+    return f"95% CI {r.ci_low:+.4f} to {r.ci_high:+.4f}"
+
+
+def answer_text(answer: pd.DataFrame, contrast: str = "sft - raw", targets: str = "all",
+                unit: str = "response components", source: str = "") -> str:
+    """The answer from ``answer.csv`` (:mod:`lib.deltas`): per subject and combined, Δ averaged
+    over the seeds with a CI that holds the seeds' variance, p, and the minimum detectable effect
+    (80% power); where p >= .05, "no change larger than the MDE" is what the data can say."""
+    a = answer[(answer.contrast == contrast) & (answer.targets == targets)]
+    if a.empty:
+        return f"No {contrast} comparison in this run."
+    n = int(a.n_targets.iloc[0])
+    what = f"all {n} {unit}" if targets == "all" else f"the first {n} {unit} ({targets})"
+    seeds = int(a.n_seeds.iloc[0])
+    parts = []
+    for r in a.itertuples():
+        who = ("subjects combined (fixed effect; these subjects, not a population"
+               + (f"; I² = {r.I2:.0%}" if pd.notna(r.I2) else "") + ")"
+               if r.subject == "combined" else r.subject)
+        verdict = (f"detectable: {'a gain' if r.delta > 0 else 'a loss'}" if r.p < 0.05 else
+                   f"no change larger than ±{r.mde:.4f} is likely to be missed")
+        parts.append(f"{who}: Δr = {r.delta:+.4f} ({_ci(r)}, p = {_fmt_p(r.p)}; "
+                     f"MDE {r.mde:.4f}; {verdict})")
+    var = (f"the CIs hold the variance between {seeds} fine-tuning seeds as well as held-out time"
+           if seeds > 1 else "one fine-tuning seed: the variability between fine-tuned models "
+           "is not in these intervals")
+    return (f"{source}{contrast}, mean r over {what} -- " + "; ".join(parts)
+            + f". Held-out time is the unit within each subject; {var}.")
+
+
+def component_outcomes(comp: pd.DataFrame, a: str = "sft", b: str = "raw") -> pd.DataFrame:
+    """The original study's outputs per subject: Δ of every response component (a - b, seeds
+    averaged), how many improved, the mean gain and its spread."""
+    g = comp[comp.condition.isin([a, b])].groupby(["subject", "condition", "target"]
+                                                   ).brain_score.mean().unstack("condition")
+    d = (g[a] - g[b]).rename("delta").reset_index()
+    return d.groupby("subject").delta.agg(
+        n_targets="size", n_improved=lambda v: int((v > 0).sum()), mean_gain="mean",
+        median_gain="median", sd="std").reset_index()
+
+
+def component_delta_plot(comp: pd.DataFrame, a: str = "sft", b: str = "raw",
+                         synthetic: bool = False):
+    """Histogram over response components of Δ(a - b) (seeds averaged), per subject."""
+    g = comp[comp.condition.isin([a, b])].groupby(["subject", "condition", "target"]
+                                                   ).brain_score.mean().unstack("condition")
+    d = (g[a] - g[b]).rename("delta").reset_index()
+    subs = sorted(d.subject.unique())
+    fig, axes = plt.subplots(1, len(subs), figsize=(4.2 * len(subs), 3), squeeze=False,
+                             sharey=True)
+    for ax, sub in zip(axes[0], subs):
+        v = d[d.subject == sub].delta
+        ax.hist(v, bins=30, color="C0", alpha=0.8)
+        ax.axvline(0, color="k", lw=0.8)
+        ax.axvline(v.mean(), color="C3", lw=1.2, label=f"mean {v.mean():+.4f}")
+        ax.set(title=f"{sub}: {int((v > 0).sum())} of {len(v)} improved{_tag(synthetic)}",
+               xlabel=f"Δr per component ({a} − {b})", ylabel="components")
+        ax.legend(frameon=False, fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def answer_plot(answer: pd.DataFrame, targets: str = "all", synthetic: bool = False):
+    """Δ with its CI per subject and combined: the fine-tuning contrasts on their own scale
+    (left), the sanity contrasts, about 100x larger, on theirs (right)."""
+    a = answer[answer.targets == targets]
+    groups = [[c for c in FINE_TUNING if c in set(a.contrast)],
+              [c for c in dict.fromkeys(a.contrast) if c not in FINE_TUNING]]
+    groups = [g for g in groups if g]
+    fig, axes = plt.subplots(1, len(groups), figsize=(5.2 * len(groups), 3.4), squeeze=False,
+                             gridspec_kw=dict(width_ratios=[max(len(g), 1) for g in groups]))
+    whos = list(dict.fromkeys(sorted(set(a.subject) - {"combined"}) + ["combined"]))
+    for ax, cons in zip(axes[0], groups):
+        for j, who in enumerate(w for w in whos if w in set(a.subject)):
+            g = a[a.subject == who].set_index("contrast").reindex(cons)
+            x = np.arange(len(cons)) + (j - (len(whos) - 1) / 2) * 0.18
+            ax.errorbar(x, g.delta, yerr=[g.delta - g.ci_low, g.ci_high - g.delta], fmt="o",
+                        capsize=3, color="k" if who == "combined" else f"C{j}",
+                        mfc="w" if who == "combined" else None, label=who)
+        ax.axhline(0, color="0.5", lw=0.8)
+        ax.set_xticks(range(len(cons)), cons, rotation=15)
+        ax.set(ylabel=f"Δ mean r ({targets})")
+        ax.legend(frameon=False, fontsize=7)
+    axes[0][0].set_title(f"Fine-tuning contrasts, 95% CI with seed variance{_tag(synthetic)}",
+                         fontsize=9)
+    if len(groups) > 1:
+        axes[0][1].set_title("Sanity contrasts (their own scale)", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def dose_frame(dose: pd.DataFrame, perplexity: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The dose-response table with the held-out perplexity of each checkpoint's model (and the
+    change from the raw model's) where ``perplexity`` (stage 04's table) has it."""
+    d = dose.copy()
+    if perplexity is not None and {"seed", "step"} <= set(perplexity.columns):
+        raw = float(perplexity.loc[perplexity.model == "raw", "perplexity"].iloc[0])
+        ppl = perplexity.rename(columns={"model": "condition"})[["condition", "seed",
+                                                                 "perplexity"]]
+        d = d.merge(ppl, on=["condition", "seed"], how="left")
+        d["d_perplexity"] = d.perplexity - raw
+    return d
+
+
+def dose_plot(dose: pd.DataFrame, targets: str = "all", synthetic: bool = False):
+    """Δ against tokens seen (log scale; 0 tokens = the raw model, Δ = 0) for each kind against
+    raw, per subject, with block CIs; and Δ against the change in held-out perplexity."""
+    d = dose[(dose.targets == targets) & dose.contrast.str.endswith("- raw")]
+    has_ppl = "d_perplexity" in d and d.d_perplexity.notna().any()
+    fig, axes = plt.subplots(1, 2 if has_ppl else 1, figsize=(11 if has_ppl else 5.5, 3.4),
+                             squeeze=False)
+    ls = {s: m for s, m in zip(sorted(d.subject.unique()), ("-", "--", ":", "-."))}
+    for i, (fam, g) in enumerate(d.groupby("contrast", sort=False)):
+        for sub, h in g.groupby("subject"):
+            h = h.sort_values("tokens")
+            axes[0][0].errorbar(h.tokens, h.delta, yerr=[h.delta - h.ci_low, h.ci_high - h.delta],
+                                fmt="o" + ls[sub], ms=3, capsize=2, color=f"C{i}",
+                                label=f"{fam} {sub}")
+            if has_ppl:
+                axes[0][1].plot(h.d_perplexity, h.delta, "o" + ls[sub], ms=3, color=f"C{i}")
+    axes[0][0].set_xscale("log")
+    axes[0][0].axhline(0, color="0.5", lw=0.8)
+    axes[0][0].set(xlabel="tokens seen in fine-tuning (log)", ylabel=f"Δ mean r ({targets})",
+                   title=f"Dose-response over checkpoints{_tag(synthetic)}")
+    axes[0][0].legend(frameon=False, fontsize=6, ncol=2)
+    if has_ppl:
+        axes[0][1].axhline(0, color="0.5", lw=0.8)
+        axes[0][1].set(xlabel="change in held-out perplexity (checkpoint − raw)",
+                       ylabel=f"Δ mean r ({targets})", title="Δ against perplexity change")
+    fig.tight_layout()
+    return fig
+
+
+def layer_delta_plot(layer_deltas: pd.DataFrame, targets: str = "all", synthetic: bool = False):
+    """Δ(sft - raw) with its block CI at every layer of the profile, per subject."""
+    d = layer_deltas[layer_deltas.targets == targets]
+    fig, ax = plt.subplots(figsize=(5.5, 3.2))
+    for j, (sub, g) in enumerate(d.groupby("subject")):
+        g = g.sort_values("layer")
+        ax.errorbar(g.layer + 0.15 * j, g.delta, yerr=[g.delta - g.ci_low, g.ci_high - g.delta],
+                    fmt="o-", ms=3, capsize=2, label=sub)
+    ax.axhline(0, color="0.5", lw=0.8)
+    ax.set(xlabel="layer (0 = embeddings)", ylabel=f"Δ mean r ({targets})",
+           title=f"Δ (sft − raw) by layer{_tag(synthetic)}")
+    ax.legend(frameon=False, fontsize=7)
+    fig.tight_layout()
+    return fig
 
 
 def sanity(scores: pd.DataFrame, lm: str = "raw", targets: str = "first10",

@@ -6,9 +6,11 @@ decomposition. Per subject:
 
 * targets: each run's response matrix (rows = TRs, columns = ROIs or components), z-scored over
   the run's kept TRs;
-* folds: the dataset's own split when it has one (fit on every ``train`` story, score the ``test``
-  stories) -- else leave one story out; alphas per target on inner folds that hold out groups of
-  whole training stories (``inner_groups``), each standardised on its own fit rows;
+* folds: ``outer_folds`` = k > 0 deals every story into k folds of whole stories, so each story
+  is held out once (the powered design); else the dataset's own split when it has one (fit on
+  every ``train`` story, score the ``test`` stories), else leave one story out; alphas per target
+  on inner folds that hold out groups of whole training stories (``inner_groups``) inside each
+  outer training set, each standardised on its own fit rows;
 * scores: held-out predictions (kept, so two models can be compared on the same TRs), the r of
   each target per held-out story averaged over stories, and the *chance* score of the same
   features circularly shifted within each story (:func:`lib.spaces.mismatch`);
@@ -34,7 +36,7 @@ from .data import DataError
 from .job import content_hash, design_inputs, kept_slice
 from .engine.paired import paired_comparison, scores as target_scores
 from .engine.ridge import (DEFAULT_ALPHAS, EngineError, Layout, heldout_predictions, prepare,
-                    split_folds)
+                           split_folds, story_group_folds)
 from .features import FeatureMaps
 
 MATRIX_VERSION = 4     # 4: eigh in torch's LAPACK (3: all penalties at once; 2: chance shifts before trim)
@@ -48,8 +50,10 @@ class MatrixSettings:
     aggregation: str = "sum"
     alphas: tuple = tuple(DEFAULT_ALPHAS)
     inner_groups: int = 5
+    outer_folds: int = 0            # k > 0: every story held out once, in k folds of whole stories
     gap: int = 0                    # folds hold out whole stories: no gap between them
     chance: bool = True
+    chance_conditions: tuple = ()   # the conditions that get a chance score (empty: every one)
     spaces: tuple = ("word_rate",)
     layer_conditions: tuple = ("raw", "sft")
     layer_stride: int = 1           # layer profile: every k-th layer (and the last) ...
@@ -64,6 +68,9 @@ class MatrixSettings:
         d = asdict(self)
         for k in ("device", "backend", "n_perm", "contrasts", "target_sets"):
             d.pop(k)
+        for k in ("outer_folds", "chance_conditions"):
+            if not d[k]:            # keys of designs without these settings are unchanged
+                d.pop(k)
         return key_of("matrix05", MATRIX_VERSION, d)
 
 
@@ -90,7 +97,18 @@ class MatrixJob:
         return tuple(zip(r.story, r.run.astype(int), r.n_trs.astype(int), r.split))
 
     def test_stories(self) -> list[str]:
+        """The stories held out by the dataset's own split ([] when every story is held out
+        in turn: ``outer_folds``, or leave one story out)."""
+        if self.settings.outer_folds:
+            return []
         return sorted(set(self.runs.loc[self.runs.split == "test", "story"]))
+
+    def heldout(self) -> str:
+        """What the scores are computed on, in words."""
+        if self.settings.outer_folds:
+            return (f"every story held out once ({self.settings.outer_folds} folds of whole "
+                    f"stories)")
+        return ",".join(self.test_stories()) or "leave-one-story-out"
 
     def result_path(self, condition: str, seed: int, subject: str) -> Path:
         return Path(self.out_dir) / "units" / f"{condition}_seed-{seed}" / f"{subject}.npz"
@@ -136,7 +154,8 @@ def subject_responses(job: MatrixJob, subject: str) -> tuple[np.ndarray, list[st
 def _prepare(job: MatrixJob, X: np.ndarray, layout, source: str):
     st = job.settings
     tests = job.test_stories()
-    folds = split_folds(layout, tests) if tests else None
+    folds = (story_group_folds(layout, st.outer_folds) if st.outer_folds else
+             split_folds(layout, tests) if tests else None)
     if folds is None and len(layout.names) < 2:
         raise EngineError(f"{source}: one story and no split: nothing to hold out")
     return prepare(X, layout, gap=st.gap, folds=folds, inner_groups=st.inner_groups,
@@ -209,13 +228,14 @@ def fit_subjects(job: MatrixJob, condition: str, seed: int, subjects: list[str],
         seg = np.asarray(stories)[rows]
         out[sub] = dict(rows=rows.astype(np.int64), pred=pred, alphas=alphas.astype(np.float32),
                         r=target_scores(Y[rows], pred, seg).astype(np.float32))
-        if st.chance:
+        if st.chance and (not st.chance_conditions or condition in st.chance_conditions):
             Dc = _design(job, condition, seed, sub, cache, mismatched=True)
             _, pc, _ = heldout_predictions(Dc, Y)
             out[sub]["chance_r"] = target_scores(Y[rows], pc, seg).astype(np.float32)
         out[sub]["_Y"], out[sub]["_seg"] = Y, seg
     if (condition, seed) in job.all_layers and condition in st.layer_conditions:
         prof = {sub: [] for sub in subjects}
+        preds = {sub: [] for sub in subjects}
         done = []
         for layer, Dl in tqdm(layer_designs(job, condition, seed, subjects[0], cache),
                               desc=f"layer profile {condition}", leave=False):
@@ -224,9 +244,11 @@ def fit_subjects(job: MatrixJob, condition: str, seed: int, subjects: list[str],
                 _, pl, _ = heldout_predictions(Dl, out[sub]["_Y"])
                 prof[sub].append(target_scores(out[sub]["_Y"][out[sub]["rows"]], pl,
                                                out[sub]["_seg"]))
+                preds[sub].append(pl.astype(np.float32))
         for sub in subjects:
             out[sub]["layer_r"] = np.asarray(prof[sub], np.float32)
             out[sub]["layers"] = np.asarray(done, np.int64)
+            out[sub]["layer_pred"] = np.asarray(preds[sub])     # Δ by layer (lib.deltas)
     for sub in subjects:
         del out[sub]["_Y"], out[sub]["_seg"]
     return out
@@ -268,7 +290,7 @@ def fit_unit(job: MatrixJob, unit: Unit, progress=None) -> list[dict]:
             path = job.result_path(unit.condition, unit.seed, sub)
             write_npz(path, **arrays[sub])
             write_sidecar(path, key, subject=sub, condition=unit.condition, seed=unit.seed,
-                          test_stories=job.test_stories())
+                          heldout=job.heldout())
             status[sub] = dict(subject=sub, status="fitted", error="")
     except (DataError, EngineError, OSError) as e:
         for sub, _ in good:
@@ -283,9 +305,10 @@ def plan_units(job: MatrixJob, conditions) -> list[Unit]:
     return [Unit(c, int(sd), tuple(subs)) for subs in groups.values() for c, sd in conditions]
 
 
-def load(job: MatrixJob, condition: str, seed: int, subject: str) -> dict:
+def load(job: MatrixJob, condition: str, seed: int, subject: str, layers: bool = False) -> dict:
+    """A unit's arrays; the layer profile's predictions (large) only with ``layers``."""
     with np.load(job.result_path(condition, seed, subject)) as z:
-        return {k: z[k] for k in z.files}
+        return {k: z[k] for k in z.files if layers or k != "layer_pred"}
 
 
 # --------------------------------------------------------------------------- the stage
@@ -330,7 +353,7 @@ SCORE_COLUMNS = ["subject", "condition", "seed", "targets", "n_targets", "brain_
 
 def score_tables(job: MatrixJob, conditions) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     comp, summ, layers = [], [], []
-    tests = ",".join(job.test_stories()) or "leave-one-story-out"
+    tests = job.heldout()
     synthetic = bool(job.runs["synthetic_bold"].any())
     for sub in sorted(job.runs.subject.unique()):
         for cond, seed in conditions:
@@ -357,7 +380,7 @@ def score_tables(job: MatrixJob, conditions) -> tuple[pd.DataFrame, pd.DataFrame
 
 
 DELTA_COLUMNS = ["subject", "contrast", "seed", "targets", "n_targets", "score_a", "score_b",
-                 "delta", "ci_low", "ci_high", "p", "block_trs", "n_blocks", "autocorr_trs",
+                 "delta", "ci_low", "ci_high", "p", "se", "mde", "block_trs", "exchange_unit", "n_blocks", "autocorr_trs",
                  "n_trs", "unit", "ci_method"]
 
 

@@ -59,12 +59,17 @@ class SFTConfig:
     checkpoint_every: int = 100    # a checkpoint costs ~3x the model size of disk writes
     eval_blocks: int = 16          # validation blocks per held-out story set (first N, fixed)
     precision: str = "auto"        # training arithmetic: fp32 | bf16 | auto (:func:`precision`)
+    snapshots: tuple = ()          # steps before ``steps`` at which the model is also saved
     device: str | None = None
 
     def key(self, train_text_hash: str, kind: str) -> str:
         d = asdict(self)
         d.pop("device")
         d.pop("checkpoint_every")
+        if not d["snapshots"]:     # keys of runs without snapshots are unchanged
+            d.pop("snapshots")
+        else:
+            d["snapshots"] = sorted(int(k) for k in d["snapshots"])
         # 5: the precision asked for is in the key (pinned fp32 and bf16 models never share an
         # entry; "auto" models are reused whatever precision they resolved to, which they record)
         # 4: fused AdamW (3: bf16 blocks)
@@ -263,10 +268,51 @@ def _resume(ckpt: Path, key: str, device: str, model, opt, sched, val_before: fl
     return 0, [], val_before
 
 
+def snapshot_dir(out_dir: str | Path, step: int) -> Path:
+    """Where the model after ``step`` optimiser steps of the run saved at ``out_dir`` lives."""
+    out_dir = Path(out_dir)
+    return out_dir.with_name(f"{out_dir.name}_step{int(step):05d}")
+
+
+def _snapshot_ok(out_dir: Path, step: int, key: str) -> dict | None:
+    """The record of a finished snapshot of this training key, else None."""
+    f = snapshot_dir(out_dir, step) / "sft_config.json"
+    try:
+        meta = json.loads(f.read_text())
+    except (OSError, ValueError):
+        return None
+    return meta if meta.get("key") == key and meta.get("step") == int(step) else None
+
+
+def _save_snapshot(cfg: SFTConfig, lm: LoadedModel, model, out_dir: Path, step: int, key: str,
+                   history: list[dict], n_blocks: int, ev: np.ndarray, config: dict) -> None:
+    """The model after ``step`` steps, as a model directory of its own (written beside, renamed),
+    with its validation loss measured in fp32 like the final model's."""
+    if _snapshot_ok(out_dir, step, key):
+        return
+    val = eval_loss(lm, ev)
+    metrics = dict(step=int(step), train_tokens_seen=int(step * cfg.batch_size * (cfg.block_size + 1)),
+                   epochs=float(step * cfg.batch_size / n_blocks), val_loss_after=val,
+                   val_ppl_after=math.exp(val) if np.isfinite(val) else float("nan"))
+    d = snapshot_dir(out_dir, step)
+    tmp = d.with_name(d.name + ".partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    model.save_pretrained(tmp)
+    lm.tokenizer.save_pretrained(tmp)
+    write_csv(tmp / "train_history.csv", pd.DataFrame(history))
+    write_json(tmp / "sft_config.json", {**config, "key": key, "step": int(step),
+                                         "metrics": metrics})
+    if d.exists():
+        shutil.rmtree(d)
+    tmp.rename(d)
+
+
 def _steps(cfg: SFTConfig, lm: LoadedModel, opt_parts, blocks: np.ndarray, order: np.ndarray,
-           start: tuple, key: str, ckpt: Path, bar, prec: str) -> list[dict]:
+           start: tuple, key: str, ckpt: Path, bar, prec: str, snapshot=None) -> list[dict]:
     """The optimiser steps from ``start`` = (step, history, val_before), checkpointing every
-    ``cfg.checkpoint_every``; returns the history of train losses."""
+    ``cfg.checkpoint_every`` and calling ``snapshot(step, history)`` after each step of
+    ``cfg.snapshots``; returns the history of train losses."""
     import torch
 
     model, params, opt, sched = opt_parts
@@ -286,6 +332,9 @@ def _steps(cfg: SFTConfig, lm: LoadedModel, opt_parts, blocks: np.ndarray, order
         history.append({"step": step, "train_loss": float(loss.detach())})
         bar.update(1)
         bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
+        if snapshot is not None and step in cfg.snapshots:
+            snapshot(step, history)
+            model.train()
         if step % cfg.checkpoint_every == 0 and step < cfg.steps:
             ckpt.mkdir(parents=True, exist_ok=True)
             tmp = ckpt / "state.pt.part"
@@ -308,8 +357,13 @@ def train(cfg: SFTConfig, train_texts: dict[str, str], out_dir: str | Path,
     out_dir = Path(out_dir)
     text_hash = key_of(sorted(train_texts.items()))
     key = cfg.key(text_hash, kind)
+    bad = [k for k in cfg.snapshots if not 0 < int(k) < cfg.steps]
+    if bad:
+        raise ValueError(f"snapshot steps {bad} are not between 0 and the {cfg.steps} steps")
+    if cfg.snapshots and cfg.method != "full":
+        raise ValueError("snapshots are saved for full fine-tuning only (method: full)")
     done = out_dir / "sft_config.json"
-    if done.exists():
+    if done.exists() and all(_snapshot_ok(out_dir, k, key) for k in cfg.snapshots):
         try:
             meta = json.loads(done.read_text())
             if meta.get("key") == key:
@@ -335,7 +389,19 @@ def train(cfg: SFTConfig, train_texts: dict[str, str], out_dir: str | Path,
     t0 = time.time()
     bar = tqdm(total=cfg.steps, initial=start[0], desc=f"SFT {label or kind}",
                disable=not progress, leave=False)
-    history = _steps(cfg, lm, opt_parts, blocks, order, start, key, ckpt, bar, prec)
+    record = {"config": asdict(cfg), "kind": kind, "label": label,
+              "train_stories": sorted(train_texts), "eval_stories": sorted(eval_texts or {}),
+              "train_text_hash": text_hash}
+
+    def snapshot(step, history):
+        _save_snapshot(cfg, lm, opt_parts[0], out_dir, step, key, history, len(blocks), ev,
+                       {**record, "precision": prec})
+
+    history = _steps(cfg, lm, opt_parts, blocks, order, start, key, ckpt, bar, prec, snapshot)
+    for k in cfg.snapshots:        # a run resumed past a snapshot whose save was lost
+        if not _snapshot_ok(out_dir, k, key):
+            raise DataError(f"{snapshot_dir(out_dir, k)}: snapshot of step {k} missing after "
+                            f"training; delete {out_dir / 'checkpoint'} and rerun")
     bar.close()
     seconds = time.time() - t0
     metrics = dict(
@@ -343,10 +409,8 @@ def train(cfg: SFTConfig, train_texts: dict[str, str], out_dir: str | Path,
         train_tokens_seen=int(cfg.steps * cfg.batch_size * (cfg.block_size + 1)),
         epochs=float(cfg.steps * cfg.batch_size / len(blocks)), seconds=seconds,
         device=lm.device, precision=prec, **_losses(history, start[2], eval_loss(lm, ev)))
-    _save(cfg, lm, opt_parts[0], out_dir, history, metrics, {
-        "key": key, "config": asdict(cfg), "kind": kind, "label": label,
-        "train_stories": sorted(train_texts), "eval_stories": sorted(eval_texts or {}),
-        "train_text_hash": text_hash, "metrics": metrics})
+    _save(cfg, lm, opt_parts[0], out_dir, history, metrics,
+          {"key": key, **record, "metrics": metrics})
     return metrics
 
 
@@ -410,13 +474,29 @@ class SFTUnit:
     eval_texts: dict = field(hash=False, compare=False, default_factory=dict)
 
 
+def unit_config(cfg: SFTConfig, seed: int, checkpoints=(), checkpoint_seeds=None) -> SFTConfig:
+    """The training run of one seed. A seed of ``checkpoint_seeds`` (None: every seed) trains to
+    the last of ``checkpoints`` and ``cfg.steps`` and saves the model at each of the others
+    (one run gives every checkpoint: with a constant learning rate and the same data order,
+    the model after k steps does not depend on how many steps follow)."""
+    steps = sorted({int(cfg.steps), *(int(k) for k in checkpoints)})
+    if not checkpoints or (checkpoint_seeds is not None and int(seed) not in checkpoint_seeds):
+        return SFTConfig(**{**asdict(cfg), "seed": int(seed)})
+    if cfg.warmup_steps:
+        raise ValueError("checkpoints need a constant learning rate (warmup_steps: 0): with a "
+                         "schedule the model after k steps would depend on the run's length")
+    return SFTConfig(**{**asdict(cfg), "seed": int(seed), "steps": steps[-1],
+                        "snapshots": tuple(steps[:-1])})
+
+
 def plan_units(corpus: dict[str, str], scored: list[str], cfg: SFTConfig, models_root: Path,
                mode: str = "heldout", controls=CONTROLS, seeds=(0,),
-               n_folds: int | None = None, exclude=(), subject_stories: dict | None = None
-               ) -> tuple[list[dict], list[SFTUnit]]:
+               n_folds: int | None = None, exclude=(), subject_stories: dict | None = None,
+               checkpoints=(), checkpoint_seeds=None) -> tuple[list[dict], list[SFTUnit]]:
     """The folds and every model the comparison needs: per fold and seed, ``sft`` on the fold's
     training stories and each of ``controls`` with the same budget (see module docstring);
-    ``mode="leaky"`` trains them on every story instead, labelled ``-leaky``."""
+    ``mode="leaky"`` trains them on every story instead, labelled ``-leaky``. ``checkpoints``
+    (steps): the models along the way too (:func:`unit_config`)."""
     from .models import model_tag
 
     missing = [s for s in scored if s not in corpus]
@@ -440,7 +520,7 @@ def plan_units(corpus: dict[str, str], scored: list[str], cfg: SFTConfig, models
             if "scrambled" in controls:
                 kinds.append(("scrambled", scrambled_texts(train_texts, seed)))
             for kind, texts in kinds:
-                ucfg = SFTConfig(**{**asdict(cfg), "seed": int(seed)})
+                ucfg = unit_config(cfg, seed, checkpoints, checkpoint_seeds)
                 d = trained_dir(models_root, base_tag, ucfg.key(key_of(sorted(texts.items())),
                                                                 kind)) or \
                     model_dir(models_root, base_tag, condition_name(kind, fold["leaky"]),
@@ -461,38 +541,73 @@ def trained_dir(models_root: Path, base_tag: str, key: str) -> Path | None:
     return None
 
 
-MODEL_COLUMNS = ["kind", "condition", "fold", "seed", "path", "score_stories", "train_stories",
+MODEL_COLUMNS = ["kind", "condition", "fold", "seed", "step", "path", "score_stories", "train_stories",
                  "subjects", "leaky", "n_train_blocks", "n_eval_blocks", "train_tokens_seen", "epochs",
                  "train_loss_first", "train_loss_last", "val_loss_before", "val_loss_after",
                  "val_ppl_before", "val_ppl_after", "seconds", "device", "precision"]
 
 
-def train_unit(_job, unit: SFTUnit, progress: bool = True) -> dict:
-    """Train one unit's model (reused when done, resumed from its checkpoint) -> table row."""
+def checkpoint_condition(condition: str, step: int, headline_steps: int) -> str:
+    """The label of a model after ``step`` steps: the condition itself at the headline's number
+    of steps, else ``<condition>@<step>`` (``sft@24``)."""
+    return condition if int(step) == int(headline_steps) else f"{condition}@{int(step)}"
+
+
+def split_checkpoint(condition: str) -> tuple[str, int | None]:
+    """(``sft``, 24) from ``sft@24``; (condition, None) for any other label."""
+    base, _, step = str(condition).partition("@")
+    return (base, int(step)) if step.isdigit() else (str(condition), None)
+
+
+def train_unit(_job, unit: SFTUnit, progress: bool = True, headline_steps: int | None = None
+               ) -> list[dict]:
+    """Train one unit's model (reused when done, resumed from its checkpoint) -> table rows:
+    the final model and each snapshot, labelled by :func:`checkpoint_condition`."""
     cond = condition_name(unit.kind, unit.fold["leaky"])
     m = train(unit.cfg, unit.texts, unit.out_dir, unit.eval_texts, kind=unit.kind,
               label=f"{cond} {unit.fold['fold']}", progress=progress)
-    return dict(kind=unit.kind, condition=cond, fold=unit.fold["fold"], seed=unit.cfg.seed,
-                path=Paths.from_env().rel(unit.out_dir),
-                score_stories=",".join(unit.fold["score_stories"]),
-                train_stories=",".join(unit.fold["train_stories"]),
-                subjects=",".join(unit.fold.get("subjects", [])), leaky=unit.fold["leaky"],
-                **{k: v for k, v in m.items() if k not in ("kind", "label")})
+    head = unit.cfg.steps if headline_steps is None else headline_steps
+    common = dict(kind=unit.kind, fold=unit.fold["fold"], seed=unit.cfg.seed,
+                  score_stories=",".join(unit.fold["score_stories"]),
+                  train_stories=",".join(unit.fold["train_stories"]),
+                  subjects=",".join(unit.fold.get("subjects", [])), leaky=unit.fold["leaky"])
+    rows = [dict(common, condition=checkpoint_condition(cond, unit.cfg.steps, head),
+                 step=unit.cfg.steps, path=Paths.from_env().rel(unit.out_dir),
+                 **{k: v for k, v in m.items() if k not in ("kind", "label")})]
+    for k in sorted(unit.cfg.snapshots):
+        meta = _snapshot_ok(Path(unit.out_dir), k, unit.cfg.key(
+            key_of(sorted(unit.texts.items())), unit.kind))
+        sm = meta["metrics"]
+        rows.append(dict(common, **{c: m[c] for c in ("n_train_blocks", "n_eval_blocks",
+                                                        "train_loss_first", "val_loss_before",
+                                                        "val_ppl_before", "device", "precision")},
+                         condition=checkpoint_condition(cond, k, head), step=int(k),
+                         path=Paths.from_env().rel(snapshot_dir(unit.out_dir, k)),
+                         train_tokens_seen=sm["train_tokens_seen"], epochs=sm["epochs"],
+                         train_loss_last=float(pd.read_csv(snapshot_dir(unit.out_dir, k) /
+                                                           "train_history.csv")
+                                               .train_loss.iloc[-5:].mean()),
+                         val_loss_after=sm["val_loss_after"], val_ppl_after=sm["val_ppl_after"],
+                         seconds=float("nan")))
+    return rows
 
 
 def run_stage(corpus: dict[str, str], scored: list[str], cfg: SFTConfig, models_root: Path,
               mode: str = "heldout", controls=CONTROLS, seeds=(0,), n_folds: int | None = None,
-              progress: bool = True, client=None, exclude=(), subject_stories: dict | None = None
-              ) -> tuple[list[dict], pd.DataFrame]:
+              progress: bool = True, client=None, exclude=(), subject_stories: dict | None = None,
+              checkpoints=(), checkpoint_seeds=None) -> tuple[list[dict], pd.DataFrame]:
     """Train every model the comparison needs (:func:`plan_units`), serially or on a Dask
-    ``client`` (one GPU per unit where workers advertise GPUs). Returns (folds, models table)."""
+    ``client`` (one GPU per unit where workers advertise GPUs). Returns (folds, models table:
+    one row per model, checkpoints included, the headline's ``cfg.steps`` models labelled by
+    their condition alone)."""
     from functools import partial
 
     from .cluster import gpu_resources, map_units
 
     folds, units = plan_units(corpus, scored, cfg, models_root, mode, controls, seeds, n_folds,
-                              exclude, subject_stories)
-    rows = map_units(partial(train_unit, progress=progress and client is None), None, units,
+                              exclude, subject_stories, checkpoints, checkpoint_seeds)
+    rows = map_units(partial(train_unit, progress=progress and client is None,
+                             headline_steps=cfg.steps), None, units,
                      client=client, desc="SFT models", progress=progress,
                      resources=gpu_resources(client))
-    return folds, pd.DataFrame(rows, columns=MODEL_COLUMNS)
+    return folds, pd.DataFrame([r for rs in rows for r in rs], columns=MODEL_COLUMNS)

@@ -40,11 +40,14 @@ sft_lr = 5e-5
 sft_batch_size = 2
 sft_block_size = 128
 sft_seeds = [0]
+sft_checkpoints = []              # steps at which the model is also saved and scored (dose-response)
+sft_checkpoint_seeds = []         # seeds trained to the last checkpoint (empty: every seed)
 sft_method = "full"               # full | lora
 sft_precision = "auto"            # fp32 | bf16 | auto: bf16 mixed precision where the hardware
                                   # has it (recorded per model); fp32 trains the same model anywhere
 layer_profile = False
 layer_profile_conditions = ["raw", "sft"]   # whose every layer is cached when layer_profile
+layer_profile_seeds = []          # ... for these seeds of the fine-tuned models (empty: every seed)
 surprisal = False
 device = "auto"
 cpu_bf16 = False                  # bfloat16 autocast for extraction on a CPU (faster, ~1% off)
@@ -84,7 +87,9 @@ cfg = sft.SFTConfig(base_model=model, steps=sft_steps, lr=sft_lr, batch_size=sft
 with cl.client_for(cluster, threads, dict(workers=workers, slurm=slurm)) as client:
     folds, trained = sft.run_stage(corpus, scored, cfg, paths.models, mode=sft_mode,
                                    controls=sft_controls, seeds=sft_seeds, client=client,
-                                   exclude=sft_exclude, subject_stories=subject_stories)
+                                   exclude=sft_exclude, subject_stories=subject_stories,
+                                   checkpoints=sft_checkpoints,
+                                   checkpoint_seeds=sft_checkpoint_seeds or None)
 write_csv(run / "sft" / "models.csv", trained)
 write_json(run / "sft" / "folds.json", {"mode": sft_mode, "config": asdict(cfg), "folds": folds})
 pd.DataFrame(folds)[["fold", "score_stories", "subjects", "heldout", "leaky"]]
@@ -101,7 +106,7 @@ pd.DataFrame(folds)[["fold", "score_stories", "subjects", "heldout", "leaky"]]
 # %%
 print(f"{trained.train_tokens_seen.iloc[0]} tokens seen per model = "
       f"{trained.epochs.iloc[0]:.2f} epochs of its training text; seeds {sorted(set(trained.seed))}")
-trained[["condition", "fold", "seed", "train_tokens_seen", "epochs", "train_loss_first",
+trained[["condition", "fold", "seed", "step", "train_tokens_seen", "epochs", "train_loss_first",
          "train_loss_last", "val_ppl_before", "val_ppl_after", "seconds", "device", "precision"]]
 
 # %%
@@ -111,6 +116,8 @@ if sft_mode == "external":
                                ["raw"] + trained.condition.tolist(),
                                {s: corpus[s] for s in test}, block_size=sft_block_size,
                                device=None if device == "auto" else device)
+    for i, col in enumerate(["seed", "step", "train_tokens_seen", "epochs"], 1):
+        ppl.insert(i, col, [0] + trained[col].tolist())
     write_csv(run / "sft" / "perplexity.csv", ppl)
     display(ppl)
 
@@ -137,7 +144,9 @@ units = [features.ExtractUnit(r.path, r.condition, tuple(r.score_stories.split("
                               leaky=bool(r.leaky), device=device, cpu_bf16=cpu_bf16,
                               fold=r.fold, subjects=tuple(filter(None, r.subjects.split(","))),
                               options=tuple({**kw, "all_layers": layer_profile and r.condition
-                                             in layer_profile_conditions}.items()))
+                                             in layer_profile_conditions and (
+                                                 not layer_profile_seeds
+                                                 or r.seed in layer_profile_seeds)}.items()))
          for r in trained.itertuples()]
 with cl.client_for(cluster, threads, dict(workers=workers, slurm=slurm)) as client:
     tuned = features.run_extraction(units, client)

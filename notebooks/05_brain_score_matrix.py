@@ -34,7 +34,10 @@ delays = [1, 2, 3, 4]
 aggregation = "sum"               # sum | mean (lanczos needs word onsets)
 alphas = []                       # the ridge penalty grid; empty means logspace(-1, 8, 10)
 inner_groups = 5                  # inner folds: groups of whole training stories
+outer_folds = 0                   # k > 0: every story held out once (k folds of whole stories);
+                                  # 0: the dataset's own train/test split (else leave one story out)
 chance = True
+chance_conditions = []            # conditions that get a chance score (empty: every one)
 layer_profile_conditions = ["raw", "sft"]
 layer_stride = 1                  # layer profile: every k-th layer (and the last)
 feature_spaces = ["word_rate"]
@@ -62,7 +65,7 @@ index = features.read_index(run / "features" / "activations_index.csv")
 settings = me.MatrixSettings(
     delays=tuple(delays), aggregation=aggregation,
     alphas=tuple(alphas) if len(alphas) else tuple(DEFAULT_ALPHAS), inner_groups=inner_groups,
-    chance=chance, spaces=tuple(feature_spaces), layer_stride=layer_stride, layer=layer,
+    outer_folds=outer_folds, chance=chance, chance_conditions=tuple(chance_conditions), spaces=tuple(feature_spaces), layer_stride=layer_stride, layer=layer,
     layer_conditions=tuple(layer_profile_conditions), target_sets=tuple(target_sets.items()),
     n_perm=n_perm, backend=ridge_backend, device=None if device == "auto" else device)
 job = me.make_job(manifest, run / "transcripts", index, run / "brain_score", settings,
@@ -75,7 +78,7 @@ tests = job.test_stories()
 print(f"{manifest.subject.nunique()} subjects, {manifest.story.nunique()} stories, "
       f"{len(res['component_scores'].target.unique())} targets; folds: "
       + (f"train on {manifest.loc[manifest.split == 'train', 'story'].nunique()} stories, "
-         f"test on {', '.join(tests)}" if tests else "leave one story out")
+         f"test on {', '.join(tests)}" if tests else job.heldout())
       + f"; {'SYNTHETIC' if manifest.synthetic_bold.any() else 'real'} responses")
 
 # %% [markdown]
@@ -94,7 +97,28 @@ lay.pivot_table(index="layer", columns=["targets", "condition", "subject"],
                 values="brain_score").round(4) if len(lay) else "no layer profile in this run"
 
 # %% [markdown]
-# ## Δ per subject (held-out time is the unit: block CI and block-exchange permutation p)
+# ## Δ per subject and seed (held-out time is the unit: block CI and block-exchange permutation p)
 
 # %%
 res["deltas"].round(5)
+
+# %% [markdown]
+# ## The answer: seeds averaged (their variance in the CI), subjects combined, minimum detectable
+# effect; the dose-response over fine-tuning checkpoints; Δ by layer
+
+# %%
+from lib import deltas as dl
+
+models = run / "sft" / "models.csv"
+steps = {}
+if models.exists():
+    import pandas as pd
+
+    m = pd.read_csv(models)
+    steps = {c: (int(g.step.iloc[0]), int(g.train_tokens_seen.iloc[0]))
+             for c, g in m.groupby("condition")} if "step" in m else {}
+tables = dl.write_tables(job, conditions, steps)
+tables["answer"].round(5)
+
+# %%
+tables.get("dose", "no fine-tuning checkpoints in this run")

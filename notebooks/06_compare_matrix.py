@@ -41,12 +41,66 @@ st = mc.load_stage05(run / "brain_score")
 synthetic = bool(st["scores"].synthetic_bold.astype(str).str.lower().eq("true").any())
 headline_targets = mc.headline_set(st["scores"], headline_targets)
 n_seeds = st["deltas"].loc[st["deltas"].contrast == "sft - raw", "seed"].nunique()
-display(Markdown("**" + mc.answer(st["deltas"], "sft - raw", headline_targets, n_seeds) + "**"))
+if "answer" in st:      # seeds averaged with their variance in the CI, subjects combined, MDE
+    display(Markdown("**" + mc.answer_text(st["answer"], "sft - raw", headline_targets) + "**"))
+else:
+    display(Markdown("**" + mc.answer(st["deltas"], "sft - raw", headline_targets, n_seeds)
+                     + "**"))
 checks = mc.sanity(st["scores"], "raw", headline_targets)
 write_csv(out / "sanity.csv", checks)
 display(Markdown(mc.sanity_text(checks)))
 st["deltas"][["subject", "contrast", "seed", "targets", "delta", "ci_low", "ci_high", "p",
               "block_trs", "n_blocks"]].round(5)
+
+# %% [markdown]
+# ## The answer table: every contrast, per subject and combined, with the minimum detectable effect
+# `se_time` is the held-out-time part of the standard error, `se_seed` the seeds' part; `mde` is the
+# smallest |Δ| the design detects with 80% power (two-sided 5%). The fine-tuning contrasts are drawn
+# on their own scale, apart from the sanity contrasts that are about 100x larger.
+
+# %% tags=["report"]
+if "answer" in st:
+    write_csv(out / "answer.csv", st["answer"])
+    fig = mc.answer_plot(st["answer"], headline_targets, synthetic)
+    plots.save(fig, out / "answer.png")
+    display(st["answer"][["contrast", "targets", "subject", "delta", "ci_low", "ci_high", "p",
+                          "mde", "se_time", "se_seed", "n_seeds", "I2"]].round(5))
+
+# %% [markdown]
+# ## The original study's outputs: Δ over the response components, how many improved, mean gain
+
+# %% tags=["report"]
+outcomes = mc.component_outcomes(st["component_scores"])
+write_csv(out / "component_outcomes.csv", outcomes)
+fig = mc.component_delta_plot(st["component_scores"], synthetic=synthetic)
+plots.save(fig, out / "component_deltas.png")
+outcomes.round(5)
+
+# %% [markdown]
+# ## Dose-response: Δ as fine-tuning proceeds (checkpoints), with held-out perplexity
+
+# %% tags=["report"]
+import pandas as pd
+
+if "dose" in st:
+    ppl_csv = run / "sft" / "perplexity.csv"
+    dose = mc.dose_frame(st["dose"], pd.read_csv(ppl_csv) if ppl_csv.exists() else None)
+    write_csv(out / "dose.csv", dose)
+    fig = mc.dose_plot(dose, headline_targets, synthetic)
+    plots.save(fig, out / "dose.png")
+    display(st.get("trend", pd.DataFrame()).round(5))
+else:
+    print("no fine-tuning checkpoints in this run")
+
+# %% [markdown]
+# ## Δ (sft − raw) by layer
+
+# %% tags=["report"]
+if "layer_deltas" in st:
+    fig = mc.layer_delta_plot(st["layer_deltas"], headline_targets, synthetic)
+    plots.save(fig, out / "layer_deltas.png")
+else:
+    print("no layer profile of a fine-tuned model in this run")
 
 # %% [markdown]
 # ## Δ per subject for every contrast

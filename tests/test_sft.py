@@ -287,3 +287,38 @@ def test_the_report_says_how_the_models_were_trained():
     assert "bf16 mixed precision" in text and "one seed" in text
     assert "fp32" in report.sft_sentence(models.assign(precision="fp32"))
     assert "precision" not in report.sft_sentence(models.drop(columns="precision"))
+
+
+def test_checkpoints_are_the_models_a_shorter_run_would_train(corpus, tmp_path):
+    """One run to the last checkpoint saves the model after each earlier one; the snapshot after
+    k steps is the model a k-step run trains (same weights, bit for bit), and the stage labels
+    it ``sft@k`` except at the headline's number of steps."""
+    import torch
+
+    from lib.models import load_model
+    from lib.paths import Paths
+
+    cfg = sft.SFTConfig(base_model="tiny-gpt2", steps=3, lr=1e-3, batch_size=2, block_size=32,
+                        device="cpu")
+    small = {k: v[:3000] for k, v in corpus.items()}
+    folds, table = sft.run_stage(small, ["pieman"], cfg, tmp_path / "m", mode="heldout",
+                                 controls=["control"], seeds=[0, 1], progress=False,
+                                 checkpoints=[1, 5], checkpoint_seeds=[0])
+    got = sorted(zip(table.condition, table.seed, table.step))
+    assert got == [("control", 0, 3), ("control", 1, 3), ("control@1", 0, 1),
+                   ("control@5", 0, 5), ("sft", 0, 3), ("sft", 1, 3), ("sft@1", 0, 1),
+                   ("sft@5", 0, 5)]
+    assert table.train_tokens_seen.tolist() == [s * 2 * 33 for s in table.step]
+    assert table.val_ppl_after.notna().all()
+    # seed 0's 3-step model is a snapshot of its 5-step run, equal to seed 1's kind of run
+    short = sft.train(cfg, {s: small[s] for s in folds[0]["train_stories"]}, tmp_path / "short",
+                      None, progress=False)
+    assert short["train_tokens_seen"] == 3 * 2 * 33
+    snap = table[(table.condition == "sft") & (table.seed == 0)].path.iloc[0]
+    wa = load_model(str(tmp_path / "short"), device="cpu").model.state_dict()
+    wb = load_model(str(Paths.from_env().resolve(snap)), device="cpu").model.state_dict()
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    with pytest.raises(ValueError, match="constant learning rate"):
+        sft.unit_config(sft.SFTConfig(warmup_steps=2), 0, [1])
+    assert sft.split_checkpoint("sft@24") == ("sft", 24) and sft.split_checkpoint("raw") == \
+        ("raw", None)

@@ -59,13 +59,38 @@ def autocorr_time(d: np.ndarray, segments: np.ndarray) -> float:
     return (1 + rho) / (1 - rho)
 
 
-def choose_block(d: np.ndarray, segments: np.ndarray, factor: float = 3.0, min_block: int = 10
-                 ) -> int:
+#: block length in integrated autocorrelation times of d (docs/validity.md 5b)
+BLOCK_FACTOR = 4.0
+
+
+def choose_block(d: np.ndarray, segments: np.ndarray, factor: float = BLOCK_FACTOR,
+                 min_block: int = 10) -> int:
     """Block length (TRs): ``factor`` integrated autocorrelation times of d, at least
     ``min_block``, and at most a third of the shortest story (at least 3 blocks per story)."""
     shortest = min(int((segments == s).sum()) for s in pd.unique(segments))
     return int(np.clip(np.ceil(factor * autocorr_time(d, segments)), min_block,
                        max(min_block, shortest // 3)))
+
+
+#: from this many held-out stories on, whole stories are exchanged (one block per story): exact
+#: under the exchange null whatever the autocorrelation and the per-story normalisation, which
+#: blocks inside a story share (blocks ran liberal on 30 AR(0.95) stories: docs/validity.md 5b)
+STORY_UNIT_MIN = 10
+
+
+def choose_unit(d: np.ndarray, segments: np.ndarray) -> int:
+    """Block length (TRs) of the exchange: the longest story (each story one block) when there
+    are at least :data:`STORY_UNIT_MIN` stories, else :func:`choose_block`."""
+    names, counts = np.unique(segments, return_counts=True)
+    if len(names) >= STORY_UNIT_MIN:
+        return int(counts.max())
+    return choose_block(d, segments)
+
+
+def unit_name(block: int, segments: np.ndarray) -> str:
+    """'story' where ``block`` makes each story one block, else 'blocks of N TRs'."""
+    _, counts = np.unique(segments, return_counts=True)
+    return "story" if block >= counts.max() else f"blocks of {block} TRs"
 
 
 def block_contributions(d: np.ndarray, segments: np.ndarray, block: int
@@ -86,50 +111,64 @@ def block_contributions(d: np.ndarray, segments: np.ndarray, block: int
     return np.asarray(out), np.asarray(wts), np.asarray(seg)
 
 
-def hac_se(c: np.ndarray, seg: np.ndarray) -> np.ndarray:
-    """Standard error of sum(c) (c: (..., J)) allowing neighbouring blocks of a story to
-    covary: J/(J-1) times (sum of squares + 2 x sum of neighbour products), around zero.
-    Blocks as long as a few autocorrelation times still share ~10% of their variance with
-    their neighbours (measured: the plain sum of squares gave 6.5-7.5% false positives on
-    AR(0.85-0.95) data)."""
+def hac_se(c: np.ndarray, seg: np.ndarray, bandwidth: int = 2) -> np.ndarray:
+    """Standard error of sum(c) (c: (..., J)) allowing nearby blocks of a story to covary: a
+    Bartlett kernel over block lags (weight 1 - k / ``bandwidth`` for lag k < bandwidth; the
+    default weighs the neighbour products by 1/2), times J / (J - 1), around zero. The kernel is
+    positive definite, so the variance never falls below zero (a neighbour weight of 1 drove the
+    SE towards zero on 45-TR blocks: docs/validity.md 5b)."""
     J = c.shape[-1]
-    same = seg[1:] == seg[:-1]
-    v = (c * c).sum(-1) + 2 * (c[..., 1:] * c[..., :-1] * same).sum(-1)
+    v = (c * c).sum(-1)
+    for k in range(1, int(bandwidth)):
+        same = seg[k:] == seg[:-k]
+        v = v + 2 * (1 - k / bandwidth) * (c[..., k:] * c[..., :-k] * same).sum(-1)
     return np.sqrt(np.clip(v, 1e-300, None) * J / (J - 1))
 
 
-def sign_flip_p(c: np.ndarray, seg: np.ndarray, n_perm: int = 10000, seed: int = 0) -> float:
-    """Two-sided p of the studentised sum(c) / hac_se(c) under random sign flips of the c_j
-    (an exchange of the two models' predictions in that block); exact when 2^J <= n_perm."""
-    obs = abs(c.sum()) / hac_se(c, seg)
-    J = len(c)
+def sign_patterns(J: int, n_perm: int, seed: int = 0) -> np.ndarray:
+    """(n, J) signs of the block-exchange null: all 2^J patterns when there are at most
+    ``n_perm`` of them (the test is then exact), else ``n_perm`` random ones with the identity
+    first. The p-value and the inverted CI use the same patterns, so they always agree."""
     if 2 ** J <= n_perm:
-        signs = 1 - 2 * ((np.arange(2 ** J)[:, None] >> np.arange(J)) & 1)
-        f = signs * c
-        return float((np.abs(f.sum(1)) / hac_se(f, seg) >= obs - 1e-12).mean())
-    rng = np.random.default_rng(seed)
+        return (1 - 2 * ((np.arange(2 ** J)[:, None] >> np.arange(J)) & 1)).astype(float)
+    signs = np.random.default_rng([seed, 1]).choice([-1.0, 1.0], size=(n_perm, J))
+    signs[0] = 1.0
+    return signs
+
+
+def _studentised(e: np.ndarray, seg: np.ndarray) -> float:
+    return float(abs(e.sum()) / hac_se(e, seg))
+
+
+def flip_p(e: np.ndarray, seg: np.ndarray, signs: np.ndarray) -> float:
+    """Two-sided p of the studentised sum(e) under the sign patterns ``signs`` (an exchange of
+    the two models' predictions in the flipped blocks; the identity pattern counts, so p > 0)."""
+    obs = _studentised(e, seg)
     exceed = 0
-    for s0 in range(0, n_perm, 5000):
-        f = rng.choice([-1.0, 1.0], size=(min(5000, n_perm - s0), J)) * c
+    for i in range(0, len(signs), 2000):
+        f = signs[i:i + 2000] * e
         exceed += int((np.abs(f.sum(1)) / hac_se(f, seg) >= obs - 1e-12).sum())
-    return (1 + exceed) / (1 + n_perm)
+    return exceed / len(signs)
+
+
+def sign_flip_p(c: np.ndarray, seg: np.ndarray, n_perm: int = 10000, seed: int = 0) -> float:
+    """Two-sided block-exchange p of sum(c) (:func:`flip_p` over :func:`sign_patterns`)."""
+    return flip_p(c, seg, sign_patterns(len(c), n_perm, seed))
 
 
 def inverted_ci(c: np.ndarray, w: np.ndarray, seg: np.ndarray, level: float = 0.95,
-                n_perm: int = 4000, seed: int = 0) -> tuple[float, float]:
-    """The interval of every delta0 that :func:`sign_flip_p` does not reject at 1 - level when
-    applied to c_j - delta0 w_j (the contributions if the true difference were delta0; w_j is the
-    block's share of the weights, sum(w) = 1): the test inverted, so the CI and the p-value
-    always agree. Bisection on each side with one fixed set of sign flips."""
+                n_perm: int = 10000, seed: int = 0) -> tuple[float, float]:
+    """The interval of every delta0 that the block-exchange test does not reject at 1 - level
+    when applied to c_j - delta0 w_j (the contributions if the true difference were delta0; w_j
+    is the block's share of the weights, sum(w) = 1): the test inverted, with the same sign
+    patterns as its p-value (:func:`sign_patterns`), so the CI excludes 0 exactly when
+    p < 1 - level. Bisection on each side."""
     delta = float(c.sum())
-    signs = np.random.default_rng([seed, 1]).choice([-1.0, 1.0], size=(n_perm, len(c)))
+    signs = sign_patterns(len(c), n_perm, seed)
     alpha = 1 - level
 
     def p_at(d0):
-        e = c - d0 * w
-        obs = abs(e.sum()) / hac_se(e, seg)
-        f = signs * e
-        return (1 + int((np.abs(f.sum(1)) / hac_se(f, seg) >= obs - 1e-12).sum())) / (1 + n_perm)
+        return flip_p(c - d0 * w, seg, signs)
 
     step = 2 * float(hac_se(c - delta * w, seg)) + 1e-12
     ends = []
@@ -155,13 +194,28 @@ def scores(y: np.ndarray, p: np.ndarray, segments: np.ndarray) -> np.ndarray:
                     for s in pd.unique(segments)], 0)
 
 
+def mde(se: float, df: float = np.inf, level: float = 0.95, power: float = 0.8) -> float:
+    """The smallest |Δ| a two-sided test at 1 - ``level`` detects with probability ``power``
+    when Δ / se follows Student t with ``df`` degrees of freedom (normal for df = inf)."""
+    from scipy import stats
+
+    return float((stats.t.ppf(0.5 + level / 2, df) + stats.t.ppf(power, df)) * se)
+
+
+def block_terms(d: np.ndarray, segments: np.ndarray, block: int) -> tuple[np.ndarray, ...]:
+    """(c, w, seg) of :func:`block_contributions`: one cut of held-out time into blocks that
+    every model, seed and checkpoint compared on these TRs shares."""
+    return block_contributions(d, segments, int(block))
+
+
 def paired_comparison(y: np.ndarray, pa: np.ndarray, pb: np.ndarray, segments: np.ndarray,
                       target_sets: dict, block: int | None = None, n_perm: int = 10000,
                       level: float = 0.95, seed: int = 0) -> pd.DataFrame:
-    """Δ = score(pa) - score(pb) for each named set of target columns, its batch-means CI and
-    its block-exchange permutation p (module docstring). ``y``, ``pa``, ``pb``: (rows, targets)
-    held-out responses and predictions on the same rows; ``segments``: each row's story.
-    ``block=None`` measures the block length from each set's d(t)."""
+    """Δ = score(pa) - score(pb) for each named set of target columns, its CI and its
+    block-exchange permutation p (module docstring), the block standard error ``se`` and the
+    minimum detectable effect ``mde`` (80% power, two-sided, from ``se``). ``y``, ``pa``,
+    ``pb``: (rows, targets) held-out responses and predictions on the same rows; ``segments``:
+    each row's story. ``block=None`` measures the block length from each set's d(t)."""
     y, pa, pb = (np.asarray(v, np.float64) for v in (y, pa, pb))
     if not (y.shape == pa.shape == pb.shape):
         raise ValueError(f"responses {y.shape} and predictions {pa.shape}, {pb.shape} differ")
@@ -173,12 +227,15 @@ def paired_comparison(y: np.ndarray, pa: np.ndarray, pb: np.ndarray, segments: n
     for name, cols in target_sets.items():
         cols = np.asarray(cols)
         d = fit_difference(y, pa, pb, segments, cols)
-        L = int(block or choose_block(d, segments))
+        L = int(block or choose_unit(d, segments))
         c, w, seg = block_contributions(d, segments, L)
-        lo, hi = inverted_ci(c, w, seg, level, min(n_perm, 4000), seed)
+        lo, hi = inverted_ci(c, w, seg, level, n_perm, seed)
+        se = float(hac_se(c - c.sum() * w, seg))
         rows.append(dict(targets=name, n_targets=len(cols), score_a=float(ra[cols].mean()),
                          score_b=float(rb[cols].mean()), delta=float(c.sum()), ci_low=lo,
-                         ci_high=hi, p=sign_flip_p(c, seg, n_perm, seed), block_trs=L,
+                         ci_high=hi, p=sign_flip_p(c, seg, n_perm, seed), se=se,
+                         mde=mde(se, len(c) - 1, level), block_trs=L,
+                         exchange_unit=unit_name(L, segments),
                          n_blocks=len(c), autocorr_trs=round(autocorr_time(d, segments), 2),
                          n_trs=len(y)))
     return pd.DataFrame(rows)
