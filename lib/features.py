@@ -108,8 +108,9 @@ def _batch_ids(model: LoadedModel, batch: list[np.ndarray]):
 
 def _forward(model: LoadedModel, batch: list[np.ndarray], layers: list[int],
              logits: bool = False):
-    """Hidden states (n_layers_kept, batch, T, d) for right-padded sequences (causal: padding
-    after a token cannot change it), and log-probabilities (batch, T, vocab) with ``logits``.
+    """Hidden states (n_layers_kept, batch, T, d), a float32 tensor on the model's device, for
+    right-padded sequences (causal: padding after a token cannot change it), and
+    log-probabilities (batch, T, vocab), also on the device, with ``logits``.
 
     Without logits, and when every requested layer lies below the last, the forward pass stops
     right after the deepest requested block (hooks on the blocks; no later block and no LM head
@@ -125,8 +126,8 @@ def _forward(model: LoadedModel, batch: list[np.ndarray], layers: list[int],
         if logits or (deepest >= model.n_layers and final_norm is None):
             out = model.model(input_ids=ids, attention_mask=att, output_hidden_states=True,
                               use_cache=False)
-            hs = torch.stack([out.hidden_states[l] for l in layers]).float().cpu().numpy()
-            lp = torch.log_softmax(out.logits.float(), -1).cpu().numpy() if logits else None
+            hs = torch.stack([out.hidden_states[l] for l in layers]).float()
+            lp = torch.log_softmax(out.logits.float(), -1) if logits else None
             return hs, lp
         got: dict[int, object] = {}
         blocks = decoder_blocks(model)
@@ -157,7 +158,7 @@ def _forward(model: LoadedModel, batch: list[np.ndarray], layers: list[int],
         finally:
             for h in hooks:
                 h.remove()
-        hs = torch.stack([got[l] for l in layers]).float().cpu().numpy()
+        hs = torch.stack([got[l] for l in layers]).float()
     return hs, None
 
 
@@ -189,8 +190,38 @@ def _autocast_cpu(model: LoadedModel):
 
 
 def _pool(h: np.ndarray, a: int, b: int, pooling: str) -> np.ndarray:
-    """h: (L, T, d); word tokens [a, b) in window coordinates."""
+    """h: (L, T, d); word tokens [a, b) in window coordinates (the reference's pooling)."""
     return h[:, b - 1] if pooling == "last" else h[:, a:b].mean(1)
+
+
+def _next_token_logprobs(lp, seqs: list[np.ndarray]) -> np.ndarray:
+    """(batch, T - 1) log p of each sequence's token q + 1 at position q, gathered on the
+    device (the (batch, T, vocab) log-probabilities never leave it)."""
+    import torch
+
+    T = lp.shape[1]
+    nxt = np.zeros((len(seqs), T - 1), np.int64)
+    for j, s in enumerate(seqs):
+        nxt[j, :len(s) - 1] = s[1:]
+    idx = torch.as_tensor(nxt, device=lp.device)[..., None]
+    return torch.gather(lp[:, :-1], 2, idx)[..., 0].cpu().numpy()
+
+
+def _pool_batch(hs, win, a, b, pooling: str):
+    """Every word of a batch pooled on the device in one gather: hs (L, batch, T, d) tensor;
+    word k lies in window ``win[k]`` at tokens [a[k], b[k]) -> (L, words, d) numpy, one
+    transfer. ``mean`` takes differences of cumulative sums over T (no per-word slicing)."""
+    import torch
+
+    dev = hs.device
+    win, a, b = (torch.as_tensor(np.asarray(v), device=dev) for v in (win, a, b))
+    if pooling == "last":
+        return hs[:, win, b - 1].cpu().numpy()
+    cs = torch.cumsum(hs, dim=2)
+    upto = cs[:, win, b - 1]
+    before = torch.where((a > 0)[None, :, None], cs[:, win, (a - 1).clamp(min=0)],
+                         torch.zeros_like(upto))
+    return ((upto - before) / (b - a).to(hs.dtype)[None, :, None]).cpu().numpy()
 
 
 def _plan(model: LoadedModel, words: list[str], layer, context: int, stride: int | None,
@@ -228,13 +259,17 @@ def windowed_activations(model: LoadedModel, words: list[str], layer=8, context:
         chunk = todo[i:i + batch_size]
         seqs = [np.r_[bos, ids[s:s + context]] for s in chunk]
         hs, lp = _forward(model, seqs, layers, logits=surprisal)
-        for j, s in enumerate(chunk):
-            for w in by_window[s]:   # +1: position 0 holds the start token
-                a, b = starts_tok[w] - s + 1, ends[w] - s + 1
-                out[:, w] = _pool(hs[:, j], a, b, pooling)
-                if surprisal:       # token at position q is predicted at q - 1
-                    q = np.arange(a, b)
-                    sur[w] = -lp[j, q - 1, seqs[j][q]].sum()
+        wins = [np.full(len(by_window[s]), j) for j, s in enumerate(chunk)]
+        words_in = np.concatenate([by_window[s] for s in chunk])
+        offset = np.concatenate([np.full(len(by_window[s]), s) for s in chunk])
+        a, b = starts_tok[words_in] - offset + 1, ends[words_in] - offset + 1   # +1: start token
+        out[:, words_in] = _pool_batch(hs, np.concatenate(wins), a, b, pooling)
+        if surprisal:               # token at position q is predicted at q - 1
+            tok_lp = _next_token_logprobs(lp, seqs)
+            for j, s in enumerate(chunk):
+                for w in by_window[s]:
+                    q = np.arange(starts_tok[w] - s + 1, ends[w] - s + 1)
+                    sur[w] = -tok_lp[j, q - 1].sum()
     res = {"activations": out if layer == "all" else out[0],
            "n_tokens": (ends - starts_tok).astype(np.int32),
            "context_start": word_win.astype(np.int64), "layers": np.asarray(layers)}

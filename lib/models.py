@@ -11,7 +11,9 @@ Names understood by :func:`load_model` (notebook parameters, cache keys and the 
 * ``tiny-gpt2``: a randomly initialised 2-layer GPT-2 for tests, with the real GPT-2 BPE tokenizer
   rebuilt from ``whisper/assets/gpt2.tiktoken`` (PyPI ``openai-whisper``; no network).
 * ``random:<name>``: the architecture of ``<name>`` with random weights (a baseline);
-  ``random:gpt2`` needs no download (GPT-2 small's config is transformers' default).
+  ``random:gpt2`` needs no download (GPT-2 small's config is transformers' default), nor does
+  ``random:smollm2-135m`` where the GGUF is missing (its config and tokenizer ship in
+  ``lib/model_configs``; timings on a GPU that cannot receive the weights equal the real model's).
 * a local directory (e.g. a fine-tuned model under ``<cache>/models/``).
 """
 from __future__ import annotations
@@ -26,6 +28,10 @@ from pathlib import Path
 
 from .cache import file_hash, key_of, write_json
 from .paths import Paths
+
+# cuBLAS reads its workspace setting once, at its first use in the process: set here, before any
+# model reaches a GPU, so that deterministic training (lib.sft.deterministic) can use cuBLAS
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 SMOLLM2 = "smollm2-135m"
 TINY = "tiny-gpt2"
@@ -191,6 +197,27 @@ def _from_pretrained(src: str, local_only: bool):
     return model, tok
 
 
+#: architectures that ship without weights (lib/model_configs/<name>: config and tokenizer)
+CONFIG_ONLY = {SMOLLM2: Path(__file__).with_name("model_configs") / SMOLLM2}
+
+
+def _has_weights(name: str) -> bool:
+    try:
+        return name != SMOLLM2 or gguf_path().exists()
+    except ModelError:
+        return False
+
+
+def config_only(name: str):
+    """(config, tokenizer, fingerprint) of an architecture from its committed files."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    d = CONFIG_ONLY[name]
+    tok = AutoTokenizer.from_pretrained(d, local_files_only=True)
+    return (AutoConfig.from_pretrained(d, local_files_only=True), tok,
+            key_of("config-only", [(p.name, file_hash(p)) for p in sorted(d.iterdir())]))
+
+
 RANDOM_SEED = 12345  # random-init baselines: a seed no trained or test model uses
 
 
@@ -229,6 +256,8 @@ def load_model(name: str, device: str | None = None, dtype: str = "auto",
             # GPT-2 small's architecture is transformers' default GPT2Config and its tokenizer is
             # rebuilt offline, so this baseline (and GPU timings of GPT-2) needs no download
             config, tok, base_fp = GPT2Config(), gpt2_tokenizer(paths), "gpt2-config"
+        elif base_name in CONFIG_ONLY and not _has_weights(base_name):
+            config, tok, base_fp = config_only(base_name)
         else:
             base = load_model(base_name, device="cpu", paths=paths)
             config, tok, base_fp = base.model.config, base.tokenizer, base.fingerprint

@@ -160,8 +160,19 @@ def relabel(nb_path: Path, src: Path) -> None:
         nbformat.write(nb, tmp)
 
 
+def stage_source(notebook: str, root: Path = ROOT) -> Path:
+    src = root / "notebooks" / f"{notebook}.py"
+    if not src.exists():
+        raise SystemExit(f"{src}: stage notebook not found")
+    return src
+
+
 def run(params: dict, run_name: str | None = None, force: bool = False, only: list[str] | None
-        = None, report: str | None = None, root: Path = ROOT, verbose: bool = True) -> Path:
+        = None, report: str | None = None, root: Path = ROOT, verbose: bool = True,
+        kernel: bool = True) -> Path:
+    """Run the stages of ``params`` (see module docstring). ``kernel=False`` runs each stage's
+    script in this process (:mod:`lib.inprocess`: no Jupyter needed, no executed notebook
+    written; its record is ``notebooks/<stage>.plain``) and no report."""
     os.environ.pop("MPLBACKEND", None)  # an exported Agg backend would strip inline figures
     from .cluster import quiet_threads_env
 
@@ -175,10 +186,10 @@ def run(params: dict, run_name: str | None = None, force: bool = False, only: li
     ran, reused = [], []
     for stage in STAGES:
         notebook = stage_notebook(stage, run_dir)
-        _, src = notebook_source(notebook, root)
+        src = stage_source(notebook, root)
         key = key_of(stage, file_hash(src), lh, params, upstream)
         upstream.append(key)
-        out_nb = run_dir / "notebooks" / f"{stage}.ipynb"
+        out_nb = run_dir / "notebooks" / f"{stage}.{'ipynb' if kernel else 'plain'}"
         if only and stage not in only and not any(stage.startswith(o) for o in only):
             continue
         if not force and is_fresh(out_nb, key):
@@ -191,11 +202,18 @@ def run(params: dict, run_name: str | None = None, force: bool = False, only: li
         if verbose:
             print(f"[{stage}] running ...", flush=True)
         clear_outputs(run_dir, stage)
-        execute(stage, params, out_nb, root, notebook=notebook)
+        if kernel:
+            execute(stage, params, out_nb, root, notebook=notebook)
+        else:
+            from .inprocess import run_script
+
+            run_script(src, params, root)
+            out_nb.parent.mkdir(parents=True, exist_ok=True)
+            out_nb.write_text(f"{src.name} ran in-process with {run_name}'s parameters\n")
         write_sidecar(out_nb, key, seconds=round(time.time() - t0, 1))
         if verbose:
             print(f"[{stage}] done in {time.time() - t0:.0f} s -> {out_nb}", flush=True)
-    if report:
+    if report and kernel:
         report_path = Path(report)
         report_path = report_path if report_path.is_absolute() else root / report_path
         t0 = time.time()
@@ -293,10 +311,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--force", action="store_true", help="rerun stages even if unchanged")
     ap.add_argument("--only", nargs="*", help="run only these stages (e.g. 05)")
     ap.add_argument("--report", default=None, help="also execute notebooks/total.py into this path")
+    ap.add_argument("--no-kernel", action="store_true",
+                    help="run each stage's script in this process (no Jupyter; no report)")
     a = ap.parse_args(argv)
     params = load_profile(a.profile, a.set)
     try:
-        run(params, a.run, a.force, a.only, a.report)
+        run(params, a.run, a.force, a.only, a.report, kernel=not a.no_kernel)
     except StageFailed as e:
         print(f"ERROR: {e}", file=sys.stderr)
         return 1

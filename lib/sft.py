@@ -25,6 +25,7 @@ before and after, writes checkpoints, resumes from the last one, and saves the m
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
@@ -219,6 +220,39 @@ def _autocast(device: str, prec: str):
     return contextlib.nullcontext()
 
 
+@contextlib.contextmanager
+def deterministic(device: str):
+    """Within: deterministic torch algorithms, so reruns give the same weights (an error, not a
+    warning, on CUDA where an operation has none), with cuBLAS's fixed workspace (set at import
+    by lib.models, before cuBLAS's first use; CUDA's reproducibility notes). On the CPU an
+    operation without a deterministic kernel only warns (none of fine-tuning's has been seen
+    to). The previous settings come back on exit: extraction and fits run as they were."""
+    import os
+
+    import torch
+
+    before = (torch.are_deterministic_algorithms_enabled(),
+              torch.is_deterministic_algorithms_warn_only_enabled())
+    if device == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=device != "cuda")
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+
+
+def deterministic_attention(device: str):
+    """The attention kernels of a training step on CUDA: the math backend of scaled dot-product
+    attention, whose backward is deterministic (the fused cuDNN and memory-efficient backwards
+    are not); elsewhere nothing. Its cost is measured by bench/gpu_check.py."""
+    if device != "cuda":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.MATH])
+
+
 def _cpu_has_bf16() -> bool:
     """AVX-512 bf16 or AMX on this CPU (elsewhere bf16 autocast is emulated and slower)."""
     try:
@@ -321,9 +355,9 @@ def _steps(cfg: SFTConfig, lm: LoadedModel, opt_parts, blocks: np.ndarray, order
     while step < cfg.steps:
         idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
         x = torch.from_numpy(blocks[idx]).to(lm.device)
-        with _autocast(lm.device, prec):
+        with _autocast(lm.device, prec), deterministic_attention(lm.device):
             loss = model(input_ids=x, labels=x).loss
-        loss.backward()
+            loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
@@ -371,7 +405,6 @@ def train(cfg: SFTConfig, train_texts: dict[str, str], out_dir: str | Path,
         except ValueError:
             pass
     torch.manual_seed(cfg.seed)
-    torch.use_deterministic_algorithms(True, warn_only=True)   # reruns give the same weights
     lm = load_model(cfg.base_model, device=cfg.device, dtype="float32")
     prec = precision(cfg.precision, lm.device)
     blocks = make_blocks([train_texts[s] for s in sorted(train_texts)], lm.tokenizer,
@@ -397,7 +430,9 @@ def train(cfg: SFTConfig, train_texts: dict[str, str], out_dir: str | Path,
         _save_snapshot(cfg, lm, opt_parts[0], out_dir, step, key, history, len(blocks), ev,
                        {**record, "precision": prec})
 
-    history = _steps(cfg, lm, opt_parts, blocks, order, start, key, ckpt, bar, prec, snapshot)
+    with deterministic(lm.device):                             # reruns give the same weights
+        history = _steps(cfg, lm, opt_parts, blocks, order, start, key, ckpt, bar, prec,
+                         snapshot)
     for k in cfg.snapshots:        # a run resumed past a snapshot whose save was lost
         if not _snapshot_ok(out_dir, k, key):
             raise DataError(f"{snapshot_dir(out_dir, k)}: snapshot of step {k} missing after "

@@ -228,3 +228,44 @@ def test_feature_maps_give_each_subject_its_own_fold_model():
     bad = pd.DataFrame(rows + [dict(rows[1], fold="set-other", subjects="s1")])
     with pytest.raises(DataError, match="two fold models"):
         features.FeatureMaps.of(bad)
+
+
+def test_the_config_only_architecture_is_the_real_models(paths, monkeypatch):
+    """random:smollm2-135m without the GGUF (a GPU machine that cannot receive it) has the
+    converted model's architecture and tokenizer, and the same random weights."""
+    import torch
+
+    from lib import models
+
+    real = models.load_model("random:smollm2-135m", device="cpu", paths=paths)
+    monkeypatch.setattr(models, "_has_weights", lambda name: False)
+    bare = models.load_model("random:smollm2-135m", device="cpu", paths=paths)
+    keep = lambda c: {k: v for k, v in c.to_dict().items()
+                      if k not in ("_name_or_path", "_model_name_or_path", "transformers_version")}
+    assert keep(bare.model.config) == keep(real.model.config)
+    assert bare.tokenizer.get_vocab() == real.tokenizer.get_vocab()
+    assert bare.tokenizer(models.PROBE)["input_ids"] == real.tokenizer(models.PROBE)["input_ids"]
+    wa, wb = real.model.state_dict(), bare.model.state_dict()
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert bare.fingerprint != real.fingerprint        # cached apart: another source
+
+
+def test_training_is_set_deterministic(monkeypatch):
+    import os
+
+    import torch
+
+    from lib import sft
+
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    before = torch.are_deterministic_algorithms_enabled()
+    with sft.deterministic("cuda"):
+        assert torch.are_deterministic_algorithms_enabled()
+        assert not torch.is_deterministic_algorithms_warn_only_enabled()
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    with sft.deterministic("cpu"):
+        assert torch.is_deterministic_algorithms_warn_only_enabled()
+    assert torch.are_deterministic_algorithms_enabled() == before     # settings restored
+    import contextlib
+    assert isinstance(sft.deterministic_attention("cpu"), contextlib.nullcontext)
+    assert not isinstance(sft.deterministic_attention("cuda"), contextlib.nullcontext)
