@@ -288,8 +288,9 @@ def main():
 
     res = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__,
            "transformers": transformers.__version__, "date": time.strftime("%Y-%m-%d"),
-           "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                    text=True, cwd=ROOT).stdout.strip() or "unknown"}
+           "commit": os.environ.get("GPU_CHECK_COMMIT") or subprocess.run(
+               ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+               cwd=ROOT).stdout.strip() or "unknown"}
     parts = {"determinism": lambda: determinism(res, a.tmp), "extraction": lambda: extraction(res),
              "ridge": lambda: ridge(res), "powered": lambda: powered(res, deadline)}
     for name in a.parts:
