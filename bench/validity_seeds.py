@@ -1,5 +1,5 @@
 """Calibration of Δ over fine-tuning seeds and over subjects (lib/engine/combine.py), run by hand;
-the numbers go to docs/validity.md (5e).
+the numbers go to docs/validity.md (5g).
 
     python bench/validity_seeds.py [--sims 1000] [--lens test|all] [--targets 10]
 

@@ -95,6 +95,21 @@ def answer_text(answer: pd.DataFrame, contrast: str = "sft - raw", targets: str 
             + f". Held-out time is the unit within each subject; {var}.")
 
 
+def agreement(quick: pd.DataFrame, powered: pd.DataFrame, contrast: str = "sft - raw",
+              targets: str = "all") -> pd.DataFrame:
+    """Does the quick run (``deltas.csv`` of ``make report``'s profile) agree with the committed
+    powered answer (``answer.csv``)? Per subject: the quick Δ and its CI, the powered Δ, and
+    whether the powered Δ lies inside the quick CI (the quick run's own interval)."""
+    q = quick[(quick.contrast == contrast) & (quick.targets == targets)]
+    q = q.groupby("subject").agg(quick_delta=("delta", "mean"), quick_ci_low=("ci_low", "min"),
+                                 quick_ci_high=("ci_high", "max"))
+    p = powered[(powered.contrast == contrast) & (powered.targets == targets)
+                ].set_index("subject")[["delta", "ci_low", "ci_high"]].add_prefix("powered_")
+    out = q.join(p, how="inner").reset_index()
+    out["within_quick_ci"] = out.powered_delta.between(out.quick_ci_low, out.quick_ci_high)
+    return out
+
+
 def component_outcomes(comp: pd.DataFrame, a: str = "sft", b: str = "raw") -> pd.DataFrame:
     """The original study's outputs per subject: Δ of every response component (a - b, seeds
     averaged), how many improved, the mean gain and its spread."""

@@ -229,14 +229,34 @@ def real_data_sentence(run_dir: str | Path, params: dict) -> str:
     cap = params.get("max_train_stories")
     budget = (f" (the first {n_train} of the dataset's 27 training stories: the time budget of "
               f"`make report`; the `lebel-full` profile uses all 27)" if cap else "")
+    k = params.get("outer_folds")
+    design = (f"Every one of the {len(m)} stories is held out once ({k} folds of whole stories; "
+              f"penalties chosen on groups of training stories inside each fold), so the scores "
+              f"rest on {int(m.n_trs.sum() - m.trim_start.sum() - m.trim_end.sum())} held-out "
+              f"TRs per subject; the {len(tests)} test stories ({', '.join(tests)}) are "
+              f"responses averaged over repeated presentations (less noisy), and every story "
+              f"counts equally in a score." if k else
+              f"Models are fitted on {n_train} training stories{budget} and scored on the "
+              f"dataset's {len(tests)} test stories ({', '.join(tests)}), whose responses are "
+              f"averaged over repeated presentations.")
     return (f"> **REAL fMRI.** LeBel et al. 2023, *A natural language fMRI dataset for voxelwise "
             f"encoding models* (OpenNeuro ds003020, CC0): whole-cortex BOLD of "
             f"{pd.read_csv(Path(run_dir) / 'data' / 'data_manifest.csv').subject.nunique()} "
             f"subjects listening to Moth stories, as the first 200 spatial principal components "
             f"of each subject's responses (shipped in `data/lebel`, see its README), TR "
-            f"{m.tr.iloc[0]:g} s. Models are fitted on {n_train} training stories{budget} and "
-            f"scored on the dataset's {len(tests)} test stories ({', '.join(tests)}), whose "
-            f"responses are averaged over repeated presentations.")
+            f"{m.tr.iloc[0]:g} s. {design}")
+
+
+def provenance_sentence(run_dir: str | Path) -> str:
+    """Where committed results came from: ``PROVENANCE.json`` beside them (command, machine,
+    date, commit, time from scratch)."""
+    f = Path(run_dir) / "PROVENANCE.json"
+    if not f.exists():
+        return f"> `{run_dir}`: no PROVENANCE.json (results of unknown origin)."
+    p = json.loads(f.read_text())
+    return (f"> **Committed results** of `{p['command']}`, run on {p['machine']} on {p['date']} "
+            f"at commit `{p['commit']}` ({p['wall']} from scratch). `make report` does not "
+            f"recompute them; it recomputes the quick profile below and compares.")
 
 
 def sft_sentence(models: pd.DataFrame, perplexity_csv: str | Path | None = None) -> str:
@@ -248,11 +268,19 @@ def sft_sentence(models: pd.DataFrame, perplexity_csv: str | Path | None = None)
     r = sft.iloc[0]
     n_train = len(str(r.train_stories).split(","))
     seeds = sorted(sft.seed.unique())
-    out = (f"Fine-tuning: {r.condition} and the controls ({', '.join(sorted(set(models.condition) - {'sft'}))}) "
+    headline = models[~models.condition.astype(str).str.contains("@")]
+    controls = sorted(set(headline.condition) - {"sft"})
+    out = (f"Fine-tuning: {r.condition} and the controls ({', '.join(controls)}) "
            f"each saw {int(r.train_tokens_seen)} tokens = {float(r.epochs):.2f} epochs of "
            f"{n_train} Narratives stories (none of the scored stories: one fine-tuned model per "
            f"seed scores every story); seed{'s' if len(seeds) > 1 else ''} "
            f"{', '.join(map(str, seeds))}.")
+    ck = models[models.condition.astype(str).str.contains("@")]
+    if len(ck):
+        steps = sorted(set(ck.step.astype(int)) | {int(r.step)})
+        out += (f" Checkpoints of the same runs (dose-response) after "
+                f"{', '.join(map(str, steps))} steps, for seed{'s' if ck.seed.nunique() > 1 else ''}"
+                f" {', '.join(map(str, sorted(ck.seed.unique())))}.")
     if "precision" in sft:
         precs = sorted(set(models.precision.dropna()))
         words = {"bf16": "bf16 mixed precision (fp32 weights, bf16 products)", "fp32": "fp32"}
@@ -264,7 +292,10 @@ def sft_sentence(models: pd.DataFrame, perplexity_csv: str | Path | None = None)
                 "intervals above.")
     p = Path(perplexity_csv) if perplexity_csv else None
     if p is not None and p.exists():
-        ppl = pd.read_csv(p).set_index("model").perplexity
-        out += (" Perplexity on the held-out test stories: " +
+        ppl = pd.read_csv(p)
+        ppl = ppl[~ppl.model.astype(str).str.contains("@")].groupby("model", sort=False
+                                                                     ).perplexity.mean()
+        out += (" Perplexity on the held-out test stories" +
+                (" (mean over seeds)" if len(seeds) > 1 else "") + ": " +
                 ", ".join(f"{k} {v:.1f}" for k, v in ppl.items()) + ".")
     return out

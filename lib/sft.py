@@ -328,18 +328,8 @@ def _save_snapshot(cfg: SFTConfig, lm: LoadedModel, model, out_dir: Path, step: 
     metrics = dict(step=int(step), train_tokens_seen=int(step * cfg.batch_size * (cfg.block_size + 1)),
                    epochs=float(step * cfg.batch_size / n_blocks), val_loss_after=val,
                    val_ppl_after=math.exp(val) if np.isfinite(val) else float("nan"))
-    d = snapshot_dir(out_dir, step)
-    tmp = d.with_name(d.name + ".partial")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    model.save_pretrained(tmp)
-    lm.tokenizer.save_pretrained(tmp)
-    write_csv(tmp / "train_history.csv", pd.DataFrame(history))
-    write_json(tmp / "sft_config.json", {**config, "key": key, "step": int(step),
-                                         "metrics": metrics})
-    if d.exists():
-        shutil.rmtree(d)
-    tmp.rename(d)
+    _write_model(lm, model, snapshot_dir(out_dir, step), history,
+                 {**config, "key": key, "step": int(step), "metrics": metrics})
 
 
 def _steps(cfg: SFTConfig, lm: LoadedModel, opt_parts, blocks: np.ndarray, order: np.ndarray,
@@ -379,18 +369,9 @@ def _steps(cfg: SFTConfig, lm: LoadedModel, opt_parts, blocks: np.ndarray, order
     return history
 
 
-def train(cfg: SFTConfig, train_texts: dict[str, str], out_dir: str | Path,
-          eval_texts: dict[str, str] | None = None, kind: str = "sft", label: str = "",
-          progress: bool = True) -> dict:
-    """Fine-tune ``cfg.base_model`` on ``train_texts``; save to ``out_dir``. Returns metrics.
-
-    Reuses a finished model whose key matches; resumes from ``out_dir/checkpoint`` otherwise.
-    """
-    import torch
-
-    out_dir = Path(out_dir)
-    text_hash = key_of(sorted(train_texts.items()))
-    key = cfg.key(text_hash, kind)
+def _finished(cfg: SFTConfig, out_dir: Path, key: str) -> dict | None:
+    """The metrics of a finished model of this training key with all its snapshots, else None
+    (after checking the snapshot steps)."""
     bad = [k for k in cfg.snapshots if not 0 < int(k) < cfg.steps]
     if bad:
         raise ValueError(f"snapshot steps {bad} are not between 0 and the {cfg.steps} steps")
@@ -404,6 +385,24 @@ def train(cfg: SFTConfig, train_texts: dict[str, str], out_dir: str | Path,
                 return meta["metrics"]
         except ValueError:
             pass
+    return None
+
+
+def train(cfg: SFTConfig, train_texts: dict[str, str], out_dir: str | Path,
+          eval_texts: dict[str, str] | None = None, kind: str = "sft", label: str = "",
+          progress: bool = True) -> dict:
+    """Fine-tune ``cfg.base_model`` on ``train_texts``; save to ``out_dir``. Returns metrics.
+
+    Reuses a finished model whose key matches; resumes from ``out_dir/checkpoint`` otherwise.
+    """
+    import torch
+
+    out_dir = Path(out_dir)
+    text_hash = key_of(sorted(train_texts.items()))
+    key = cfg.key(text_hash, kind)
+    done = _finished(cfg, out_dir, key)
+    if done is not None:
+        return done
     torch.manual_seed(cfg.seed)
     lm = load_model(cfg.base_model, device=cfg.device, dtype="float32")
     prec = precision(cfg.precision, lm.device)
@@ -460,9 +459,15 @@ def _losses(history: list[dict], val_before: float, val_after: float) -> dict:
 
 def _save(cfg: SFTConfig, lm: LoadedModel, model, out_dir: Path, history: list[dict],
           metrics: dict, config: dict) -> None:
-    """The model, tokenizer, history and ``sft_config.json``, written beside and renamed."""
+    """The final model (LoRA adapters merged) with its tokenizer, history and config."""
     if cfg.method == "lora":
         model = model.merge_and_unload()
+    _write_model(lm, model, out_dir, history, config)
+
+
+def _write_model(lm: LoadedModel, model, out_dir: Path, history: list[dict], config: dict
+                 ) -> None:
+    """The model, tokenizer, history and ``sft_config.json``, written beside and renamed."""
     tmp = out_dir.with_name(out_dir.name + ".partial")
     if tmp.exists():
         shutil.rmtree(tmp)

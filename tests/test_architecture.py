@@ -67,15 +67,15 @@ LAYERS = [  # bottom to top; a module may import its own layer and the layers be
     {"lib", "lib.errors", "lib.paths", "lib.cache", "lib.cluster"},
     {"lib.engine", "lib.engine.backend", "lib.engine.folds", "lib.engine.ridge",
      "lib.engine.inference", "lib.engine.second_level", "lib.engine.partition",
-     "lib.engine.paired", "lib.engine.crossed"},
+     "lib.engine.paired", "lib.engine.crossed", "lib.engine.combine", "lib.engine.simulate"},
     {"lib.alignment", "lib.data", "lib.datasets", "lib.datasets.matrices",
      "lib.datasets.generic", "lib.datasets.words", "lib.transcripts", "lib.download",
      "lib.rois", "lib.surface", "lib.geometry"},
     {"lib.models", "lib.tokens", "lib.features", "lib.spaces", "lib.sft", "lib.sft_folds"},
     {"lib.synthetic", "lib.synthetic_surface", "lib.job", "lib.encoding", "lib.reduction",
-     "lib.brain_score", "lib.matrix_encoding", "lib.compare", "lib.matrix_compare",
-     "lib.plots"},
-    {"lib.pipeline", "lib.report"},
+     "lib.brain_score", "lib.matrix_encoding", "lib.deltas", "lib.compare",
+     "lib.matrix_compare", "lib.plots"},
+    {"lib.pipeline", "lib.inprocess", "lib.report"},
 ]
 
 

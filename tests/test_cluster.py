@@ -107,6 +107,8 @@ def test_thread_setting_never_exceeds_the_cpus(monkeypatch):
 
 
 def test_busy_cpus_sees_a_spinning_process():
+    """A spinning process adds about one busy CPU, unless the others already keep every CPU
+    busy (a CI machine under load): the check holds whatever else runs."""
     import subprocess
     import sys
     import time
@@ -120,4 +122,5 @@ def test_busy_cpus_sees_a_spinning_process():
         spin.kill()
         spin.wait()
     assert 0.0 <= quiet <= cluster.available_cpus()
-    assert busy >= 0.8 and busy >= quiet + 0.5, (quiet, busy)
+    n = cluster.available_cpus()
+    assert busy >= 0.8 and busy >= min(quiet + 0.5, n - 0.35), (quiet, busy, n)

@@ -69,7 +69,7 @@ def test_trend_is_the_least_squares_slope_over_log_tokens():
 def test_seed_interval_covers_where_time_alone_does_not():
     """Models whose quality varies between seeds (true Δ over seeds = 0), 30 stories (the
     powered design), 300 data sets: the time-only SE of the seed mean rejects too often, the
-    seed-aware interval and the subjects' combination stay calibrated (docs/validity.md 5e)."""
+    seed-aware interval and the subjects' combination stay calibrated (docs/validity.md 5g)."""
     rng = np.random.default_rng(5)
     n, fp_time, cover, cover_comb = 300, 0, 0, 0
     for _ in range(n):

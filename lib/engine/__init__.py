@@ -22,6 +22,10 @@ Statistics (:mod:`lib.engine.inference`, :mod:`lib.engine.paired`, :mod:`lib.eng
     ``paired_comparison(y, pa, pb, stories, {"name": cols})``
                                            Δ within one subject on held-out time: block CI and p
     ``crossed_test(D)``                    Δ over subjects x fine-tuning seeds (both random)
+    ``seed_interval`` / ``fixed_effect`` / ``trend``
+                                           held-out-time Δ averaged over seeds (their variance
+                                           in the CI), subjects combined (Q, I²), the slope of Δ
+                                           over log tokens across fine-tuning checkpoints
 Banded ridge and variance partitioning (:mod:`lib.engine.partition`):
     ``partition_fits(Xs, Y, spaces, layout, gap=...)``  joint and leave-one-space-out fits
     ``placebo_band_designs`` + ``placebo_scores`` + ``unique_vs_placebo``
@@ -39,6 +43,7 @@ A researcher's five lines (three stories of 200 TRs, 3 delays; the last story he
 >>> bool(np.corrcoef(pred[:, 0], Y[rows, 0])[0, 1] > 0.5), len(rows)
 (True, 200)
 """
+from .combine import fixed_effect, seed_interval, trend
 from .crossed import crossed_test
 from .inference import NullSpec, null_plan, paired_stats, permutation_test
 from .paired import paired_comparison
@@ -47,4 +52,5 @@ from .ridge import fit_score, heldout_predictions, prepare, score
 
 __all__ = ["Layout", "prepare", "score", "fit_score", "heldout_predictions", "blocked_folds",
            "split_folds", "story_group_folds", "EngineError", "NullSpec", "null_plan",
-           "permutation_test", "paired_stats", "paired_comparison", "crossed_test"]
+           "permutation_test", "paired_stats", "paired_comparison", "crossed_test",
+           "seed_interval", "fixed_effect", "trend"]

@@ -2,7 +2,7 @@
 
 Every function here takes block contributions (:func:`lib.engine.paired.block_contributions`:
 Δ = sum over blocks of c_j, on blocks of held-out TRs that every compared model shares) and
-returns a plain dict of numbers. Measurements of their calibration: docs/validity.md 5e.
+returns a plain dict of numbers. Measurements of their calibration: docs/validity.md 5g.
 
 * :func:`seed_interval` -- one subject, M fine-tuned models (seeds): Δ averaged over seeds, with a
   standard error that has both sources of variance in it, the time-sampling variance of the

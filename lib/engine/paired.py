@@ -60,7 +60,7 @@ def autocorr_time(d: np.ndarray, segments: np.ndarray) -> float:
 
 
 #: block length in integrated autocorrelation times of d (docs/validity.md 5b)
-BLOCK_FACTOR = 4.0
+BLOCK_FACTOR = 6.0
 
 
 def choose_block(d: np.ndarray, segments: np.ndarray, factor: float = BLOCK_FACTOR,
