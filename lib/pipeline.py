@@ -5,7 +5,8 @@
 
 Each stage is executed from its jupytext ``.py`` (converted in memory) into
 ``results/<run>/notebooks/<stage>.ipynb`` with the profile's parameters. A stage whose notebook,
-``lib`` code, parameters and upstream stages did not change is not rerun (its key is kept in a
+the ``lib`` code it imports (docstrings and comments aside), parameters and upstream stages did
+not change is not rerun (its key is kept in a
 sidecar next to the executed notebook) unless ``--force``. A failing stage stops the run with a
 non-zero exit naming the stage and the executed notebook that holds the traceback.
 """
@@ -58,9 +59,64 @@ def notebook_source(stage: str, root: Path = ROOT):
     return jupytext.read(src), src
 
 
-def lib_hash(root: Path = ROOT) -> str:
-    lib = root / "lib"
-    return key_of([(str(p.relative_to(lib)), file_hash(p)) for p in sorted(lib.rglob("*.py"))])
+def _lib_imports(tree, module: str) -> set[str]:
+    """``lib`` modules a parsed file imports anywhere (lazy imports inside functions included),
+    with the packages whose ``__init__`` each import runs."""
+    import ast
+
+    pkg = module.split(".") if module.endswith("__init__") else module.split(".")[:-1]
+    pkg = [p for p in pkg if p != "__init__"]
+    out = set()
+    for n in ast.walk(tree):
+        if isinstance(n, ast.Import):
+            names = [a.name for a in n.names]
+        elif isinstance(n, ast.ImportFrom):
+            base = (pkg[:len(pkg) - n.level + 1] if n.level else []) + \
+                (n.module.split(".") if n.module else [])
+            names = [".".join(base)] + [".".join(base + [a.name]) for a in n.names]
+        else:
+            continue
+        for name in names:
+            parts = name.split(".")
+            out |= {".".join(parts[:i]) for i in range(1, len(parts) + 1)}
+    return {m for m in out if m == "lib" or m.startswith("lib.")}
+
+
+def code_hash(src: Path, root: Path = ROOT) -> str:
+    """What a stage runs: its script (as written: its markdown is part of the executed notebook)
+    and every ``lib`` module it imports, transitively, each with docstrings and comments left
+    out (``ast.unparse`` of the tree without them), so an edit of a docstring or of a module the
+    stage never imports does not make its results stale."""
+    import ast
+
+    def normalised(path: Path) -> tuple[str, object]:
+        tree = ast.parse(path.read_text())
+        for n in ast.walk(tree):
+            body = getattr(n, "body", None)
+            if isinstance(body, list) and body and isinstance(body[0], ast.Expr) and \
+                    isinstance(getattr(body[0], "value", None), ast.Constant) and \
+                    isinstance(body[0].value.value, str):
+                n.body = body[1:] or [ast.Pass()]
+        return ast.unparse(tree), tree
+
+    def file_of(mod: str) -> Path | None:
+        p = root.joinpath(*mod.split("."))
+        return p / "__init__.py" if (p / "__init__.py").exists() else \
+            p.with_suffix(".py") if p.with_suffix(".py").exists() else None
+
+    tree = ast.parse(src.read_text())
+    todo, seen, parts = sorted(_lib_imports(tree, "__main__")), set(), []
+    while todo:
+        mod = todo.pop()
+        f = file_of(mod)
+        if mod in seen or f is None:
+            continue
+        seen.add(mod)
+        body, t = normalised(f)
+        parts.append((mod, body))
+        name = f"{mod}.__init__" if f.name == "__init__.py" else mod
+        todo += sorted(_lib_imports(t, name) - seen)
+    return key_of(file_hash(src), sorted(parts))
 
 
 #: stages with a notebook per kind of responses: ``<stage>_matrix.py`` when every run of the
@@ -167,6 +223,21 @@ def stage_source(notebook: str, root: Path = ROOT) -> Path:
     return src
 
 
+def stage_keys(params: dict, run_dir: Path, root: Path = ROOT) -> list[tuple]:
+    """(stage, notebook, source, key) of every stage: a stage's key is its script and the
+    ``lib`` code it runs (:func:`code_hash`), the parameters and the upstream stages' keys.
+    Stage 05 and 06 pick their notebook from stage 01's manifest, so later keys are only
+    right once that manifest exists."""
+    upstream, out = [], []
+    for stage in STAGES:
+        notebook = stage_notebook(stage, run_dir)
+        src = stage_source(notebook, root)
+        key = key_of(stage, 2, code_hash(src, root), params, upstream)
+        upstream.append(key)
+        out.append((stage, notebook, src, key))
+    return out
+
+
 def run(params: dict, run_name: str | None = None, force: bool = False, only: list[str] | None
         = None, report: str | None = None, root: Path = ROOT, verbose: bool = True,
         kernel: bool = True) -> Path:
@@ -182,13 +253,8 @@ def run(params: dict, run_name: str | None = None, force: bool = False, only: li
     run_dir = paths.run_dir(run_name)
     params = {**params, "run_dir": Paths(root).rel(run_dir)}  # relative to the kernel cwd
     write_json(run_dir / "params.json", params)
-    upstream, lh = [], lib_hash(root)
     ran, reused = [], []
-    for stage in STAGES:
-        notebook = stage_notebook(stage, run_dir)
-        src = stage_source(notebook, root)
-        key = key_of(stage, file_hash(src), lh, params, upstream)
-        upstream.append(key)
+    for stage, notebook, src, key in stage_keys(params, run_dir, root):
         out_nb = run_dir / "notebooks" / f"{stage}.{'ipynb' if kernel else 'plain'}"
         if only and stage not in only and not any(stage.startswith(o) for o in only):
             continue

@@ -125,3 +125,42 @@ def test_executed_notebooks_get_stable_cell_ids(tmp_path):
     nb = nbformat.reads(a, 4)
     assert [c.id for c in nb.cells] == ["cell-000", "cell-001"]
     assert nb.metadata.papermill["input_path"].endswith("x.py")
+
+
+def test_a_stage_is_keyed_on_the_code_it_runs(tmp_path):
+    """Docstrings, comments and modules a stage never imports leave its key alone; code it
+    imports, even lazily inside a function, changes it."""
+    from lib.pipeline import code_hash
+
+    lib = tmp_path / "lib"
+    (lib / "engine").mkdir(parents=True)
+    (lib / "__init__.py").write_text('"""the package"""\n')
+    (lib / "engine" / "__init__.py").write_text("from .core import f\n")
+    (lib / "engine" / "core.py").write_text('"""core"""\ndef f():\n    """doc"""\n    return 1\n')
+    (lib / "a.py").write_text("def g():\n    from .engine import f  # lazy\n    return f()\n")
+    (lib / "unused.py").write_text("x = 1\n")
+    src = tmp_path / "stage.py"
+    src.write_text("from lib import a\n")
+    h = code_hash(src, tmp_path)
+    (lib / "engine" / "core.py").write_text('"""core, edited"""\ndef f():\n    # why\n'
+                                            '    return 1\n')
+    (lib / "unused.py").write_text("x = 2\n")
+    assert code_hash(src, tmp_path) == h
+    (lib / "engine" / "core.py").write_text("def f():\n    return 2\n")
+    assert code_hash(src, tmp_path) != h
+
+
+@pytest.mark.parametrize("run", ["lebel", "mini", "lebel-full"])
+def test_committed_results_come_from_the_committed_code(run):
+    """Every committed stage's key is the key its notebook, code and parameters give now: the
+    committed report is what the committed code computes (rerun the profile when this fails)."""
+    from pathlib import Path
+
+    from lib.cache import read_sidecar
+    from lib.pipeline import stage_keys
+
+    d = Path(__file__).resolve().parent.parent / "results" / run
+    params = json.loads((d / "params.json").read_text())
+    stale = [stage for stage, _, _, key in stage_keys(params, d)
+             if (read_sidecar(d / "notebooks" / f"{stage}.ipynb") or {}).get("key") != key]
+    assert stale == [], f"results/{run}: stages {stale} are stale; rerun its profile"
