@@ -223,19 +223,18 @@ def stage_source(notebook: str, root: Path = ROOT) -> Path:
     return src
 
 
-def stage_keys(params: dict, run_dir: Path, root: Path = ROOT) -> list[tuple]:
-    """(stage, notebook, source, key) of every stage: a stage's key is its script and the
-    ``lib`` code it runs (:func:`code_hash`), the parameters and the upstream stages' keys.
-    Stage 05 and 06 pick their notebook from stage 01's manifest, so later keys are only
-    right once that manifest exists."""
-    upstream, out = [], []
+def stage_keys(params: dict, run_dir: Path, root: Path = ROOT):
+    """(stage, notebook, source, key) of every stage, one at a time: a stage's key is its
+    script and the ``lib`` code it runs (:func:`code_hash`), the parameters and the upstream
+    stages' keys. Lazy, because stages 05 and 06 pick their notebook from the manifest that
+    stage 01 writes: :func:`run` runs each stage before it asks for the next one."""
+    upstream = []
     for stage in STAGES:
         notebook = stage_notebook(stage, run_dir)
         src = stage_source(notebook, root)
         key = key_of(stage, 2, code_hash(src, root), params, upstream)
         upstream.append(key)
-        out.append((stage, notebook, src, key))
-    return out
+        yield stage, notebook, src, key
 
 
 def run(params: dict, run_name: str | None = None, force: bool = False, only: list[str] | None
