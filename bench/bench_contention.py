@@ -22,12 +22,12 @@ RIDGE = """
 import time, numpy as np
 from lib.cluster import limit_threads, thread_count
 limit_threads(thread_count({threads!r}))
-from lib.engine.ridge import fit_score
+from lib.engine import Splitter, fit_score
 rng = np.random.default_rng(0)
 X = rng.standard_normal((1000, 3072), dtype=np.float32)
 Y = rng.standard_normal((1000, 5000), dtype=np.float32)
 t0 = time.perf_counter()
-fit_score(X, Y, gap=5)
+fit_score(X, Y, None, Splitter(gap=5))
 print(time.perf_counter() - t0)
 """
 

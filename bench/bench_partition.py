@@ -43,11 +43,12 @@ def main():
     Xs = [make_delays(_ar1(rng, n, k, 0.9), (1, 2, 3, 4, 5)).astype(np.float32)
           for k in (1, 576, 576)]
     lay = Layout.single(n, "pieman")
-    kw = dict(gap=30, n_iter=5)
-    joint, t_joint = timed(lambda: part.banded_prepare(Xs, lay, **kw))
-    _, t_reuse = timed(lambda: part.placebo_band_designs(Xs, 2, lay, n_shifts=a.shifts,
+    cv, kw = part.Splitter(gap=30), dict(n_iter=5)
+    joint, t_joint = timed(lambda: part.banded_prepare(Xs, lay, cv, **kw))
+    _, t_reuse = timed(lambda: part.placebo_band_designs(Xs, 2, lay, cv, n_shifts=a.shifts,
                                                          joint=joint, **kw))
-    _, t_full = timed(lambda: part.placebo_band_designs(Xs, 2, lay, n_shifts=a.shifts, **kw))
+    _, t_full = timed(lambda: part.placebo_band_designs(Xs, 2, lay, cv, n_shifts=a.shifts,
+                                                        **kw))
     Y = rng.standard_normal((n, a.targets)).astype(np.float32)
     _, t_score = timed(lambda: part.banded_score(joint, Y, select="r", pooled=True,
                                                  measure="rsq"))

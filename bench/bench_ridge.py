@@ -72,14 +72,14 @@ def run_method(method, n, p, t, alphas, threads, out):
     with threadpool_limits(threads):
         t0 = time.perf_counter()
         if method.startswith("engine"):
-            from lib.engine.ridge import fit_score
+            from lib.engine import Splitter, fit_score
 
             backend = method.split("-")[1]
             if backend == "torch":
                 import torch
 
                 torch.set_num_threads(threads)
-            res = fit_score(X, Y, alphas=alphas, gap=GAP, backend=backend, batch_targets=10000)
+            res = fit_score(X, Y, None, Splitter(gap=GAP), alphas=alphas, backend=backend, batch_targets=10000)
             scores = res.fold_scores[:, 0]
         elif method == "sklearn":
             from sklearn.linear_model import RidgeCV

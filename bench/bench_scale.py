@@ -57,22 +57,22 @@ def _job(root, run_dir, stories, subjects=None, n_perm=0, spaces=(), dim=768):
                             check_integrity=False)
     transcripts.build_transcripts(m, run_dir / "transcripts")
     st = encoding.Settings(null=NullSpec(n_perm=n_perm), perm_conditions=("raw",),
-                           spaces=tuple(spaces))
+                           spaces=tuple(spaces), tr=data.single_tr(m))
     mask = nib.load(str(root / "derivatives/synthetic-truth/brain_mask.nii.gz"))
-    return encoding.make_job(m, run_dir / "transcripts", _fake_index(run_dir, stories, dim),
+    return encoding.volume_job(m, run_dir / "transcripts", _fake_index(run_dir, stories, dim),
                              run_dir / "brain_score", mask, st)
 
 
 def unit_child(story: str) -> None:
     """In a fresh process: one unit (1 subject, raw + chance) at the real grid."""
-    from lib import encoding
+    from lib import units
     from lib.cluster import limit_threads
 
     limit_threads(2)
     root = WORK / f"realgrid-{story}"
     job = _job(root, WORK / f"run-{story}", [story], ["sub-002"])
     t0 = time.perf_counter()
-    status = encoding.fit_unit(job, encoding.Unit("raw", 0, ("sub-002",)))
+    status = units.fit_unit(job, units.Unit("raw", 0, ("sub-002",)))
     sec = time.perf_counter() - t0
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     n_vox = int(job.runs.iloc[0].n_trs)
@@ -106,10 +106,10 @@ def unit() -> dict:
 
 
 def _stage(job, client=None, per_unit=8):
-    from lib import brain_score
+    from lib import stage05
 
     t0 = time.perf_counter()
-    brain_score.run_stage(job, client=client, subjects_per_unit=per_unit, progress=False)
+    stage05.run_stage(job, client=client, subjects_per_unit=per_unit, progress=False)
     return time.perf_counter() - t0
 
 

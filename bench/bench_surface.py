@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lib import surface  # noqa: E402
 from lib.cluster import limit_threads, thread_count  # noqa: E402
-from lib.engine import Layout, prepare, score  # noqa: E402
+from lib.engine import Layout, Splitter, prepare, score  # noqa: E402
 from lib.engine.inference import zscore_time  # noqa: E402
 from lib.synthetic import realistic_noise  # noqa: E402
 from lib.synthetic_surface import save_gifti_run, surface_layout, surface_run  # noqa: E402
@@ -53,7 +53,7 @@ def main():
     D = make_delays(X, (1, 2, 3, 4, 5))
     trim = slice(16, a.trs - 5)
     t = time.perf_counter()
-    design = prepare(D[trim], Layout.single(len(D[trim]), "pieman"), delays=(1, 2, 3, 4, 5))
+    design = prepare(D[trim], Layout.single(len(D[trim]), "pieman"), Splitter.for_delays((1, 2, 3, 4, 5), 1.5))
     res = score(design, zscore_time(B[trim]).astype(np.float32))
     t_fit = time.perf_counter() - t
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 10

@@ -83,7 +83,7 @@ def one_process(tmp: str) -> dict:
     X = rng.standard_normal((1200, 768), dtype=np.float32)
     Y = X[:, :50] @ rng.standard_normal((50, 500), dtype=np.float32) + \
         rng.standard_normal((1200, 500), dtype=np.float32) * 5
-    r = ridge.fit_score(X, Y, gap=5, backend="torch", device="cuda")
+    r = ridge.fit_score(X, Y, None, ridge.Splitter(gap=5), backend="torch", device="cuda")
     return {"weights": sha(w), "activations": sha(acts), "ridge_scores": sha(r.scores),
             "ridge_alphas": sha(r.alphas)}
 
@@ -204,21 +204,20 @@ def ridge(res):
         W = rng.standard_normal((p, 64), dtype=np.float32) @ \
             rng.standard_normal((64, t), dtype=np.float32) / np.sqrt(p * 64)
         Y = X @ W * 3 + rng.standard_normal((n, t), dtype=np.float32)
-        enc.fit_score(X[:, :64], Y[:, :10], gap=5, backend="torch", device="cuda")  # warm-up
+        enc.fit_score(X[:, :64], Y[:, :10], None, enc.Splitter(gap=5), backend="torch", device="cuda")  # warm-up
         times = []
         for _ in range(2):
             sync()
             torch.cuda.reset_peak_memory_stats()
             t0 = time.perf_counter()
-            r_t = enc.fit_score(X, Y, gap=5, backend="torch", device="cuda",
-                                batch_targets=50000)
+            r_t = enc.fit_score(X, Y, None, enc.Splitter(gap=5), backend="torch", device="cuda", batch_targets=50000)
             sync()
             times.append(time.perf_counter() - t0)
         out = {"torch_cuda_s": min(times), "torch_cuda_s_each": times,
                "cuda_peak_gb": torch.cuda.max_memory_allocated() / 1e9}
         cols = slice(0, 5000)
         t0 = time.perf_counter()
-        r_n = enc.fit_score(X, Y[:, cols], gap=5, backend="numpy")
+        r_n = enc.fit_score(X, Y[:, cols], None, enc.Splitter(gap=5), backend="numpy")
         out["numpy_cpu_s_5000_targets"] = time.perf_counter() - t0
         out["max_abs_dr_torch_vs_numpy"] = float(np.nanmax(np.abs(r_t.scores[cols] - r_n.scores)))
         res[f"ridge_n{n}_t{t}"] = out

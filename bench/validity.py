@@ -71,7 +71,7 @@ def leak(n_sets=12):
                     X, Y = feats(fk, rng, 279), bold(bk, rng, 279, 300)
                     with warnings.catch_warnings():
                         warnings.simplefilter("ignore")
-                        rs.append(ridge.fit_score(X, Y, gap=gap).scores.mean())
+                        rs.append(ridge.fit_score(X, Y, None, ridge.Splitter(gap=gap)).scores.mean())
                 print(f"| {fk} | {bk} | {gap} | {np.mean(rs):+.4f} | "
                       f"{np.std(rs) / np.sqrt(n_sets):.4f} |", flush=True)
 
@@ -89,7 +89,7 @@ def null(n_sets=4):
         single, group = [], []
         for s in range(n_sets):
             rng = np.random.default_rng(20_000 + s)
-            D = ridge.prepare(smooth_null_features(rng, 279), delays=DELAYS)
+            D = ridge.prepare(smooth_null_features(rng, 279), None, ridge.Splitter.for_delays(DELAYS, 1.5))
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 fits = [with_null(D, realistic_noise(rng, 279, 600), spec)
@@ -126,7 +126,7 @@ def planted():
                           t["brain_mask_img"])[lo:hi][:, t["planted_in_mask"]]
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                rec.append(ridge.fit_score(X, Y, gap=gap).scores.mean())
+                rec.append(ridge.fit_score(X, Y, None, ridge.Splitter(gap=gap)).scores.mean())
             sig = X @ t["subject_weights"][i]
             folds = ridge.blocked_folds(ridge.Layout.single(len(X), "sim"), 5, gap)
             orc.append(np.mean([ridge.np_pearson(sig[te], Y[te]) for _, te in folds]))
@@ -171,8 +171,8 @@ def chance(n_sets=6, n_draws=6, n=300, trim=6):
         for s in range(n_sets):
             rng = np.random.default_rng([30_000, s, int(phi * 100)])
             F = _ar1(rng, n, 64, phi)
-            D = ridge.prepare(design_matrix(F, kept, DELAYS), delays=DELAYS)
-            Dc = ridge.prepare(design_matrix(F, kept, DELAYS, mismatched=True), delays=DELAYS)
+            D = ridge.prepare(design_matrix(F, kept, DELAYS), None, ridge.Splitter.for_delays(DELAYS, 1.5))
+            Dc = ridge.prepare(design_matrix(F, kept, DELAYS, mismatched=True), None, ridge.Splitter.for_delays(DELAYS, 1.5))
             for _ in range(n_draws):
                 Y = realistic_noise(rng, n - trim, 40)
                 with warnings.catch_warnings():
@@ -218,9 +218,8 @@ def partition_bias(n_rep=100, sizes=(300,), units=(6, 60),
         est = {"classic": [], "vs placebo": [], "vs whole band shifted": []}
         for rep in range(n_rep):
             A, B, Y = two_band_subjects(rep, n, kind=k, unique_share=share, r=r, units=u_n)
-            D = part.banded_prepare([A, B], lay, gap=30, n_iter=5)
-            P = {name: part.placebo_band_designs([A, B], 1, lay, gap=30, n_iter=5,
-                                                 conditional=cond, joint=D)
+            D = part.banded_prepare([A, B], lay, part.Splitter(gap=30), n_iter=5)
+            P = {name: part.placebo_band_designs([A, B], 1, lay, part.Splitter(gap=30), n_iter=5, conditional=cond, joint=D)
                  for name, cond in (("vs placebo", True), ("vs whole band shifted", False))}
             rows = {name: [] for name in est}
             for y in np.split(Y, 6, axis=1):

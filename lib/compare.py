@@ -28,8 +28,7 @@ import numpy as np
 import pandas as pd
 
 from .data import DataError
-from .engine.crossed import crossed_test
-from .engine.inference import normalised, paired_stats
+from .engine import crossed_test, normalised, paired_stats
 
 CONTRASTS = [("sft", "raw"), ("control", "raw"), ("scrambled", "raw"), ("sft", "control"),
              ("sft", "scrambled"), ("sft-leaky", "raw"), ("raw", "random"),

@@ -212,10 +212,10 @@ def load_bold(path: str | Path, mask=None) -> np.ndarray:
     """BOLD as float32 (n_trs, n_voxels) inside ``mask`` (a NIfTI image or boolean array)."""
     import nibabel as nib
 
-    from .surface import is_surface, load_surface_bold
+    from .surface import is_surface_path, load_surface_bold
 
     path = Path(path)
-    if is_surface(path):                # a cortical-surface run: mask = the vertex mask
+    if is_surface_path(path):                # a cortical-surface run: mask = the vertex mask
         return load_surface_bold(path, mask)
     if not path.exists():
         raise DataError(f"{path}: BOLD file not found")
@@ -260,9 +260,9 @@ def _run_row(bold: Path, m, root: Path, bold_source: str, paths: Paths, check_in
     """One run's manifest fields (all but the exclusion and synthetic flags): its TRs and TR,
     words, and the story's timing in scan time."""
     sub, story, run = m.group(1), m.group(2), int(m.group(3)) if m.group(3) else 1
-    from .surface import is_surface, n_trs as surface_trs
+    from .surface import is_surface_path, n_trs as surface_trs
 
-    surface = is_surface(bold)
+    surface = is_surface_path(bold)
     if surface:
         n_trs, header_tr = surface_trs(bold), 0.0
     else:
@@ -387,3 +387,22 @@ def summary(df: pd.DataFrame) -> pd.DataFrame:
 
 def as_dict(t: StoryTiming) -> dict:
     return asdict(t)
+
+
+#: the kinds of target stage 05 fits, by the manifest's ``responses`` column
+KINDS = {"nifti": "volume", "gifti": "surface", "matrix": "matrix"}
+
+
+def target_kind(manifest: pd.DataFrame, wanted: str = "auto", source: str = "manifest") -> str:
+    """``volume``, ``surface`` or ``matrix``: what the manifest's runs hold (its ``responses``
+    column). ``wanted`` other than ``auto`` must agree with it."""
+    runs = manifest[~manifest["excluded"]] if "excluded" in manifest else manifest
+    found = {KINDS.get(r, r) for r in runs.get("responses", pd.Series(["nifti"] * len(runs)))}
+    if len(found) != 1 or not found <= set(KINDS.values()):
+        raise DataError(f"{source}: runs must hold one kind of responses of "
+                        f"{sorted(KINDS)}; found {sorted(found)}")
+    kind = found.pop()
+    if wanted not in ("auto", kind):
+        raise DataError(f"{source}: the runs hold {kind} responses, the parameters say "
+                        f"targets={wanted!r}")
+    return kind

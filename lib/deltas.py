@@ -24,9 +24,9 @@ import pandas as pd
 
 from .cache import write_csv
 from .data import DataError
-from .engine.combine import fixed_effect, seed_interval, trend
-from .engine.paired import (block_contributions, choose_unit, fit_difference, inverted_ci,
-                            paired_comparison, sign_flip_p, unit_name)
+from .engine import (block_contributions, choose_unit, exchange_unit_of, fit_difference,
+                     fixed_effect, inverted_ci, paired_comparison, seed_interval, sign_flip_p,
+                     trend)
 from .matrix_encoding import MatrixJob, load, subject_responses, target_sets
 from .sft import split_checkpoint
 
@@ -53,7 +53,7 @@ class _Subject:
     def __init__(self, job: MatrixJob, subject: str):
         self.job, self.subject = job, subject
         Y, stories = subject_responses(job, subject)
-        self._Y, self._stories, self._cache = Y, np.asarray(stories), {}
+        self.Y, self.stories, self._cache = Y, np.asarray(stories), {}
 
     def unit(self, cond: str, seed: int) -> dict:
         if (cond, seed) not in self._cache:
@@ -64,10 +64,10 @@ class _Subject:
         return self.unit(cond, seed)["rows"]
 
     def y(self, rows) -> np.ndarray:
-        return self._Y[rows]
+        return self.Y[rows]
 
     def seg(self, rows) -> np.ndarray:
-        return self._stories[rows]
+        return self.stories[rows]
 
 
 def _differences(S: _Subject, pairs: list[tuple[tuple, tuple]], cols) -> tuple:
@@ -111,7 +111,7 @@ def answer_table(job: MatrixJob, conditions, subjects: dict | None = None) -> pd
                 per.append(r)
                 out.append(dict(_row(r), contrast=f"{a} - {b}", targets=name, subject=sub,
                                 n_targets=len(cols), n_trs=len(seg_rows),
-                                exchange_unit=unit_name(L, seg_rows),
+                                exchange_unit=exchange_unit_of(L, seg_rows),
                                 scope="held-out time within the subject"))
             if len(per) >= 2:
                 r = fixed_effect(per)
@@ -134,6 +134,18 @@ def _row(r: dict) -> dict:
 
 
 # --------------------------------------------------------------------------- dose-response
+def checkpoint_steps(models_csv: str | Path) -> dict[str, tuple[int, int]]:
+    """``{condition: (step, tokens seen)}`` of stage 04's models (``models.csv``; empty when
+    there is none, or it records no steps)."""
+    if not Path(models_csv).exists():
+        return {}
+    m = pd.read_csv(models_csv)
+    if "step" not in m:
+        return {}
+    return {c: (int(g.step.iloc[0]), int(g.train_tokens_seen.iloc[0]))
+            for c, g in m.groupby("condition")}
+
+
 def checkpoints(conditions, steps: dict) -> dict[str, list[tuple[str, int, int]]]:
     """kind -> [(condition, step, tokens seen)] in step order, for every fine-tuned kind with
     checkpoints; ``steps``: condition -> (step, tokens seen) of the models table."""
@@ -152,7 +164,7 @@ def checkpoints(conditions, steps: dict) -> dict[str, list[tuple[str, int, int]]
 
 
 def dose_tables(job: MatrixJob, conditions, steps: dict, subjects: dict | None = None,
-                n_perm: int = 10000) -> tuple[pd.DataFrame, pd.DataFrame]:
+                n_exchanges: int = 10000) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(dose, trend): per subject, family of contrasts (each kind against raw; sft against each
     control at the same step), checkpoint and set of targets: Δ with its block CI and p, on one
     cut of blocks per subject, family and set; then the slope over log2(tokens seen)."""
@@ -181,32 +193,33 @@ def dose_tables(job: MatrixJob, conditions, steps: dict, subjects: dict | None =
                     ds, seg_rows = _differences(S, pairs, cols)
                     L, c, w, seg = _blocks(ds, seg_rows)
                     for (a, _), ck in zip(pairs, c):
-                        lo, hi = inverted_ci(ck, w, seg, n_perm=n_perm, seed=seed)
+                        lo, hi = inverted_ci(ck, w, seg, n_perm=n_exchanges, seed=seed)
                         st, tok = step_of[a[0]]
                         dose.append(dict(subject=sub, contrast=fam, seed=seed, targets=name,
                                          condition=a[0], step=st, tokens=tok,
                                          delta=float(ck.sum()), ci_low=lo, ci_high=hi,
-                                         p=sign_flip_p(ck, seg, n_perm, seed),
-                                         exchange_unit=unit_name(L, seg_rows)))
+                                         p=sign_flip_p(ck, seg, n_exchanges, seed),
+                                         exchange_unit=exchange_unit_of(L, seg_rows)))
                     if len(pairs) >= 3:
                         r = trend(c, [step_of[a[0]][1] for a, _ in pairs], w, seg)
                         slopes.append(dict(subject=sub, contrast=fam, seed=seed, targets=name,
                                            slope_per_doubling=r["slope"], ci_low=r["ci_low"],
                                            ci_high=r["ci_high"], p=r["p"], se=r["se"],
                                            n_checkpoints=r["n_checkpoints"],
-                                           exchange_unit=unit_name(L, seg_rows),
+                                           exchange_unit=exchange_unit_of(L, seg_rows),
                                            variance="held-out time (one seed's trajectory)"))
     return pd.DataFrame(dose), pd.DataFrame(slopes)
 
 
 def layer_table(job: MatrixJob, conditions, a: str = "sft", b: str = "raw",
-                n_perm: int = 10000) -> pd.DataFrame:
+                n_exchanges: int = 10000, subjects: dict | None = None) -> pd.DataFrame:
     """Δ(a - b) at every layer both have in their layer profiles (same seed as a's first),
     per subject and set of targets, with the block CI and p."""
     out = []
     pairs = [p for p in _pairing(conditions, a, b)]
     for sub in sorted(job.runs.subject.unique()):
-        Y, stories = subject_responses(job, sub)
+        S = (subjects or {}).get(sub) or _Subject(job, sub)
+        Y, stories = S.Y, S.stories
         for sa, sb in pairs:
             A, B = (load(job, c, s, sub, layers=True) for c, s in ((a, sa), (b, sb)))
             if "layer_pred" not in A or "layer_pred" not in B:
@@ -217,8 +230,8 @@ def layer_table(job: MatrixJob, conditions, a: str = "sft", b: str = "raw",
             rows = A["rows"]
             for layer in common:
                 res = paired_comparison(Y[rows], A["layer_pred"][ia[layer]],
-                                        B["layer_pred"][ib[layer]], np.asarray(stories)[rows],
-                                        target_sets(job.settings, Y.shape[1]), n_perm=n_perm,
+                                        B["layer_pred"][ib[layer]], stories[rows],
+                                        target_sets(job.settings, Y.shape[1]), n_perm=n_exchanges,
                                         seed=sa)
                 res.insert(0, "subject", sub)
                 res.insert(1, "contrast", f"{a} - {b}")
@@ -235,8 +248,9 @@ def write_tables(job: MatrixJob, conditions, steps: dict | None = None) -> dict:
     res = dict(answer=answer_table(job, conditions, subjects))
     if steps:
         res["dose"], res["trend"] = dose_tables(job, conditions, steps, subjects,
-                                                job.settings.n_perm)
-    res["layer_deltas"] = layer_table(job, conditions, n_perm=job.settings.n_perm)
+                                                job.settings.n_exchanges)
+    res["layer_deltas"] = layer_table(job, conditions, n_exchanges=job.settings.n_exchanges,
+                                      subjects=subjects)
     for k, v in res.items():
         write_csv(Path(job.out_dir) / f"{k}.csv", v)
     return res

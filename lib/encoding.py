@@ -1,12 +1,11 @@
-"""Stage 05: encoding models and brain scores, as units of work.
+"""Stage 05's fits over BOLD volumes and surface vertices: :class:`VolumeJob`, the unit protocol
+of :mod:`lib.units` for targets that live in a mask (:mod:`lib.geometry`).
 
-A *unit* fits one condition (``raw``, ``sft``, ``control``, ``word_rate``, ...; one SFT seed) for a
-few subjects who heard the same stories with the same TRs: they share the features, the folds and
-every decomposition (:func:`lib.engine.ridge.prepare` once, :func:`lib.engine.ridge.score` per subject), and each
-subject's BOLD is read inside the unit, one subject at a time. A unit writes one result file per
-subject (``units/<condition>_seed-<k>/<subject>.npz``) atomically, keyed by the content of its
-inputs (features, BOLD, mask, labels) and the settings, so a rerun or a resumed run recomputes only
-what is missing. A subject whose input is bad fails alone, with its file named; the others finish.
+A unit (:class:`lib.units.Unit`) fits one condition (``raw``, ``sft``, ``control``, ``word_rate``,
+...; one SFT seed) for a few subjects who heard the same stories with the same TRs: they share
+the features, the folds and every decomposition (:func:`lib.engine.ridge.prepare` once,
+:func:`lib.engine.ridge.score` per subject), and each subject's BOLD is read inside the unit, one
+subject at a time.
 
 Per subject, all its runs are fitted together (:mod:`lib.engine.ridge` decides the folds: leave one story
 out, or contiguous blocks of story time with a gap when it heard one story, repeats held out
@@ -15,99 +14,82 @@ ROI label. Each run's BOLD is z-scored over its kept TRs (runs differ in baselin
 score is its *chance* score: the same features circularly shifted in time by half the story
 (:func:`lib.spaces.mismatch`), fitted and scored identically.
 
-:func:`reduce` gathers the per-subject files into ``scores.csv`` (one row per subject, story, run,
+:func:`lib.reduction.reduce_volumes` gathers the per-subject files into ``scores.csv`` (one row per subject, story, run,
 condition, seed and target), ``voxel_scores.npz``, maps, the noise ceilings and the group
 permutation tests (:mod:`lib.engine.inference`).
 """
 from __future__ import annotations
 
-import json
 import warnings
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from .cache import is_fresh, write_npz, write_sidecar
 from .data import DataError
-from .job import (Job, Settings, Unit, design_inputs, input_key, labels_of, mask_of,
-                  plan_units, run_targets, score_blocks_of, subject_targets, summary_names)
-from .engine.ridge import EngineError, prepare, score
+from .job import (PARTITION, Job, Settings, design, design_inputs, input_key, labels_of,
+                  layer_designs, mask_of, splitter, subject_targets, summary_names)
+from .engine import EngineError, score
 from .features import FeatureMaps
 from .transcripts import read_transcript, stimulus_groups
-from .geometry import (brain_mask, mask_array, named_rois,  # noqa: F401  (re-exported)
-                       roi_labels_for, save_geometry)
+from .geometry import mask_array, save_geometry
+from .units import Unit
 
-__all__ = ["Job", "Settings", "Unit", "fit_unit", "make_job", "brain_mask", "named_rois",
-           "roi_labels_for", "null_plans", "load_result", "plan_units", "run_targets",
-           "subject_targets", "summary_names", "UnitsFailed"]
+__all__ = ["VolumeJob", "volume_job", "partition_members", "partition_seeds"]
 
-
-# --------------------------------------------------------------------------- one unit
-def fit_unit(job: Job, unit: Unit, progress=None) -> list[dict]:
-    """Fit ``unit`` for each of its subjects (cached ones are skipped). Returns one status dict
-    per subject: ``{"subject", "status": "cached"|"fitted"|"failed", "error"}``."""
-    mask = mask_of(job)
-    labels = labels_of(job, mask)
-    designs: dict[bool, object] = {}
-    layer_designs: dict[int, object] = {}
-    out = []
-    for sub in unit.subjects:
-        path = job.result_path(unit.condition, unit.seed, sub)
-        try:
-            key = input_key(job, unit.condition, unit.seed, sub)
-            if is_fresh(path, key):
-                out.append(dict(subject=sub, status="cached", error=""))
-                continue
-            Y = subject_targets(job, sub, mask, labels)
-            arrays, meta = _fit_subject(job, unit, sub, Y, designs, layer_designs)
-            write_npz(path, **arrays)
-            write_sidecar(path, key, **meta)
-            out.append(dict(subject=sub, status="fitted", error=""))
-        except (DataError, EngineError, OSError) as e:
-            out.append(dict(subject=sub, status="failed", error=str(e)))
-        if progress is not None:
-            progress(1)
-    return out
+FAILS_ALONE = (DataError, EngineError, OSError)   # a subject with bad input fails alone
 
 
-def _design(job: Job, unit: Unit, sub: str, cache: dict, key, mismatched=False, layer=None):
-    if key not in cache:
-        st = job.settings
-        X, layout = design_inputs(job, unit.condition, unit.seed, sub, mismatched, layer)
-        cache[key] = prepare(X, layout, gap=st.gap_trs, n_folds=st.n_folds,
-                             inner_folds=st.inner_folds, alphas=st.alphas, backend=st.backend,
-                             device=st.device, source=f"{unit.condition} seed {unit.seed}",
-                             score_blocks=score_blocks_of(job, sub))
-    return cache[key]
+class VolumeJob(Job):
+    """Stage 05 over BOLD volumes or surface vertices (the unit protocol of :mod:`lib.units`):
+    a subject's targets are every voxel in the mask, the whole-brain mean and the ROI means;
+    ``partition`` units fit the banded variance partition."""
+
+    def unit_key(self, condition: str, seed: int, subject: str) -> str:
+        if condition == PARTITION:
+            members = partition_members(self, seed)
+            return input_key(self, PARTITION, seed, subject,
+                             extra=[("scheme", PARTITION_SCHEME)] +
+                             [input_key(self, c, sd, subject) for _, c, sd in members])
+        return input_key(self, condition, seed, subject)
+
+    def fit(self, unit: Unit, subjects: list[str]):
+        mask = mask_of(self)
+        labels = labels_of(self, mask)
+        fit_one = _fit_partition if unit.condition == PARTITION else _fit_subject
+        cache: dict = {}        # designs shared by the unit's subjects
+        for sub in subjects:
+            try:
+                out = fit_one(self, unit, sub, subject_targets(self, sub, mask, labels), cache)
+            except FAILS_ALONE as e:
+                out = e
+            yield sub, out
 
 
-def _fit_subject(job: Job, unit: Unit, sub: str, Y: np.ndarray, designs: dict,
-                 layer_designs: dict) -> tuple[dict, dict]:
-    st = job.settings
-    n_sum = len(summary_names(job))
+# --------------------------------------------------------------------------- one subject
+def _fit_subject(job: Job, unit: Unit, sub: str, Y: np.ndarray, cache: dict
+                 ) -> tuple[dict, dict]:
+    st, names = job.settings, summary_names(job)
+    n_sum = len(names)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        res = score(_design(job, unit, sub, designs, False), Y, st.batch_targets,
-                    source=f"{sub} {unit.condition}")
+        D = design(job, unit.condition, unit.seed, sub, cache)
+        res = score(D, Y, st.batch_targets, source=f"{sub} {unit.condition}")
     arrays = dict(run_scores=res.run_scores, fold_alphas=res.alphas.astype(np.float32),
                   valid=res.valid, concat_r=res.concat_r)
     if st.chance:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            ch = score(_design(job, unit, sub, designs, True, mismatched=True), Y,
+            ch = score(design(job, unit.condition, unit.seed, sub, cache, mismatched=True), Y,
                        st.batch_targets)
         arrays["chance_run_scores"] = ch.run_scores
     if (unit.condition, unit.seed) in job.all_layers and unit.condition in st.layer_conditions:
-        arrays["layer_scores"] = _layer_scores(job, unit, sub, Y[:, -n_sum:], layer_designs)
-    D = designs[False]
+        arrays["layer_scores"] = _layer_scores(job, unit, sub, Y[:, -n_sum:], cache)
     meta = dict(subject=sub, condition=unit.condition, seed=unit.seed,
                 runs=[[r.story, int(r.run)] for r in job.subject_runs(sub).itertuples()],
                 scheme=D.scheme, gap=D.gap, n_folds=len(D.folds),
                 edge_fraction=res.edge_fraction, edge_fraction_summary=_edge(res, D, n_sum),
-                n_invalid=res.n_invalid, summary=summary_names(job),
-                warnings=_meaningful(caught, res))
+                n_invalid=res.n_invalid, summary=names, warnings=_meaningful(caught, res))
     return arrays, meta
 
 
@@ -131,21 +113,14 @@ def _edge(res, D, n_sum: int) -> list[float]:
 
 def _layer_scores(job: Job, unit: Unit, sub: str, Ysum: np.ndarray, cache: dict) -> np.ndarray:
     """(n_layers, n_runs, n_summary) brain scores of every layer for the summary targets."""
-    from .features import load_activations
-
-    first = next(iter(job.all_layers[(unit.condition, unit.seed)].values()))
-    n_layers = load_activations(first).shape[0]
-    out = []
+    designs = layer_designs(job, unit.condition, unit.seed, sub, cache)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        for layer in range(n_layers):
-            D = _design(job, unit, sub, cache, layer, layer=layer)
-            out.append(score(D, Ysum, job.settings.batch_targets).run_scores)
+        out = [score(D, Ysum, job.settings.batch_targets).run_scores for D in designs]
     return np.stack(out).astype(np.float32)
 
 
 # --------------------------------------------------------------------------- partition units
-PARTITION = "partition"
 
 
 def partition_members(job: Job, seed: int) -> list[tuple[str, str, int]]:
@@ -188,32 +163,32 @@ def _partition_inputs(job: Job, seed: int, sub: str, cache: dict) -> tuple[list,
 
 def _prepare_kw(job: Job, sub: str) -> dict:
     st = job.settings
-    return dict(gap=st.gap_trs, n_folds=st.n_folds, inner_folds=st.inner_folds,
-                alphas=st.alphas, n_iter=st.partition_n_iter, backend=st.backend,
-                device=st.device, score_blocks=score_blocks_of(job, sub))
+    return dict(alphas=st.alphas, n_iter=st.partition_n_iter, backend=st.backend,
+                device=st.device)
 
 
 def _partition_designs(job: Job, seed: int, sub: str, cache: dict) -> list:
     """The joint fit's designs, one per band weighting (:func:`lib.engine.partition.band_weights`
     nests every reduced fit's candidates in them); shared by subjects with the same features."""
-    from .engine.partition import banded_prepare
+    from .engine import banded_prepare
 
     key = job.signature(sub)
     if key not in cache:
-        cache[key] = banded_prepare(*_partition_inputs(job, seed, sub, cache),
-                                    **_prepare_kw(job, sub))
+        Xs, layout = _partition_inputs(job, seed, sub, cache)
+        cache[key] = banded_prepare(Xs, layout, splitter(job, sub), **_prepare_kw(job, sub))
     return cache[key]
 
 
 def _placebo_designs(job: Job, seed: int, sub: str, band: int, cache: dict) -> list:
     """Per shift, the joint fit's designs with space ``band`` replaced by its conditional
     placebo (:func:`lib.engine.partition.placebo_band_designs`); shared like the joint designs."""
-    from .engine.partition import placebo_band_designs
+    from .engine import placebo_band_designs
 
     key = (job.signature(sub), "placebo", band)
     if key not in cache:
         Xs, layout = _partition_inputs(job, seed, sub, cache)
-        cache[key] = placebo_band_designs(Xs, band, layout, n_shifts=PARTITION_SHIFTS,
+        cache[key] = placebo_band_designs(Xs, band, layout, splitter(job, sub),
+                                          n_shifts=PARTITION_SHIFTS,
                                           joint=_partition_designs(job, seed, sub, cache),
                                           **_prepare_kw(job, sub))
     return cache[key]
@@ -222,7 +197,7 @@ def _placebo_designs(job: Job, seed: int, sub: str, band: int, cache: dict) -> l
 def _placebo_arrays(job: Job, seed: int, sub: str, names: list[str], joint, Y,
                     cache: dict, memo: dict) -> dict:
     """``vs_placebo<b>_run_r2``: each tested space's unique share against its placebo."""
-    from .engine.partition import placebo_scores, unique_vs_placebo
+    from .engine import placebo_scores, unique_vs_placebo
 
     out = {}
     for b, name in enumerate(names):
@@ -233,96 +208,38 @@ def _placebo_arrays(job: Job, seed: int, sub: str, names: list[str], joint, Y,
     return out
 
 
-def fit_partition_unit(job: Job, unit: Unit, progress=None) -> list[dict]:
-    """Banded fits of a variance partition for each subject of ``unit``: the joint fit and every
-    fit without one space (:func:`lib.engine.partition.needed_fits`), the reduced ones searching
-    the joint fit's candidates with a zero for the left-out space, and for each tested space the
-    joint fits with its conditional placebo; designs are shared by the unit's subjects."""
-    from .engine.partition import partition_scores
+def _fit_partition(job: Job, unit: Unit, sub: str, Y: np.ndarray, cache: dict
+                   ) -> tuple[dict, dict]:
+    """Banded fits of a variance partition for one subject: the joint fit and every fit without
+    one space (:func:`lib.engine.partition.needed_fits`), the reduced ones searching the joint
+    fit's candidates with a zero for the left-out space, and for each tested space the joint
+    fits with its conditional placebo; designs are shared by the unit's subjects (``cache``)."""
+    from .engine import partition_scores
 
-    mask = mask_of(job)
-    labels = labels_of(job, mask)
-    cache: dict = {}
-    out = []
-    for sub in unit.subjects:
-        path = job.result_path(PARTITION, unit.seed, sub)
-        try:
-            members = partition_members(job, unit.seed)
-            key = input_key(job, PARTITION, unit.seed, sub,
-                            extra=[("scheme", PARTITION_SCHEME)] +
-                            [input_key(job, c, sd, sub) for _, c, sd in members])
-            if is_fresh(path, key):
-                out.append(dict(subject=sub, status="cached", error=""))
-                continue
-            Y = subject_targets(job, sub, mask, labels)
-            names = [n for n, _, _ in members]
-            memo: dict = {}     # this subject's inner-fold scores of each design
-            fits = partition_scores(_partition_designs(job, unit.seed, sub, cache), Y, names,
-                                    job.settings.batch_targets, memo=memo)
-            arrays, subsets = {}, list(fits)
-            for i, res in enumerate(fits.values()):
-                arrays[f"fit{i}_run_r2"] = res.run_r2.astype(np.float32)
-                arrays[f"fit{i}_valid"] = res.valid
-                if i == 0:
-                    arrays["split_run_r2"] = res.run_split.astype(np.float32)
-                    arrays["weights"] = res.weights.mean(0).astype(np.float32)
-            arrays.update(_placebo_arrays(job, unit.seed, sub, names, fits[tuple(names)], Y,
-                                          cache, memo))
-            write_npz(path, **arrays)
-            write_sidecar(path, key, subject=sub, seed=unit.seed,
-                          subsets=[list(x) for x in subsets],
-                          runs=[[r.story, int(r.run)] for r in job.subject_runs(sub).itertuples()],
-                          summary=summary_names(job))
-            out.append(dict(subject=sub, status="fitted", error=""))
-        except (DataError, EngineError, OSError) as e:
-            out.append(dict(subject=sub, status="failed", error=str(e)))
-    return out
-
-
-# --------------------------------------------------------------------------- null plans
-def null_plans(job: Job, condition: str, seeds: list[int], subject: str,
-               cache: dict | None = None) -> list:
-    """The subject's NullPlans for ``condition`` (one per seed), rebuilt from its saved alphas."""
-    from .engine.inference import NullPlan
-
-    st = job.settings
-    mask = mask_of(job)
-    Y = subject_targets(job, subject, mask, labels_of(job, mask))
-    plans = []
-    for seed in seeds:
-        unit = Unit(condition, seed, (subject,))
-        D = _design(job, unit, subject, {} if cache is None else cache,
-                    (condition, seed, job.signature(subject)))
-        with np.load(job.result_path(condition, seed, subject)) as z:
-            best = np.searchsorted(D.alphas, z["fold_alphas"].astype(np.float64) * (1 - 1e-6))
-            valid = z["valid"]
-        best = np.where(valid[None], np.clip(best, 0, len(D.alphas) - 1), -1)
-        plans.append(NullPlan(D, Y, valid, best, st.null, seed=0,
-                              batch_targets=st.batch_targets))
-    return plans
-
-
-def load_result(job: Job, condition: str, seed: int, subject: str) -> tuple[dict, dict]:
-    path = job.result_path(condition, seed, subject)
-    with np.load(path) as z:
-        arrays = {k: z[k] for k in z.files}
-    meta = json.loads(path.with_name(path.name + ".json").read_text())
+    names = [n for n, _, _ in partition_members(job, unit.seed)]
+    memo: dict = {}     # this subject's inner-fold scores of each design
+    fits = partition_scores(_partition_designs(job, unit.seed, sub, cache), Y, names,
+                            job.settings.batch_targets, memo=memo)
+    arrays, subsets = {}, list(fits)
+    for i, res in enumerate(fits.values()):
+        arrays[f"fit{i}_run_r2"] = res.run_r2.astype(np.float32)
+        arrays[f"fit{i}_valid"] = res.valid
+        if i == 0:
+            arrays["split_run_r2"] = res.run_split.astype(np.float32)
+            arrays["weights"] = res.weights.mean(0).astype(np.float32)
+    arrays.update(_placebo_arrays(job, unit.seed, sub, names, fits[tuple(names)], Y, cache,
+                                  memo))
+    meta = dict(subject=sub, seed=unit.seed, subsets=[list(x) for x in subsets],
+                runs=[[r.story, int(r.run)] for r in job.subject_runs(sub).itertuples()],
+                summary=summary_names(job))
     return arrays, meta
 
 
-def with_settings(job: Job, **changes) -> Job:
-    return replace(job, settings=replace(job.settings, **changes))
-
-
-# --------------------------------------------------------------------------- the stage
-class UnitsFailed(DataError):
-    """Some units failed on bad input; the others' results are kept."""
-
-
-def make_job(manifest: pd.DataFrame, transcripts_dir, index: pd.DataFrame, out_dir,
+# --------------------------------------------------------------------------- the job
+def volume_job(manifest: pd.DataFrame, transcripts_dir, index: pd.DataFrame, out_dir,
              mask_img, settings: Settings, roi_labels=None, roi_names: dict | None = None
-             ) -> Job:
-    """The :class:`Job` of stage 05 (writes the mask -- a volume's or a mesh's, see
+             ) -> VolumeJob:
+    """The :class:`VolumeJob` of stage 05 (writes the mask -- a volume's or a mesh's, see
     :mod:`lib.geometry` -- next to the outputs for the units)."""
     from .cache import save_nifti, write_npz
 
@@ -349,9 +266,11 @@ def make_job(manifest: pd.DataFrame, transcripts_dir, index: pd.DataFrame, out_d
              if str(getattr(r, "audio_path", "") or "")}
     from .paths import Paths
 
-    job = Job(settings, runs.reset_index(drop=True), str(transcripts_dir), fm.features,
-              fm.all_layers, str(mask_path), labels_path, str(out_dir), fm.tags, fm.surprisal,
-              str(Paths.from_env().derived / "spaces"), audio, dict(roi_names or {}),
-              fm.subject_fold, stimulus)
+    job = VolumeJob(settings=settings, runs=runs.reset_index(drop=True),
+                    transcripts_dir=str(transcripts_dir), features=fm.features,
+                    all_layers=fm.all_layers, out_dir=str(out_dir), surprisal=fm.surprisal,
+                    spaces_cache=str(Paths.from_env().derived / "spaces"), audio=audio,
+                    subject_fold=fm.subject_fold, stimulus=stimulus, mask_path=str(mask_path),
+                    labels_path=labels_path, model_tags=fm.tags, roi_names=dict(roi_names or {}))
     labels_of(job, mask_of(job))   # a bad labels image fails here, before any unit runs
     return job

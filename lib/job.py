@@ -7,7 +7,7 @@ whole-brain mean and the ROI means of that. A unit's cache key holds only conten
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -15,13 +15,14 @@ import pandas as pd
 
 from .cache import file_hash, key_of
 from .data import DataError
-from .engine.inference import NullSpec
-from .engine.ridge import DEFAULT_ALPHAS, DEFAULT_DELAYS, Layout, default_gap
+from .engine import (DEFAULT_ALPHAS, DEFAULT_DELAYS, Layout, NullSpec, Splitter, default_gap,
+                     prepare)
 from .spaces import design_matrix
 
 ENGINE_VERSION = 7     # 7: float64 eigh in torch's LAPACK (6: all penalties at once), float noise
                        # (5: the chance design shifts the TRs before the trim too)
 SUMMARY = "whole_brain_mean"
+PARTITION = "partition"     # the condition name of variance-partition units
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,8 @@ class Settings:
     n_folds: int = 5
     inner_folds: int = 4
     gap: int | None = None               # None: ridge.default_gap(delays, tr)
-    tr: float = 1.5                      # seconds; the gap's story time is converted at it
+    tr: float = field(kw_only=True)      # seconds (required): the gap's story time is
+                                         # converted at it
     null: NullSpec = NullSpec()
     perm_conditions: tuple = ("raw", "sft")
     chance: bool = True
@@ -46,6 +48,23 @@ class Settings:
     device: str | None = None
     batch_targets: int = 20000
 
+    @classmethod
+    def from_params(cls, *, tr: float, alphas=(), n_perm: int = 1000, null_method: str = "block",
+                    perm_block: int | None = None, feature_spaces=("word_rate",),
+                    layer_profile_conditions=("raw", "sft"), ridge_backend: str = "numpy",
+                    device: str | None = "auto", **params) -> "Settings":
+        """The settings from stage 05's notebook parameters (lists become tuples, an empty
+        ``alphas`` the default grid, ``device: auto`` None); an unknown name is an error."""
+        known = {f.name for f in fields(cls)} - {"null", "spaces", "layer_conditions", "backend"}
+        unknown = sorted(set(params) - known)
+        if unknown:
+            raise TypeError(f"unknown stage-05 parameters {unknown}; known: {sorted(known)}")
+        params = {k: tuple(v) if isinstance(v, list) else v for k, v in params.items()}
+        return cls(tr=tr, alphas=tuple(alphas) or tuple(DEFAULT_ALPHAS),
+                   null=NullSpec.for_tr(tr, perm_block, n_perm=n_perm, method=null_method),
+                   spaces=tuple(feature_spaces), layer_conditions=tuple(layer_profile_conditions),
+                   backend=ridge_backend, device=None if device == "auto" else device, **params)
+
     @property
     def gap_trs(self) -> int:
         return default_gap(self.delays, self.tr) if self.gap is None else int(self.gap)
@@ -56,30 +75,23 @@ class Settings:
         return key_of("stage05", ENGINE_VERSION, d)
 
 
-@dataclass(frozen=True)
-class Unit:
-    condition: str
-    seed: int
-    subjects: tuple
-
-
 @dataclass
-class Job:
-    """Everything a unit needs (picklable: sent to Dask workers as it is)."""
-    settings: Settings
+class JobBase:
+    """What every kind of stage-05 job holds (plain data, picklable: Dask ships it to workers
+    once), and the unit protocol that :mod:`lib.units` runs: ``signature``, ``unit_key`` and
+    ``fit``, which each kind of target defines (:class:`lib.encoding.VolumeJob`,
+    :class:`lib.matrix_encoding.MatrixJob`)."""
+    settings: object
     runs: pd.DataFrame                     # manifest rows in use
     transcripts_dir: str
     features: dict                         # (condition, seed) -> {story: activations path}
     all_layers: dict                       # (condition, seed) -> {story: all-layer path}
-    mask_path: str
-    labels_path: str | None
     out_dir: str
-    model_tags: dict = field(default_factory=dict)
     surprisal: dict = field(default_factory=dict)     # (lm condition, seed) -> {story: path}
     spaces_cache: str = ""                            # word-level spaces' cache folder
     audio: dict = field(default_factory=dict)         # story -> <story>_audio.wav
-    roi_names: dict = field(default_factory=dict)     # ROI id -> name (targets roi-<name>)
     subject_fold: dict = field(default_factory=dict)  # subject -> its fine-tuned models' fold
+                                                      # (empty: one model per condition)
     stimulus: dict = field(default_factory=dict)      # story -> stimulus (pieman, piemanpni: one)
 
     def subject_runs(self, subject: str) -> pd.DataFrame:
@@ -89,30 +101,35 @@ class Job:
         """How many different stimuli ``subject`` heard (pieman and piemanpni are one)."""
         return len({self.stimulus.get(s, s) for s in self.subject_runs(subject).story})
 
-    def signature(self, subject: str) -> tuple:
-        """Subjects with equal signatures share features, folds and decompositions."""
-        r = self.subject_runs(subject)
-        return tuple(zip(r.story, r.run.astype(int), r.n_trs.astype(int),
-                         r.trim_start.astype(int), r.trim_end.astype(int)))
-
     def result_path(self, unit_cond: str, seed: int, subject: str) -> Path:
         return Path(self.out_dir) / "units" / f"{unit_cond}_seed-{seed}" / f"{subject}.npz"
 
+    def signature(self, subject: str) -> tuple:
+        """Subjects with equal signatures share features, folds and decompositions."""
+        raise NotImplementedError
 
-def plan_units(job: Job, conditions: list[tuple[str, int]], subjects_per_unit: int = 8
-               ) -> list[Unit]:
-    """One unit per condition and group of at most ``subjects_per_unit`` subjects sharing a
-    signature (:meth:`Job.signature`); ordered group by group, so that consecutive units read
-    the same subjects (:func:`subject_targets` keeps the last group's BOLD)."""
-    groups: dict[tuple, list[str]] = {}
-    for s in sorted(job.runs.subject.unique()):
-        groups.setdefault(job.signature(s), []).append(s)
-    units = []
-    for subs in groups.values():
-        for i in range(0, len(subs), subjects_per_unit):
-            for cond, seed in conditions:
-                units.append(Unit(cond, int(seed), tuple(subs[i:i + subjects_per_unit])))
-    return units
+    def unit_key(self, condition: str, seed: int, subject: str) -> str:
+        """The content hash of everything ``subject``'s result of ``condition`` depends on."""
+        raise NotImplementedError
+
+    def fit(self, unit, subjects: list[str]):
+        """``(subject, (arrays, meta) or the exception it raised)`` for each of ``subjects``."""
+        raise NotImplementedError
+
+
+@dataclass(kw_only=True)
+class Job(JobBase):
+    """A job over BOLD volumes or surface vertices: the mask and ROI labels say where the
+    targets live (:mod:`lib.geometry`)."""
+    mask_path: str
+    labels_path: str | None
+    model_tags: dict = field(default_factory=dict)
+    roi_names: dict = field(default_factory=dict)     # ROI id -> name (targets roi-<name>)
+
+    def signature(self, subject: str) -> tuple:
+        r = self.subject_runs(subject)
+        return tuple(zip(r.story, r.run.astype(int), r.n_trs.astype(int),
+                         r.trim_start.astype(int), r.trim_end.astype(int)))
 
 
 # --------------------------------------------------------------------------- inputs
@@ -176,7 +193,7 @@ def summary_names(job: Job) -> list[str]:
     return [SUMMARY] + [f"roi-{job.roi_names.get(i, i)}" for i in ids]
 
 
-def run_features(job: Job, condition: str, seed: int, row, layer: int | None = None):
+def condition_features(job: JobBase, condition: str, seed: int, row, layer: int | None = None):
     """(n_trs, d) per-TR features of one run for a condition (an LM's activations, a space of
     :data:`lib.spaces.SPACES`, ``surprisal:<lm>``), before delays."""
     from .features import story_path
@@ -200,7 +217,7 @@ def design_inputs(job: Job, condition: str, seed: int, subject: str, mismatched:
                   layer: int | None = None):
     """(X, layout) of a subject's runs for one condition."""
     rows = list(job.subject_runs(subject).itertuples())
-    Xs = [design_matrix(run_features(job, condition, seed, r, layer), kept_slice(r),
+    Xs = [design_matrix(condition_features(job, condition, seed, r, layer), kept_slice(r),
                         job.settings.delays, mismatched) for r in rows]
     # folds and null reorderings follow the stimulus: two names for one recording are one story
     layout = Layout.of_runs([len(x) for x in Xs],
@@ -208,11 +225,46 @@ def design_inputs(job: Job, condition: str, seed: int, subject: str, mismatched:
     return np.vstack(Xs), layout
 
 
+def design(job: JobBase, condition: str, seed: int, subject: str, cache: dict,
+           mismatched: bool = False, layer: int | None = None):
+    """The prepared design (:func:`lib.engine.prepare`) of ``condition`` -- one layer of it, or
+    its chance design with ``mismatched`` -- for ``subject``'s runs, with the subject's folds
+    (:func:`splitter`); kept in ``cache`` for the subjects with the same signature."""
+    key = (condition, seed, mismatched, layer, job.signature(subject))
+    if key not in cache:
+        st = job.settings
+        X, layout = design_inputs(job, condition, seed, subject, mismatched, layer)
+        cache[key] = prepare(X, layout, splitter(job, subject), alphas=st.alphas,
+                             backend=st.backend, device=st.device,
+                             source=f"{condition} seed {seed}")
+    return cache[key]
+
+
+def layer_designs(job: JobBase, condition: str, seed: int, subject: str, cache: dict) -> list:
+    """:func:`design` of every layer of the condition's all-layer activations."""
+    from .features import load_activations
+
+    first = next(iter(job.all_layers[(condition, seed)].values()))
+    n_layers = load_activations(first).shape[0]
+    return [design(job, condition, seed, subject, cache, layer=k) for k in range(n_layers)]
+
+
+def load_result(job: JobBase, condition: str, seed: int, subject: str) -> tuple[dict, dict]:
+    """A unit's saved arrays for ``subject`` and their sidecar (:mod:`lib.units`)."""
+    import json
+
+    path = job.result_path(condition, seed, subject)
+    with np.load(path) as z:
+        arrays = {k: z[k] for k in z.files}
+    meta = json.loads(path.with_name(path.name + ".json").read_text())
+    return arrays, meta
+
+
 def run_targets(job: Job, row, mask: np.ndarray, labels) -> np.ndarray:
     """(n_kept_trs, n_voxels + n_summary) targets of one run: BOLD z-scored over its kept TRs,
     then the whole-brain mean and the ROI means of that."""
     from .data import load_bold
-    from .engine.inference import zscore_time
+    from .engine import zscore_time
 
     Y = load_bold(row.bold_path, mask)
     if len(Y) != int(row.n_trs):
@@ -252,6 +304,14 @@ def score_blocks_of(job: Job, subject: str) -> int:
     if job.n_stimuli(subject) > 1 and min(map(job.n_stimuli, job.runs.subject.unique())) == 1:
         return int(job.settings.n_folds)
     return 0
+
+
+def splitter(job: Job, subject: str) -> Splitter:
+    """The folds of ``subject``'s fits: the settings' folds and gap, and its scoring blocks
+    (:func:`score_blocks_of`)."""
+    st = job.settings
+    return Splitter(gap=st.gap_trs, n_folds=st.n_folds, inner_folds=st.inner_folds,
+                    score_blocks=score_blocks_of(job, subject))
 
 
 def input_key(job: Job, condition: str, seed: int, subject: str, extra=()) -> str:

@@ -13,13 +13,16 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from .plots import synthetic_tag
+
 TABLES = ("scores", "component_scores", "layer_scores", "deltas")
 #: written by the seed-, subject- and checkpoint-aware analysis (lib.deltas); absent in older runs
 OPTIONAL = ("answer", "dose", "trend", "layer_deltas")
 FINE_TUNING = ("sft - raw", "sft - control", "sft - scrambled")
 
 
-def load_stage05(d: str | Path) -> dict[str, pd.DataFrame]:
+def load_tables(d: str | Path) -> dict[str, pd.DataFrame]:
+    """Stage 05's tables of a response-matrix run (the optional ones where written)."""
     d = Path(d)
     out = {k: pd.read_csv(d / f"{k}.csv") for k in TABLES}
     for k in OPTIONAL:
@@ -135,7 +138,8 @@ def component_delta_plot(comp: pd.DataFrame, a: str = "sft", b: str = "raw",
         ax.hist(v, bins=30, color="C0", alpha=0.8)
         ax.axvline(0, color="k", lw=0.8)
         ax.axvline(v.mean(), color="C3", lw=1.2, label=f"mean {v.mean():+.4f}")
-        ax.set(title=f"{sub}: {int((v > 0).sum())} of {len(v)} improved{_tag(synthetic)}",
+        ax.set(title=f"{sub}: {int((v > 0).sum())} of {len(v)} improved"
+                     f"{synthetic_tag(synthetic, 'responses')}",
                xlabel=f"Δr per component ({a} − {b})", ylabel="components")
         ax.legend(frameon=False, fontsize=7)
     fig.tight_layout()
@@ -163,7 +167,8 @@ def answer_plot(answer: pd.DataFrame, targets: str = "all", synthetic: bool = Fa
         ax.set_xticks(range(len(cons)), cons, rotation=15)
         ax.set(ylabel=f"Δ mean r ({targets})")
         ax.legend(frameon=False, fontsize=7)
-    axes[0][0].set_title(f"Fine-tuning contrasts, 95% CI with seed variance{_tag(synthetic)}",
+    axes[0][0].set_title(f"Fine-tuning contrasts, 95% CI with seed variance"
+                         f"{synthetic_tag(synthetic, 'responses')}",
                          fontsize=9)
     if len(groups) > 1:
         axes[0][1].set_title("Sanity contrasts (their own scale)", fontsize=9)
@@ -203,7 +208,7 @@ def dose_plot(dose: pd.DataFrame, targets: str = "all", synthetic: bool = False)
     axes[0][0].set_xscale("log")
     axes[0][0].axhline(0, color="0.5", lw=0.8)
     axes[0][0].set(xlabel="tokens seen in fine-tuning (log)", ylabel=f"Δ mean r ({targets})",
-                   title=f"Dose-response over checkpoints{_tag(synthetic)}")
+                   title=f"Dose-response over checkpoints{synthetic_tag(synthetic, 'responses')}")
     axes[0][0].legend(frameon=False, fontsize=6, ncol=2)
     if has_ppl:
         axes[0][1].axhline(0, color="0.5", lw=0.8)
@@ -223,7 +228,7 @@ def layer_delta_plot(layer_deltas: pd.DataFrame, targets: str = "all", synthetic
                     fmt="o-", ms=3, capsize=2, label=sub)
     ax.axhline(0, color="0.5", lw=0.8)
     ax.set(xlabel="layer (0 = embeddings)", ylabel=f"Δ mean r ({targets})",
-           title=f"Δ (sft − raw) by layer{_tag(synthetic)}")
+           title=f"Δ (sft − raw) by layer{synthetic_tag(synthetic, 'responses')}")
     ax.legend(frameon=False, fontsize=7)
     fig.tight_layout()
     return fig
@@ -262,10 +267,6 @@ def sanity_text(checks: pd.DataFrame) -> str:
                                     f"{r.other:.4f})" for r in failed.itertuples()) + ".")
 
 
-def _tag(synthetic: bool) -> str:
-    return " [synthetic responses]" if synthetic else ""
-
-
 def component_profile(comp: pd.DataFrame, conditions=("raw", "sft"), first: int = 40,
                       synthetic: bool = False):
     """r of each target (the first ``first`` components) for each subject and condition, with
@@ -283,7 +284,7 @@ def component_profile(comp: pd.DataFrame, conditions=("raw", "sft"), first: int 
             if i == 0:
                 ax.plot(g.index, g.chance_score, ":", color="0.5", label=f"{cond} chance")
         ax.axhline(0, color="0.8", lw=0.8)
-        ax.set(title=f"{sub}{_tag(synthetic)}", xlabel="response component (0 = most variance)",
+        ax.set(title=f"{sub}{synthetic_tag(synthetic, 'responses')}", xlabel="response component (0 = most variance)",
                ylabel="held-out r")
         ax.legend(frameon=False, fontsize=7)
     fig.tight_layout()
@@ -304,7 +305,7 @@ def delta_plot(deltas: pd.DataFrame, targets: str = "first10", synthetic: bool =
                     label=sub)
     ax.axhline(0, color="0.5", lw=0.8)
     ax.set_xticks(range(len(contrasts)), contrasts, rotation=20)
-    ax.set(ylabel=f"Δ mean r ({targets})", title=f"Δ per subject, 95% CI{_tag(synthetic)}")
+    ax.set(ylabel=f"Δ mean r ({targets})", title=f"Δ per subject, 95% CI{synthetic_tag(synthetic, 'responses')}")
     ax.legend(frameon=False, fontsize=8)
     fig.tight_layout()
     return fig
@@ -324,7 +325,7 @@ def score_bars(scores: pd.DataFrame, targets: str = "first10", synthetic: bool =
         ax.bar(x, g.brain_score, w, label=sub, color=f"C{j}")
         ax.plot(x, g.chance_score, "k_", ms=10, label="chance" if j == 0 else None)
     ax.set_xticks(range(len(conds)), conds, rotation=20)
-    ax.set(ylabel=f"mean held-out r ({targets})", title=f"Brain scores{_tag(synthetic)}")
+    ax.set(ylabel=f"mean held-out r ({targets})", title=f"Brain scores{synthetic_tag(synthetic, 'responses')}")
     ax.legend(frameon=False, fontsize=8)
     fig.tight_layout()
     return fig
@@ -336,7 +337,7 @@ def layer_plot(layers: pd.DataFrame, targets: str = "first10", synthetic: bool =
         g = g.groupby("layer").brain_score.mean()
         ax.plot(g.index, g.values, "o-", ms=3, label=f"{cond} {sub}")
     ax.set(xlabel="layer (0 = embeddings)", ylabel=f"mean held-out r ({targets})",
-           title=f"Layer profile{_tag(synthetic)}")
+           title=f"Layer profile{synthetic_tag(synthetic, 'responses')}")
     ax.legend(frameon=False, fontsize=7)
     fig.tight_layout()
     return fig

@@ -1,4 +1,5 @@
-"""Stage 05 for response matrices (ROI / parcel / component series), as units of work.
+"""Stage 05's fits over response matrices (ROI / parcel / component series): :class:`MatrixJob`,
+the unit protocol of :mod:`lib.units` for targets without geometry.
 
 A unit fits one condition (an LM's activations, a feature space; one SFT seed) for the subjects
 who heard the same stories with the same TRs: they share the features, the folds and every
@@ -16,7 +17,7 @@ decomposition. Per subject:
   features circularly shifted within each story (:func:`lib.spaces.mismatch`);
 * the layer profile: the same fit for every layer of the conditions that have all layers.
 
-:func:`run_stage` then writes ``component_scores.csv`` (per target), ``scores.csv`` (per named set
+:func:`write_score_tables` then writes ``component_scores.csv`` (per target), ``scores.csv`` (per named set
 of targets: the mean r over the first k targets and over all), ``layer_scores.csv`` and
 ``deltas.csv``: per subject, Δ of each contrast (``sft - raw`` first) with its block CI and
 block-exchange permutation p from :mod:`lib.engine.paired` -- held-out time is the unit, there is no
@@ -24,23 +25,22 @@ group test. Unit results are cached by the content of their inputs.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from .cache import is_fresh, key_of, write_csv, write_npz, write_sidecar
+from .cache import key_of, write_csv
 from .data import DataError
-from .job import content_hash, design_inputs, kept_slice
-from .engine.paired import paired_comparison, scores as target_scores
-from .engine.ridge import (DEFAULT_ALPHAS, EngineError, Layout, heldout_predictions, prepare,
-                           split_folds, story_group_folds)
+from .job import JobBase, content_hash, design_inputs, kept_slice
+from .engine import (DEFAULT_ALPHAS, EngineError, Layout, Splitter, heldout_predictions,
+                     paired_comparison, prepare, split_folds, story_group_folds, target_scores)
 from .features import FeatureMaps
 
 MATRIX_VERSION = 4     # 4: eigh in torch's LAPACK (3: all penalties at once; 2: chance shifts before trim)
-CONTRASTS = (("sft", "raw"), ("sft", "control"), ("sft", "scrambled"), ("raw", "random"),
+PAIRED_CONTRASTS = (("sft", "raw"), ("sft", "control"), ("sft", "scrambled"), ("raw", "random"),
              ("raw", "word_rate"))
 
 
@@ -59,14 +59,32 @@ class MatrixSettings:
     layer_stride: int = 1           # layer profile: every k-th layer (and the last) ...
     layer: int = 8                  # ... and always the layer the headline scores
     target_sets: tuple = (("first10", 10), ("all", 0))   # (name, first k targets; 0 = all)
-    contrasts: tuple = CONTRASTS
-    n_perm: int = 10000
+    contrasts: tuple = PAIRED_CONTRASTS
+    n_exchanges: int = 10000        # block exchanges for each Δ's p-value and CI
     backend: str = "numpy"
     device: str | None = None
 
+    @classmethod
+    def from_params(cls, *, alphas=(), feature_spaces=("word_rate",), target_sets=None,
+                    layer_profile_conditions=("raw", "sft"), ridge_backend: str = "numpy",
+                    device: str | None = "auto", **params) -> "MatrixSettings":
+        """The settings from stage 05's notebook parameters (lists become tuples, an empty
+        ``alphas`` the default grid, ``target_sets`` a {name: first k} dict, ``device: auto``
+        None); an unknown name is an error."""
+        known = {f.name for f in fields(cls)} - {"spaces", "layer_conditions", "backend"}
+        unknown = sorted(set(params) - known)
+        if unknown:
+            raise TypeError(f"unknown stage-05 parameters {unknown}; known: {sorted(known)}")
+        params = {k: tuple(v) if isinstance(v, list) else v for k, v in params.items()}
+        if target_sets is not None:
+            params["target_sets"] = tuple(dict(target_sets).items())
+        return cls(alphas=tuple(alphas) or tuple(DEFAULT_ALPHAS), spaces=tuple(feature_spaces),
+                   layer_conditions=tuple(layer_profile_conditions), backend=ridge_backend,
+                   device=None if device == "auto" else device, **params)
+
     def key(self) -> str:
         d = asdict(self)
-        for k in ("device", "backend", "n_perm", "contrasts", "target_sets"):
+        for k in ("device", "backend", "n_exchanges", "contrasts", "target_sets"):
             d.pop(k)
         for k in ("outer_folds", "chance_conditions"):
             if not d[k]:            # keys of designs without these settings are unchanged
@@ -74,23 +92,11 @@ class MatrixSettings:
         return key_of("matrix05", MATRIX_VERSION, d)
 
 
-@dataclass
-class MatrixJob:
-    """Plain data for the units (picklable)."""
+class MatrixJob(JobBase):
+    """Stage 05 over response matrices (the unit protocol of :mod:`lib.units`): a subject's
+    targets are the columns of its runs' matrices; no geometry. One fine-tuned model per
+    condition serves every subject (``subject_fold`` stays empty)."""
     settings: MatrixSettings
-    runs: pd.DataFrame
-    transcripts_dir: str
-    features: dict                  # (condition, seed) -> {story: activations path}
-    all_layers: dict
-    out_dir: str
-    spaces_cache: str = ""
-    surprisal: dict = field(default_factory=dict)
-    audio: dict = field(default_factory=dict)
-    subject_fold: dict = field(default_factory=dict)   # always empty: one model per condition
-    stimulus: dict = field(default_factory=dict)       # story -> stimulus (job.design_inputs)
-
-    def subject_runs(self, subject: str) -> pd.DataFrame:
-        return self.runs[self.runs.subject == subject].sort_values(["story", "run"])
 
     def signature(self, subject: str) -> tuple:
         r = self.subject_runs(subject)
@@ -110,24 +116,47 @@ class MatrixJob:
                     f"stories)")
         return ",".join(self.test_stories()) or "leave-one-story-out"
 
-    def result_path(self, condition: str, seed: int, subject: str) -> Path:
-        return Path(self.out_dir) / "units" / f"{condition}_seed-{seed}" / f"{subject}.npz"
+    def unit_key(self, condition: str, seed: int, subject: str) -> str:
+        return _unit_key(self, condition, seed, subject)
+
+    def fit(self, unit, subjects: list[str]):
+        """Every subject's responses are read first, one at a time (a bad one fails alone);
+        then the subjects are fitted together (they share every design)."""
+        responses, failed = {}, {}
+        for sub in subjects:
+            try:
+                responses[sub] = subject_responses(self, sub)
+            except (DataError, OSError) as e:
+                failed[sub] = e
+        good = [s for s in subjects if s not in failed]
+        try:
+            arrays = fit_subjects(self, unit.condition, unit.seed, good, {}, responses) \
+                if good else {}
+            done = {s: (arrays[s], dict(subject=s, condition=unit.condition, seed=unit.seed,
+                                        heldout=self.heldout())) for s in good}
+        except (DataError, EngineError, OSError) as e:
+            done = {s: e for s in good}
+        for sub in subjects:
+            yield sub, failed.get(sub, done.get(sub))
 
 
-def make_job(manifest: pd.DataFrame, transcripts_dir, index: pd.DataFrame, out_dir,
-             settings: MatrixSettings, spaces_cache) -> MatrixJob:
+def matrix_job(manifest: pd.DataFrame, transcripts_dir, index: pd.DataFrame, out_dir,
+               settings: MatrixSettings, spaces_cache) -> MatrixJob:
+    """The :class:`MatrixJob` of stage 05."""
     runs = manifest[~manifest["excluded"]].sort_values(["subject", "story", "run"])
     if runs.empty:
         raise DataError("no run left after exclusions")
     if (runs.responses != "matrix").any():
-        raise DataError("matrix_encoding fits response matrices; NIfTI runs go through "
-                        "lib.encoding")
+        raise DataError("lib.matrix_encoding fits response matrices; volumes and surfaces "
+                        "go through lib.encoding")
     fm = FeatureMaps.of(index)
     if fm.subject_fold:
         raise DataError("response-matrix runs use one fine-tuned model for every subject "
                         "(sft_mode: external or leaky); per-subject fold models are for BIDS runs")
-    return MatrixJob(settings, runs.reset_index(drop=True), str(transcripts_dir), fm.features,
-                     fm.all_layers, str(out_dir), str(spaces_cache))
+    return MatrixJob(settings=settings, runs=runs.reset_index(drop=True),
+                     transcripts_dir=str(transcripts_dir), features=fm.features,
+                     all_layers=fm.all_layers, out_dir=str(out_dir),
+                     spaces_cache=str(spaces_cache))
 
 
 # --------------------------------------------------------------------------- one subject
@@ -135,7 +164,7 @@ def subject_responses(job: MatrixJob, subject: str) -> tuple[np.ndarray, list[st
     """(rows, targets) responses of a subject's runs, each z-scored over its kept TRs, and the
     story of each row."""
     from .datasets import read_matrix
-    from .engine.inference import zscore_time
+    from .engine import zscore_time
 
     Ys, stories = [], []
     widths = set()
@@ -158,11 +187,12 @@ def _prepare(job: MatrixJob, X: np.ndarray, layout, source: str):
              split_folds(layout, tests) if tests else None)
     if folds is None and len(layout.names) < 2:
         raise EngineError(f"{source}: one story and no split: nothing to hold out")
-    return prepare(X, layout, gap=st.gap, folds=folds, inner_groups=st.inner_groups,
-                   alphas=st.alphas, backend=st.backend, device=st.device, source=source)
+    cv = Splitter(gap=st.gap, folds=folds, inner_groups=st.inner_groups)
+    return prepare(X, layout, cv, alphas=st.alphas, backend=st.backend, device=st.device,
+                   source=source)
 
 
-def _design(job: MatrixJob, condition: str, seed: int, subject: str, cache: dict,
+def design_for(job: MatrixJob, condition: str, seed: int, subject: str, cache: dict,
             mismatched: bool = False):
     key = (condition, seed, mismatched, job.signature(subject))
     if key not in cache:
@@ -171,10 +201,10 @@ def _design(job: MatrixJob, condition: str, seed: int, subject: str, cache: dict
     return cache[key]
 
 
-def layer_designs(job: MatrixJob, condition: str, seed: int, subject: str, cache: dict):
+def layer_profile_designs(job: MatrixJob, condition: str, seed: int, subject: str, cache: dict):
     """(layer, Design) for every layer of the condition's all-layer activations; each story's
     file is read once (one pass over the words for all layers), not once per layer. The
-    headline layer's design is the condition's own (:func:`_design`, in ``cache``): its
+    headline layer's design is the condition's own (:func:`design_for`, in ``cache``): its
     activations are the all-layer file's slice (:func:`lib.features.story_activations`)."""
     from .features import load_activations
     from .spaces import design_matrix, tr_features
@@ -194,14 +224,14 @@ def layer_designs(job: MatrixJob, condition: str, seed: int, subject: str, cache
     n_l = per_run[0].shape[1]
     for layer in sorted(set(range(0, n_l, st.layer_stride)) | {n_l - 1, st.layer}):
         if layer == st.layer:
-            yield layer, _design(job, condition, seed, subject, cache)
+            yield layer, design_for(job, condition, seed, subject, cache)
             continue
         Xs = [design_matrix(F[:, layer], kept_slice(r), st.delays) for F, r in zip(per_run, rows)]
         layout = Layout.of_runs([len(x) for x in Xs], [r.story for r in rows])
         yield layer, _prepare(job, np.vstack(Xs), layout, f"{condition} layer {layer} {subject}")
 
 
-def input_key(job: MatrixJob, condition: str, seed: int, subject: str) -> str:
+def _unit_key(job: MatrixJob, condition: str, seed: int, subject: str) -> str:
     rows = job.subject_runs(subject)
     stories = sorted(set(rows.story))
     feats = [(s, content_hash(src[s])) for src in (job.features.get((condition, seed), {}),
@@ -223,13 +253,13 @@ def fit_subjects(job: MatrixJob, condition: str, seed: int, subjects: list[str],
     out = {}
     for sub in subjects:
         Y, stories = (responses or {}).get(sub) or subject_responses(job, sub)
-        D = _design(job, condition, seed, sub, cache)
+        D = design_for(job, condition, seed, sub, cache)
         rows, pred, alphas = heldout_predictions(D, Y, source=f"{sub} {condition}")
         seg = np.asarray(stories)[rows]
         out[sub] = dict(rows=rows.astype(np.int64), pred=pred, alphas=alphas.astype(np.float32),
                         r=target_scores(Y[rows], pred, seg).astype(np.float32))
         if st.chance and (not st.chance_conditions or condition in st.chance_conditions):
-            Dc = _design(job, condition, seed, sub, cache, mismatched=True)
+            Dc = design_for(job, condition, seed, sub, cache, mismatched=True)
             _, pc, _ = heldout_predictions(Dc, Y)
             out[sub]["chance_r"] = target_scores(Y[rows], pc, seg).astype(np.float32)
         out[sub]["_Y"], out[sub]["_seg"] = Y, seg
@@ -237,7 +267,7 @@ def fit_subjects(job: MatrixJob, condition: str, seed: int, subjects: list[str],
         prof = {sub: [] for sub in subjects}
         preds = {sub: [] for sub in subjects}
         done = []
-        for layer, Dl in tqdm(layer_designs(job, condition, seed, subjects[0], cache),
+        for layer, Dl in tqdm(layer_profile_designs(job, condition, seed, subjects[0], cache),
                               desc=f"layer profile {condition}", leave=False):
             done.append(layer)
             for sub in subjects:
@@ -254,57 +284,6 @@ def fit_subjects(job: MatrixJob, condition: str, seed: int, subjects: list[str],
     return out
 
 
-@dataclass(frozen=True)
-class Unit:
-    condition: str
-    seed: int
-    subjects: tuple
-
-
-def fit_unit(job: MatrixJob, unit: Unit, progress=None) -> list[dict]:
-    """Fit ``unit`` for its subjects whose cached result is missing or stale; a subject whose
-    input is bad fails alone, with its file named."""
-    status, todo = {}, []
-    for sub in unit.subjects:
-        try:
-            key = input_key(job, unit.condition, unit.seed, sub)
-        except (DataError, OSError) as e:
-            status[sub] = dict(subject=sub, status="failed", error=str(e))
-            continue
-        if is_fresh(job.result_path(unit.condition, unit.seed, sub), key):
-            status[sub] = dict(subject=sub, status="cached", error="")
-        else:
-            todo.append((sub, key))
-    cache: dict = {}
-    responses = {}
-    for sub, key in todo:   # one at a time first: a bad subject must not stop the others
-        try:
-            responses[sub] = subject_responses(job, sub)
-        except (DataError, OSError) as e:
-            status[sub] = dict(subject=sub, status="failed", error=str(e))
-    good = [(s, k) for s, k in todo if s not in status]
-    try:
-        arrays = fit_subjects(job, unit.condition, unit.seed, [s for s, _ in good], cache,
-                              responses) if good else {}
-        for sub, key in good:
-            path = job.result_path(unit.condition, unit.seed, sub)
-            write_npz(path, **arrays[sub])
-            write_sidecar(path, key, subject=sub, condition=unit.condition, seed=unit.seed,
-                          heldout=job.heldout())
-            status[sub] = dict(subject=sub, status="fitted", error="")
-    except (DataError, EngineError, OSError) as e:
-        for sub, _ in good:
-            status[sub] = dict(subject=sub, status="failed", error=str(e))
-    return [status[s] for s in unit.subjects]
-
-
-def plan_units(job: MatrixJob, conditions) -> list[Unit]:
-    groups: dict[tuple, list[str]] = {}
-    for s in sorted(job.runs.subject.unique()):
-        groups.setdefault(job.signature(s), []).append(s)
-    return [Unit(c, int(sd), tuple(subs)) for subs in groups.values() for c, sd in conditions]
-
-
 def load(job: MatrixJob, condition: str, seed: int, subject: str, layers: bool = False) -> dict:
     """A unit's arrays; the layer profile's predictions (large) only with ``layers``."""
     with np.load(job.result_path(condition, seed, subject)) as z:
@@ -318,40 +297,24 @@ def target_sets(settings: MatrixSettings, n_targets: int) -> dict[str, np.ndarra
             for name, k in settings.target_sets}
 
 
-class UnitsFailed(DataError):
-    """Some unit fits failed on bad input; the others' results are kept."""
-
-
-def run_stage(job: MatrixJob, conditions: list[tuple[str, int]], client=None,
-              progress: bool = True) -> dict:
-    """Fit every unit (serially or on Dask), then write the score tables and the deltas."""
-    from .cluster import map_units
-
-    units = plan_units(job, conditions)
-    status = map_units(fit_unit, job, units, client=client, desc="encoding units",
-                       progress=progress)
-    failed = [(u, s) for u, sts in zip(units, status) for s in sts if s["status"] == "failed"]
-    if failed:
-        raise UnitsFailed(f"{len(failed)} unit fits failed (the others are saved):\n" +
-                          "\n".join(f"  {u.condition} seed {u.seed} {s['subject']}: {s['error']}"
-                                    for u, s in failed))
-    comp, summ, layers = score_tables(job, conditions)
+def write_score_tables(job: MatrixJob, conditions) -> dict[str, pd.DataFrame]:
+    """Write ``component_scores.csv``, ``scores.csv``, ``layer_scores.csv`` and ``deltas.csv``
+    from the units' results."""
+    comp, summ, layers = score_tables_of(job, conditions)
     deltas = delta_table(job, conditions)
     out = Path(job.out_dir)
     write_csv(out / "component_scores.csv", comp)
     write_csv(out / "scores.csv", summ)
     write_csv(out / "layer_scores.csv", layers)
     write_csv(out / "deltas.csv", deltas)
-    return dict(component_scores=comp, scores=summ, layer_scores=layers, deltas=deltas,
-                units=pd.DataFrame([dict(condition=u.condition, seed=u.seed, **s)
-                                    for u, sts in zip(units, status) for s in sts]))
+    return dict(component_scores=comp, scores=summ, layer_scores=layers, deltas=deltas)
 
 
 SCORE_COLUMNS = ["subject", "condition", "seed", "targets", "n_targets", "brain_score",
                  "chance_score", "above_chance", "n_test_trs", "test_stories", "synthetic_bold"]
 
 
-def score_tables(job: MatrixJob, conditions) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+def score_tables_of(job: MatrixJob, conditions) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     comp, summ, layers = [], [], []
     tests = job.heldout()
     synthetic = bool(job.runs["synthetic_bold"].any())
@@ -402,7 +365,7 @@ def delta_table(job: MatrixJob, conditions) -> pd.DataFrame:
                 rows = A["rows"]
                 res = paired_comparison(Y[rows], A["pred"], B["pred"], np.asarray(stories)[rows],
                                         target_sets(job.settings, Y.shape[1]),
-                                        n_perm=job.settings.n_perm, seed=seed)
+                                        n_perm=job.settings.n_exchanges, seed=seed)
                 res.insert(0, "subject", sub)
                 res.insert(1, "contrast", f"{a_cond} - {b_cond}")
                 res.insert(2, "seed", seed)

@@ -119,24 +119,6 @@ def code_hash(src: Path, root: Path = ROOT) -> str:
     return key_of(file_hash(src), sorted(parts))
 
 
-#: stages with a notebook per kind of responses: ``<stage>_matrix.py`` when every run of the
-#: manifest is a response matrix (ROI / component series), ``<stage>.py`` for volumes
-VARIANT_STAGES = ("05_brain_score", "06_compare")
-
-
-def stage_notebook(stage: str, run_dir: Path) -> str:
-    """The notebook that runs ``stage`` for this run: the matrix variant where stage 01's
-    manifest has only response matrices."""
-    manifest = Path(run_dir) / "data" / "data_manifest.csv"
-    if stage in VARIANT_STAGES and manifest.exists():
-        import pandas as pd
-
-        kinds = set(pd.read_csv(manifest, keep_default_na=False).get("responses", ["nifti"]))
-        if kinds == {"matrix"}:
-            return f"{stage}_matrix"
-    return stage
-
-
 def declared_parameters(nb) -> set[str]:
     """Names assigned in the cell tagged ``parameters`` (read with ast: papermill's own inspector
     skips lines whose comments it cannot parse, which would silently drop a parameter)."""
@@ -170,12 +152,11 @@ def _kernel_manager():
     return {"kernel_manager_class": IPCKernelManager}
 
 
-def execute(stage: str, params: dict, out_nb: Path, root: Path = ROOT, log_output: bool = False,
-            notebook: str | None = None):
+def execute(stage: str, params: dict, out_nb: Path, root: Path = ROOT, log_output: bool = False):
     import nbformat
     import papermill as pm
 
-    nb, src = notebook_source(notebook or stage, root)
+    nb, src = notebook_source(stage, root)
     declared = declared_parameters(nb)
     tmp_in = out_nb.parent / f".{stage}.input.ipynb"
     out_nb.parent.mkdir(parents=True, exist_ok=True)
@@ -216,25 +197,40 @@ def relabel(nb_path: Path, src: Path) -> None:
         nbformat.write(nb, tmp)
 
 
-def stage_source(notebook: str, root: Path = ROOT) -> Path:
-    src = root / "notebooks" / f"{notebook}.py"
-    if not src.exists():
-        raise SystemExit(f"{src}: stage notebook not found")
-    return src
-
-
-def stage_keys(params: dict, run_dir: Path, root: Path = ROOT):
-    """(stage, notebook, source, key) of every stage, one at a time: a stage's key is its
-    script and the ``lib`` code it runs (:func:`code_hash`), the parameters and the upstream
-    stages' keys. Lazy, because stages 05 and 06 pick their notebook from the manifest that
-    stage 01 writes: :func:`run` runs each stage before it asks for the next one."""
+def stage_keys(params: dict, root: Path = ROOT):
+    """(stage, source, key) of every stage: a stage's key is its script and the ``lib`` code it
+    runs (:func:`code_hash`), the parameters its notebook declares and the upstream stages'
+    keys (a parameter of stage 05 does not make stage 03 stale)."""
     upstream = []
     for stage in STAGES:
-        notebook = stage_notebook(stage, run_dir)
-        src = stage_source(notebook, root)
-        key = key_of(stage, 2, code_hash(src, root), params, upstream)
+        nb, src = notebook_source(stage, root)
+        given = {k: params[k] for k in sorted(declared_parameters(nb)) if k in params}
+        key = key_of(stage, 3, code_hash(src, root), given, upstream)
         upstream.append(key)
-        yield stage, notebook, src, key
+        yield stage, src, key
+
+
+class ProfileError(ValueError):
+    """A profile names a parameter that no notebook declares."""
+
+
+#: profile keys that are not notebook parameters: the profile's name and the run folder's
+PIPELINE_KEYS = {"profile", "run"}
+
+
+def check_profile(params: dict, root: Path = ROOT, source: str = "profile") -> None:
+    """Every key of ``params`` is a parameter of some stage notebook or of the report (else it
+    would be silently dropped): raise :class:`ProfileError` naming the unknown keys and the
+    known ones."""
+    known = set(PIPELINE_KEYS)
+    for stage in STAGES + [REPORT]:
+        known |= declared_parameters(notebook_source(stage, root)[0])
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise ProfileError(f"{source}: unknown parameter{'s' * (len(unknown) > 1)} "
+                           f"{', '.join(unknown)} (no notebook declares "
+                           f"{'them' if len(unknown) > 1 else 'it'}); known: "
+                           f"{', '.join(sorted(known))}")
 
 
 def run(params: dict, run_name: str | None = None, force: bool = False, only: list[str] | None
@@ -250,10 +246,11 @@ def run(params: dict, run_name: str | None = None, force: bool = False, only: li
     paths = Paths.from_env()  # data/ and results/ (NARRATIVES_ROOT moves them; notebooks stay)
     run_name = run_name or params.get("run") or params["profile"]
     run_dir = paths.run_dir(run_name)
+    check_profile(params, root, params.get("profile", "profile"))
     params = {**params, "run_dir": Paths(root).rel(run_dir)}  # relative to the kernel cwd
     write_json(run_dir / "params.json", params)
     ran, reused = [], []
-    for stage, notebook, src, key in stage_keys(params, run_dir, root):
+    for stage, src, key in stage_keys(params, root):
         out_nb = run_dir / "notebooks" / f"{stage}.{'ipynb' if kernel else 'plain'}"
         if only and stage not in only and not any(stage.startswith(o) for o in only):
             continue
@@ -268,7 +265,7 @@ def run(params: dict, run_name: str | None = None, force: bool = False, only: li
             print(f"[{stage}] running ...", flush=True)
         clear_outputs(run_dir, stage)
         if kernel:
-            execute(stage, params, out_nb, root, notebook=notebook)
+            execute(stage, params, out_nb, root)
         else:
             from .inprocess import run_script
 
@@ -382,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
     params = load_profile(a.profile, a.set)
     try:
         run(params, a.run, a.force, a.only, a.report, kernel=not a.no_kernel)
-    except StageFailed as e:
+    except (StageFailed, ProfileError) as e:
         print(f"ERROR: {e}", file=sys.stderr)
         return 1
     return 0

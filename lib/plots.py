@@ -13,8 +13,9 @@ import numpy as np
 import pandas as pd
 
 
-def _tag(synthetic: bool) -> str:
-    return " [synthetic BOLD]" if synthetic else ""
+def synthetic_tag(synthetic: bool, what: str = "BOLD") -> str:
+    """The label every figure of synthetic data carries in its title."""
+    return f" [synthetic {what}]" if synthetic else ""
 
 
 class SurfaceValues:
@@ -89,7 +90,7 @@ def paired_scores(tab: pd.DataFrame, target: str, a: str = "raw", b: str = "sft"
     ax.set_xticks(range(len(conds)), conds)
     ax.set_xlim(-0.3, len(conds) - 0.4)
     ax.set_ylabel("brain score (Pearson r)")
-    ax.set_title(f"{target}{_tag(synthetic)}", fontsize=10)
+    ax.set_title(f"{target}{synthetic_tag(synthetic)}", fontsize=10)
     ax.legend(frameon=False, fontsize=8)
     fig.tight_layout()
     return fig
@@ -110,7 +111,7 @@ def delta_distribution(deltas: dict[str, np.ndarray], selected: np.ndarray | Non
     ax.axvline(0, color="k", lw=0.8)
     ax.set_xlabel(f"Δ brain score per voxel ({label})")
     ax.set_ylabel("voxels")
-    ax.set_title(f"Distribution of Δ over voxels{_tag(synthetic)}"
+    ax.set_title(f"Distribution of Δ over voxels{synthetic_tag(synthetic)}"
                  + ("; filled = ISC-reliable voxels" if selected is not None else ""),
                  fontsize=9)
     ax.legend(frameon=False, fontsize=7, ncol=2)
@@ -225,7 +226,7 @@ def layer_profile(df: pd.DataFrame, synthetic: bool = False):
         ax.fill_between(w.index, lo, hi, color=f"C{i}", alpha=0.2)
     ax.set_xlabel("layer")
     ax.set_ylabel("brain score (r)")
-    ax.set_title(f"Layer profile{_tag(synthetic)}", fontsize=10)
+    ax.set_title(f"Layer profile{synthetic_tag(synthetic)}", fontsize=10)
     ax.legend(frameon=False)
     fig.tight_layout()
     return fig
@@ -250,7 +251,7 @@ def partition_bars(table: pd.DataFrame, target: str, synthetic: bool = False):
                                       .replace("unique:", "unique ") for m in order],
                   rotation=20, fontsize=8)
     ax.set_ylabel("held-out r|r| (signed squared r)")
-    ax.set_title(f"Variance partition: {target}{_tag(synthetic)}", fontsize=10)
+    ax.set_title(f"Variance partition: {target}{synthetic_tag(synthetic)}", fontsize=10)
     fig.tight_layout()
     return fig
 
@@ -267,7 +268,7 @@ def alpha_diagnostic(alphas: pd.DataFrame, grid, synthetic: bool = False):
                 label=cond)
     ax.set_xlabel("log10(alpha)")
     ax.set_ylabel("share of choices")
-    ax.set_title(f"Chosen ridge penalties{_tag(synthetic)}", fontsize=10)
+    ax.set_title(f"Chosen ridge penalties{synthetic_tag(synthetic)}", fontsize=10)
     ax.legend(frameon=False, fontsize=7, ncol=2)
     ax.grid(True, alpha=0.3)
     fig.tight_layout()
@@ -291,7 +292,7 @@ def roi_scores(tab: pd.DataFrame, conditions=("raw", "sft"), synthetic: bool = F
             ax.plot(np.full(len(v), x), v, "k.", ms=3)
     ax.axhline(0, color="0.5", lw=0.8)
     ax.set_xticks(range(len(targets)), [t[4:] for t in targets], rotation=60, fontsize=8)
-    ax.set(ylabel="brain score (r)", title=f"Named language ROIs{_tag(synthetic)}")
+    ax.set(ylabel="brain score (r)", title=f"Named language ROIs{synthetic_tag(synthetic)}")
     ax.legend(frameon=False, fontsize=8)
     fig.tight_layout()
     return fig

@@ -1,4 +1,5 @@
-"""Stage 05 reduction: per-subject unit results -> tables, maps, noise ceilings, group tests.
+"""Stage 05 reduction of volumes and surfaces: per-subject unit results -> tables, maps, noise
+ceilings, group tests (:func:`reduce_volumes`).
 
 Nothing here refits a model. Scores come from the unit files (:mod:`lib.encoding`); the noise
 ceiling streams each story-run's BOLD over subjects twice (a running sum, then each subject against
@@ -16,12 +17,10 @@ import numpy as np
 import pandas as pd
 
 from .cache import write_csv, write_npz
-from .encoding import load_result, null_plans
-from .job import Job, labels_of, mask_of, run_targets, score_blocks_of, summary_names
-from .engine.inference import ceiling_from_isc, fdr_bh, permutation_test, random_effects_map, \
-    repeat_ceiling, zscore_time
-from .engine.folds import aggregate_runs, position_blocks
-from .engine.ridge import np_pearson
+from .job import (PARTITION, Job, design, labels_of, load_result, mask_of, run_targets,
+                  score_blocks_of, subject_targets, summary_names)
+from .engine import (aggregate_runs, ceiling_from_isc, fdr_bh, np_pearson, permutation_test,
+                     position_blocks, random_effects_map, repeat_ceiling, zscore_time)
 
 
 def _run_story(meta: dict) -> np.ndarray:
@@ -94,7 +93,7 @@ def noise_ceilings(job: Job, synthetic: bool, fdr_q: float = 0.05, n_iter: int =
     shifts of every subject (:func:`lib.engine.inference.isc_reliability`, at most ``max_subjects`` of
     them, chosen at random) -- a model-free selection (``isc_reliable``). Per subject with two
     hearings of a story: the repeat-based ceiling. Returns (table, voxel maps)."""
-    from .engine.inference import isc_reliability
+    from .engine import isc_reliability
     mask = mask_of(job)
     labels = labels_of(job, mask)
     names = summary_names(job)
@@ -189,6 +188,26 @@ def unit_r(z: np.ndarray, other: np.ndarray, blocks: list[np.ndarray] | None) ->
 
 
 # --------------------------------------------------------------------------- group tests
+def null_plans(job: Job, condition: str, seeds: list[int], subject: str,
+               cache: dict | None = None) -> list:
+    """The subject's NullPlans for ``condition`` (one per seed), rebuilt from its saved alphas."""
+    from .engine import NullPlan
+
+    st = job.settings
+    mask = mask_of(job)
+    Y = subject_targets(job, subject, mask, labels_of(job, mask))
+    plans = []
+    for seed in seeds:
+        D = design(job, condition, seed, subject, {} if cache is None else cache)
+        with np.load(job.result_path(condition, seed, subject)) as z:
+            best = np.searchsorted(D.alphas, z["fold_alphas"].astype(np.float64) * (1 - 1e-6))
+            valid = z["valid"]
+        best = np.where(valid[None], np.clip(best, 0, len(D.alphas) - 1), -1)
+        plans.append(NullPlan(D, Y, valid, best, st.null, seed=0,
+                              batch_targets=st.batch_targets))
+    return plans
+
+
 def group_tests(job: Job, condition: str, seeds: list[int], fdr_q: float = 0.05,
                 client=None) -> dict:
     """Group permutation test of the group-mean score (every voxel and summary target) of
@@ -196,7 +215,7 @@ def group_tests(job: Job, condition: str, seeds: list[int], fdr_q: float = 0.05,
 
     Serially, every subject's null plan is held here; with a Dask ``client`` each subject's plan
     is built and kept on a worker, and only the batches of null scores travel."""
-    from .engine.inference import subject_null
+    from .engine import subject_null
 
     names = summary_names(job)
     subs = sorted(job.runs.subject.unique())
@@ -274,7 +293,7 @@ def random_effects(job: Job, a: str, seeds: list[int], b: str | None = None,
 def _partition_measures(arrays: dict, meta: dict) -> dict[str, np.ndarray]:
     """Per run (n_runs, t): joint R^2, unique and split R^2 of each space, shared R^2, and each
     tested space's unique share against its placebo (``unique_vs_placebo:<space>``)."""
-    from .engine.partition import partition_measures
+    from .engine import partition_measures
 
     subsets = [tuple(x) for x in meta["subsets"]]
     full = subsets[0]
@@ -292,7 +311,6 @@ def partition_outputs(job: Job, seeds: list[int], synthetic: bool, fdr_q: float 
     """(table, voxel maps, group tests) of the variance partition: every measure per subject,
     run and summary target (and the voxel mean); maps per run; for each space of
     ``settings.partition_null`` the across-subject test of its unique R^2."""
-    from .encoding import PARTITION
 
     names = summary_names(job)
     n_sum = len(names)
@@ -327,7 +345,7 @@ def unique_test(u: np.ndarray, names: list[str], space: str, seeds: list[int],
     "the space adds nothing beyond what the other spaces explain of it" (not "no space
     predicts", which a null that reorders BOLD tests); docs/validity.md 5f measures its bias and
     false-positive rate."""
-    from .engine.inference import sign_flip_pvalues, t_ci
+    from .engine import sign_flip_pvalues, t_ci
 
     n_sum = len(names)
     obs = np.nanmean(u, 0)
@@ -368,3 +386,48 @@ def write_outputs(out_dir: Path, scores, layers, voxels, nc, nc_maps, group: dic
     tests = pd.concat(tests, ignore_index=True) if tests else pd.DataFrame()
     write_csv(out_dir / "group_tests.csv", tests)
     return tests
+
+
+def reduce_volumes(job: Job, conditions: list[tuple[str, int]], partition_seeds: list[int],
+                   skipped: pd.DataFrame, fdr_q: float = 0.05, re_min_subjects: int = 6,
+                   re_n_perm: int = 1000, client=None) -> dict:
+    """Gather the units' results (:class:`lib.encoding.VolumeJob`) into tables, noise ceilings,
+    group tests and maps, and write them: ``scores.csv``, ``layer_scores.csv``,
+    ``noise_ceiling.csv``, ``voxel_scores.npz``, ``group.npz``, ``group_tests.csv`` and group
+    maps under ``maps/`` (NIfTI, or a GIfTI pair per map on a surface)."""
+    from .geometry import load_geometry, save_map
+
+    st = job.settings
+    synthetic = bool(job.runs["synthetic_bold"].any())
+    scores, layers, voxels, alphas = score_tables(job, conditions, synthetic)
+    nc, nc_maps = noise_ceilings(job, synthetic, fdr_q)
+    mask_img, maps = load_geometry(job.mask_path), Path(job.out_dir) / "maps"
+    n_sub = job.runs.subject.nunique()
+    seeds_of = {c: sorted(s for cc, s in job.features if cc == c) for c in st.perm_conditions}
+    group = {}
+    for cond in st.perm_conditions:
+        if not seeds_of[cond] or st.null.n_perm <= 0:
+            continue
+        g = group_tests(job, cond, seeds_of[cond], fdr_q, client)
+        if n_sub >= re_min_subjects:
+            g.update({f"re_{k}": v for k, v in
+                      random_effects(job, cond, seeds_of[cond], n_perm=re_n_perm).items()})
+        group[cond] = g
+        save_map(g["score"], mask_img, maps / f"group_{cond}_r.nii.gz")
+        save_map(np.where(g["fdr"], g["score"], 0), mask_img, maps / f"group_{cond}_r_fdr.nii.gz")
+    if {"sft", "raw"} <= set(group) and n_sub >= re_min_subjects:
+        group["delta"] = {f"re_{k}": v for k, v in random_effects(
+            job, "sft", seeds_of["sft"], b="raw", seeds_b=seeds_of["raw"],
+            n_perm=re_n_perm).items()}
+    part = pd.DataFrame()
+    if partition_seeds:
+        part, part_maps, part_group = partition_outputs(job, partition_seeds, synthetic, fdr_q)
+        voxels.update(part_maps)
+        group.update(part_group)
+        for name, g in part_group.items():
+            save_map(np.where(g["fdr"], g["score"], 0), mask_img,
+                     maps / f"group_{name.replace(':', '-')}_fdr.nii.gz")
+    tests = write_outputs(job.out_dir, scores, layers, voxels, nc, nc_maps, group, part,
+                          skipped, alphas)
+    return dict(scores=scores, layer_scores=layers, noise_ceiling=nc, group=group,
+                group_tests=tests, partition=part, spaces_skipped=skipped)

@@ -107,7 +107,8 @@ def scoring_units(scores: pd.DataFrame) -> str:
 
 def method_table(run_dir: str | Path, params: dict) -> pd.DataFrame:
     """What was done, in one table: the score definition, folds, gap, null, ceiling and tests."""
-    from .engine.ridge import DEFAULT_DELAYS, default_gap
+    # long by design: one row per step of the method, read top to bottom like the table
+    from .engine import DEFAULT_DELAYS, default_gap
 
     run_dir = Path(run_dir)
     sc_path = run_dir / "brain_score" / "scores.csv"
@@ -119,6 +120,14 @@ def method_table(run_dir: str | Path, params: dict) -> pd.DataFrame:
         units = scoring_units(sc)
     delays = params.get("delays", list(DEFAULT_DELAYS))
     n_perm = params.get("n_perm", 1000)
+    manifest = run_dir / "data" / "data_manifest.csv"
+    if manifest.exists():
+        from .data import read_manifest, single_tr
+
+        tr = single_tr(read_manifest(manifest))
+        default = f"{default_gap(delays, tr)} TRs at TR {tr:g} s"
+    else:
+        default = "TRs at the run's TR"
     rows = [
         ("features", f"{params.get('model', '?')} layer {params.get('layer', '?')}, "
                      f"{params.get('context_tokens', '?')}-token windows starting with "
@@ -132,7 +141,7 @@ def method_table(run_dir: str | Path, params: dict) -> pd.DataFrame:
                   f"story held out together)"),
         ("scoring unit", units),
         ("gap", f"{gap} TRs of story time dropped between training and test blocks "
-                f"(default: max(delay) + 37.5 s of story time = {default_gap(delays)} at TR 1.5 s)"),
+                f"(default: max(delay) + 37.5 s of story time = {default})"),
         ("penalty", f"one per target from {len(params.get('alphas') or range(10))} alphas, "
                     f"chosen on {params.get('inner_folds', 4)} blocked inner folds (same gap), "
                     f"each standardised on its own fit rows"),

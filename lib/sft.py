@@ -529,7 +529,7 @@ def unit_config(cfg: SFTConfig, seed: int, checkpoints=(), checkpoint_seeds=None
                         "snapshots": tuple(steps[:-1])})
 
 
-def plan_units(corpus: dict[str, str], scored: list[str], cfg: SFTConfig, models_root: Path,
+def plan_models(corpus: dict[str, str], scored: list[str], cfg: SFTConfig, models_root: Path,
                mode: str = "heldout", controls=CONTROLS, seeds=(0,),
                n_folds: int | None = None, exclude=(), subject_stories: dict | None = None,
                checkpoints=(), checkpoint_seeds=None) -> tuple[list[dict], list[SFTUnit]]:
@@ -632,11 +632,11 @@ def train_unit(_job, unit: SFTUnit, progress: bool = True, headline_steps: int |
     return rows
 
 
-def run_stage(corpus: dict[str, str], scored: list[str], cfg: SFTConfig, models_root: Path,
+def train_models(corpus: dict[str, str], scored: list[str], cfg: SFTConfig, models_root: Path,
               mode: str = "heldout", controls=CONTROLS, seeds=(0,), n_folds: int | None = None,
               progress: bool = True, client=None, exclude=(), subject_stories: dict | None = None,
               checkpoints=(), checkpoint_seeds=None) -> tuple[list[dict], pd.DataFrame]:
-    """Train every model the comparison needs (:func:`plan_units`), serially or on a Dask
+    """Train every model the comparison needs (:func:`plan_models`), serially or on a Dask
     ``client`` (one GPU per unit where workers advertise GPUs). Returns (folds, models table:
     one row per model, checkpoints included, the headline's ``cfg.steps`` models labelled by
     their condition alone)."""
@@ -644,7 +644,7 @@ def run_stage(corpus: dict[str, str], scored: list[str], cfg: SFTConfig, models_
 
     from .cluster import gpu_resources, map_units
 
-    folds, units = plan_units(corpus, scored, cfg, models_root, mode, controls, seeds, n_folds,
+    folds, units = plan_models(corpus, scored, cfg, models_root, mode, controls, seeds, n_folds,
                               exclude, subject_stories, checkpoints, checkpoint_seeds)
     rows = map_units(partial(train_unit, progress=progress and client is None,
                              headline_steps=cfg.steps), None, units,

@@ -28,7 +28,7 @@ MESH_VERTICES = {"fsaverage5": 10242, "fsaverage6": 40962}
 DRAWN_VERTICES = MESH_VERTICES["fsaverage5"]      # drawn on nilearn's bundled fsaverage5
 
 
-def is_surface(path) -> bool:
+def is_surface_path(path) -> bool:
     return str(path).endswith(".gii")
 
 

@@ -85,7 +85,7 @@ cfg = sft.SFTConfig(base_model=model, steps=sft_steps, lr=sft_lr, batch_size=sft
                     block_size=sft_block_size, method=sft_method, precision=sft_precision,
                     device=None if device == "auto" else device)
 with cl.client_for(cluster, threads, dict(workers=workers, slurm=slurm)) as client:
-    folds, trained = sft.run_stage(corpus, scored, cfg, paths.models, mode=sft_mode,
+    folds, trained = sft.train_models(corpus, scored, cfg, paths.models, mode=sft_mode,
                                    controls=sft_controls, seeds=sft_seeds, client=client,
                                    exclude=sft_exclude, subject_stories=subject_stories,
                                    checkpoints=sft_checkpoints,

@@ -44,7 +44,7 @@ real, powered = Path(real_run_dir), Path(powered_run_dir)
 has_real = (real / "brain_score" / "deltas.csv").exists()
 has_powered = (powered / "brain_score" / "answer.csv").exists()
 if has_powered:
-    pst = mc.load_stage05(powered / "brain_score")
+    pst = mc.load_tables(powered / "brain_score")
     pparams = report.load_params(powered)
     pmodels = pd.read_csv(powered / "sft" / "models.csv")
     display(Markdown(report.real_data_sentence(powered, pparams)))
@@ -53,7 +53,7 @@ elif has_real:
     display(Markdown(f"> No committed powered results at `{powered_run_dir}`: Part 1 shows the "
                      f"quick run only."))
 if has_real:
-    rst = mc.load_stage05(real / "brain_score")
+    rst = mc.load_tables(real / "brain_score")
     rparams = report.load_params(real)
     rmodels = pd.read_csv(real / "sft" / "models.csv")
 else:

@@ -59,22 +59,24 @@ def test_lib_has_no_import_circles():
 
 def test_paired_statistics_import_nothing_of_the_pipeline():
     g = module_imports()
-    assert g["lib.engine.paired"] == set()
+    # its imports: EngineError, and the shared parameter docs
+    assert g["lib.engine.paired"] == {"lib.engine.folds", "lib.engine.docs"}
+    assert g["lib.engine.folds"] == {"lib.engine.docs"} and g["lib.engine.docs"] == set()
     assert g["lib.errors"] == set() and g["lib.alignment"] == {"lib.errors"}
 
 
 LAYERS = [  # bottom to top; a module may import its own layer and the layers below it
     {"lib", "lib.errors", "lib.paths", "lib.cache", "lib.cluster"},
-    {"lib.engine", "lib.engine.backend", "lib.engine.folds", "lib.engine.ridge",
+    {"lib.engine", "lib.engine.docs", "lib.engine.backend", "lib.engine.folds", "lib.engine.ridge",
      "lib.engine.inference", "lib.engine.second_level", "lib.engine.partition",
      "lib.engine.paired", "lib.engine.crossed", "lib.engine.combine", "lib.engine.simulate"},
     {"lib.alignment", "lib.data", "lib.datasets", "lib.datasets.matrices",
      "lib.datasets.generic", "lib.datasets.words", "lib.transcripts", "lib.download",
      "lib.rois", "lib.surface", "lib.geometry"},
     {"lib.models", "lib.tokens", "lib.features", "lib.spaces", "lib.sft", "lib.sft_folds"},
-    {"lib.synthetic", "lib.synthetic_surface", "lib.job", "lib.encoding", "lib.reduction",
-     "lib.brain_score", "lib.matrix_encoding", "lib.deltas", "lib.compare",
-     "lib.matrix_compare", "lib.plots"},
+    {"lib.synthetic", "lib.synthetic_surface", "lib.job", "lib.units", "lib.encoding",
+     "lib.reduction", "lib.matrix_encoding", "lib.deltas", "lib.stage05", "lib.compare",
+     "lib.matrix_compare", "lib.plots", "lib.stage06"},
     {"lib.pipeline", "lib.inprocess", "lib.report"},
 ]
 
@@ -116,3 +118,98 @@ def test_long_functions_say_why():
                 if not any(line.strip().startswith("#") for line in head):
                     long.append(f"{p.relative_to(LIB.parent)}:{n.name}")
     assert long == [], long
+
+
+def top_level_names() -> dict[str, list[str]]:
+    """name -> the lib modules that define it at top level (functions, classes, constants)."""
+    out: dict[str, list[str]] = {}
+    for p in sorted(LIB.rglob("*.py")):
+        for n in ast.parse(p.read_text()).body:
+            if isinstance(n, (ast.FunctionDef, ast.ClassDef)):
+                names = [n.name]
+            elif isinstance(n, ast.Assign):
+                names = [t.id for t in n.targets if isinstance(t, ast.Name)]
+            elif isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name):
+                names = [n.target.id]
+            else:
+                names = []
+            for name in names:
+                if name != "__all__":
+                    out.setdefault(name, []).append(str(p.relative_to(LIB.parent)))
+    return out
+
+
+def test_no_name_is_defined_in_two_modules():
+    """One stage 05 for every kind of target: no unit, job or stage function defined twice
+    (a name that means two things in two rooms is a trap for a reader)."""
+    twice = {k: v for k, v in top_level_names().items() if len(v) > 1}
+    assert twice == {}
+
+
+def test_the_engine_api_is_what_the_rest_of_lib_imports():
+    """Outside the engine, lib imports engine names from ``lib.engine`` only, and only names
+    of its ``__all__`` (the public API); every function and class there has a numpydoc
+    docstring (data constants are documented where they are defined)."""
+    import inspect
+
+    import lib.engine as engine
+
+    public = set(engine.__all__)
+    bad = []
+    for p in sorted(LIB.rglob("*.py")):
+        if "engine" in p.relative_to(LIB).parts:
+            continue
+        for n in ast.walk(ast.parse(p.read_text())):
+            if isinstance(n, ast.ImportFrom) and n.module and "engine" in n.module.split("."):
+                if n.module not in ("engine", "lib.engine"):
+                    bad.append(f"{p.name}: from {n.module} (use lib.engine)")
+                bad += [f"{p.name}: {a.name} is not in lib.engine.__all__" for a in n.names
+                        if a.name not in public]
+    assert bad == []
+    undocumented = []
+    for name in engine.__all__:
+        obj = getattr(engine, name)
+        if not (inspect.isfunction(obj) or inspect.isclass(obj)):
+            continue
+        doc = inspect.getdoc(obj) or ""
+        need = ["Parameters\n----------"] + (["Returns\n-------"] if inspect.isfunction(obj)
+                                             else [])
+        if not all(s in doc for s in need):
+            undocumented.append(name)
+    assert undocumented == []
+
+
+def test_the_engine_raises_one_exception_type():
+    """Bad input to the engine raises EngineError (a ValueError), nothing else."""
+    raised = []
+    for p in sorted((LIB / "engine").glob("*.py")):
+        for n in ast.walk(ast.parse(p.read_text())):
+            if isinstance(n, ast.Raise) and isinstance(n.exc, ast.Call) and \
+                    isinstance(n.exc.func, ast.Name) and n.exc.func.id != "EngineError":
+                raised.append(f"{p.name}:{n.lineno} {n.exc.func.id}")
+    assert raised == []
+
+
+def test_no_engine_parameter_has_a_default_tr():
+    """A time constant derived at a silent TR is wrong at every other TR: ``tr`` is required
+    wherever the engine takes it."""
+    import inspect
+
+    import lib.engine as engine
+
+    defaults = []
+    for mod in (engine.folds, engine.ridge, engine.inference, engine.partition,
+                engine.paired, engine.combine):
+        for name, fn in inspect.getmembers(mod, inspect.isfunction):
+            p = inspect.signature(fn).parameters.get("tr")
+            if p is not None and p.default is not inspect.Parameter.empty:
+                defaults.append(f"{mod.__name__}.{name}")
+    assert defaults == []
+
+
+def test_the_reduction_does_not_call_back_into_the_fits():
+    """Stage 05 runs one way: units fit (encoding, matrix_encoding), the reduction reads their
+    results through the job (lib.job), never calling back into the fitting modules."""
+    g = module_imports()
+    assert not ({"lib.encoding", "lib.matrix_encoding", "lib.stage05"} & g["lib.reduction"])
+    assert not ({"lib.encoding", "lib.stage05"} & g["lib.units"])

@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from lib import brain_score, cluster, encoding
+from lib import cluster, encoding, stage05, units
 from lib.synthetic import make_mini
 
 from conftest import stage05_job
@@ -20,7 +20,7 @@ def twelve(paths, tmp_path_factory):
     root = make_mini(tmp_path_factory.mktemp("bids12") / "mini", resolution_mm=12,
                      subjects=SUBJECTS, paths=paths)
     serial = stage05_job(root, tmp_path_factory.mktemp("serial"), paths, n_perm=300)
-    res = brain_score.run_stage(serial, subjects_per_unit=1, progress=False)
+    res = stage05.run_stage(serial, subjects_per_unit=1, progress=False)
     return root, res
 
 
@@ -50,11 +50,11 @@ def test_local_cluster_equals_serial_despite_a_killed_worker(twelve, paths, tmp_
         killer = threading.Thread(target=_kill_a_worker_when_busy,
                                   args=(client, job, stop, killed))
         killer.start()
-        res = brain_score.run_stage(job, subjects_per_unit=1, client=client, progress=False)
+        res = stage05.run_stage(job, subjects_per_unit=1, client=client, progress=False)
         stop.set()
         killer.join()
         assert killed and killed[0] not in client.scheduler_info()["workers"]  # it did die
-        again = brain_score.run_stage(job, subjects_per_unit=1, client=client, progress=False)
+        again = stage05.run_stage(job, subjects_per_unit=1, client=client, progress=False)
     a = serial["scores"].sort_values(["condition", "subject", "target"]).reset_index(drop=True)
     b = res["scores"].sort_values(["condition", "subject", "target"]).reset_index(drop=True)
     np.testing.assert_allclose(a.brain_score, b.brain_score, atol=1e-6)
@@ -73,8 +73,8 @@ def test_bad_bold_fails_its_unit_on_the_cluster(twelve, paths, tmp_path):
     bad = bad_root / "sub-005/func/sub-005_task-pieman_run-1_bold.nii.gz"
     bad.write_bytes(b"not a nifti")             # broken after the manifest was made
     with cluster.client_for("local", 2, {"workers": 2}) as client:
-        with pytest.raises(encoding.UnitsFailed, match=r"sub-005: .*sub-005_task-pieman_run-1"):
-            brain_score.run_stage(job, subjects_per_unit=3, client=client, progress=False)
+        with pytest.raises(units.UnitsFailed, match=r"sub-005: .*sub-005_task-pieman_run-1"):
+            stage05.run_stage(job, subjects_per_unit=3, client=client, progress=False)
     done = [s for s in SUBJECTS if job.result_path("raw", 0, s).exists()]
     assert done == [s for s in SUBJECTS if s != "sub-005"]
 

@@ -21,7 +21,7 @@ def test_seed_interval_adds_the_between_seed_variance_to_the_time_variance():
     pa, pb = simulate.seeded_models(rng, sig, simulate.TEST_LENS, 0.9, 3, 0.05)
     c, w, sg = _terms(y, pa, pb, seg, 10)
     r = combine.seed_interval(c, w, sg)
-    per_seed = [paired.scores(y, p, seg).mean() - paired.scores(y, pb, seg).mean() for p in pa]
+    per_seed = [paired.target_scores(y, p, seg).mean() - paired.target_scores(y, pb, seg).mean() for p in pa]
     assert r["seed_deltas"] == pytest.approx(per_seed, abs=1e-12)
     assert r["delta"] == pytest.approx(np.mean(per_seed), abs=1e-12)
     assert r["se"] ** 2 == pytest.approx(r["se_time"] ** 2 + np.var(per_seed, ddof=1) / 3)

@@ -260,7 +260,9 @@ def _job(stories_of: dict, stimulus=None):
 
     runs = pd.DataFrame([dict(subject=s, story=st, run=1) for s, sts in stories_of.items()
                          for st in sts])
-    return Job(Settings(), runs, "", {}, {}, "", None, "", stimulus=stimulus or {})
+    return Job(settings=Settings(tr=1.5), runs=runs, transcripts_dir="", features={},
+               all_layers={}, out_dir="", mask_path="", labels_path=None,
+               stimulus=stimulus or {})
 
 
 def test_one_scoring_unit_when_single_and_several_story_subjects_mix():

@@ -147,16 +147,16 @@ def _stage05(m, root: Path, run: Path, stories: list[str]):
     import nibabel as nib
 
     from conftest import fake_index
-    from lib import brain_score, encoding, transcripts
+    from lib import data, encoding, stage05, transcripts
     from lib.engine.inference import NullSpec
 
     transcripts.build_transcripts(m, run / "transcripts")
     st = encoding.Settings(null=NullSpec(n_perm=50), perm_conditions=("raw",),
-                           spaces=("word_rate",))
-    job = encoding.make_job(m, run / "transcripts", fake_index(run, stories),
+                           spaces=("word_rate",), tr=data.single_tr(m))
+    job = encoding.volume_job(m, run / "transcripts", fake_index(run, stories),
                             run / "brain_score", nib.load(str(root / "mask.nii.gz")), st,
                             root / "planted.nii.gz")
-    return brain_score.run_stage(job, progress=False)
+    return stage05.run_stage(job, progress=False)
 
 
 def test_generic_nifti_dataset_with_word_table_at_tr_1s_runs_stage_05(tmp_path, paths):

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lib import datasets, deltas, matrix_encoding as me, transcripts
+from lib import datasets, deltas, matrix_encoding as me, stage05, transcripts
 from lib.engine import Layout, story_group_folds
 
 from test_datasets import make_generic_roi
@@ -55,14 +55,15 @@ def powered(tmp_path_factory):
                   ("control@8", 0)]
     st = me.MatrixSettings(outer_folds=3, inner_groups=2, target_sets=(("planted", 2),
                                                                        ("all", 0)),
-                           contrasts=(("sft", "raw"), ("sft", "control")), n_perm=200,
+                           contrasts=(("sft", "raw"), ("sft", "control")), n_exchanges=200,
                            spaces=(), layer_conditions=())
-    job = me.make_job(m, run / "transcripts", _index(run, stories, conditions),
-                      run / "brain_score", st, run / "spaces")
-    res = me.run_stage(job, conditions, progress=False)
+    job = me.matrix_job(m, run / "transcripts", _index(run, stories, conditions),
+                        run / "brain_score", st, run / "spaces")
     steps = {"sft@2": (2, 2 * 66), "sft": (5, 5 * 66), "sft@8": (8, 8 * 66),
              "control@2": (2, 2 * 66), "control": (5, 5 * 66), "control@8": (8, 8 * 66)}
-    return job, conditions, res, deltas.write_tables(job, conditions, steps), m
+    res = stage05.run_stage(job, progress=False, steps=steps)
+    assert sorted(res["conditions"]) == sorted(conditions)
+    return job, conditions, res, res, m
 
 
 def test_every_story_is_held_out_and_scored(powered):

@@ -4,7 +4,7 @@ import warnings
 import numpy as np
 import pytest
 
-from lib import brain_score, encoding
+from lib import encoding, stage05, units
 from lib.engine import ridge
 from lib.synthetic import load_truth, make_mini
 
@@ -31,11 +31,11 @@ def test_planted_voxels_recovered_on_mini(mini):
                       t["brain_mask_img"])[lo:hi]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            res = ridge.fit_score(X, Y, delays=(0,))     # already HRF-convolved: no delays
+            res = ridge.fit_score(X, Y, None, ridge.Splitter.for_delays((0,), 1.5))     # already HRF-convolved: no delays
         aucs.append(roc_auc_score(t["planted_in_mask"], res.scores))
         sig = X @ t["subject_weights"][i]
         pl = Y[:, t["planted_in_mask"]]
-        folds = ridge.blocked_folds(ridge.Layout.single(len(X), "sim"), 5, ridge.default_gap((0,)))
+        folds = ridge.blocked_folds(ridge.Layout.single(len(X), "sim"), 5, ridge.default_gap((0,), 1.5))
         realised = np.mean([ridge.np_pearson(sig[te], pl[te]) for _, te in folds], 0)
         gaps.append(np.mean(res.scores[t["planted_in_mask"]]) - realised.mean())
     assert min(aucs) >= 0.95, aucs
@@ -47,7 +47,7 @@ def test_planted_voxels_recovered_on_mini(mini):
 def stage(mini, paths, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("stage05")
     job = _job(mini, run_dir, paths, n_perm=1000)
-    res = brain_score.run_stage(job, fdr_q=0.05, progress=False)
+    res = stage05.run_stage(job, fdr_q=0.05, progress=False)
     return job, res
 
 
@@ -70,7 +70,7 @@ def test_stage_outputs(stage, mini):
 
 def test_rerun_computes_no_unit_and_fdr_q_reaches_the_maps(stage):
     job, res = stage
-    again = brain_score.run_stage(job, fdr_q=0.5, progress=False)
+    again = stage05.run_stage(job, fdr_q=0.5, progress=False)
     assert set(again["units"].status) == {"cached"}
     assert again["group"]["raw"]["fdr"].sum() > res["group"]["raw"]["fdr"].sum()
     np.testing.assert_array_equal(again["group"]["raw"]["p"], res["group"]["raw"]["p"])
@@ -85,8 +85,8 @@ def test_corrupt_bold_fails_its_unit_only(mini, paths, tmp_path):
     job = _job(root, run_dir, paths, n_perm=0)
     bad = root / "sub-002/func/sub-002_task-pieman_run-1_bold.nii.gz"
     bad.write_bytes(bad.read_bytes()[:5000])
-    with pytest.raises(encoding.UnitsFailed, match=r"sub-002: .*sub-002_task-pieman_run-1_bold"):
-        brain_score.run_stage(job, progress=False)
+    with pytest.raises(units.UnitsFailed, match=r"sub-002: .*sub-002_task-pieman_run-1_bold"):
+        stage05.run_stage(job, progress=False)
     for sub in ("sub-001", "sub-003"):
         assert job.result_path("raw", 0, sub).exists()
     assert not job.result_path("raw", 0, "sub-002").exists()
@@ -98,7 +98,7 @@ def test_repeated_hearings_scored_separately(paths, tmp_path):
     root = make_mini(tmp_path / "bids", resolution_mm=12, subjects=["sub-002", "sub-003"], runs=2,
                      paths=paths)
     job = _job(root, tmp_path / "run", paths, n_perm=0)
-    res = brain_score.run_stage(job, progress=False)
+    res = stage05.run_stage(job, progress=False)
     sc = res["scores"]
     assert sorted(sc.run.unique()) == [1, 2]
     r = sc[(sc.target == "roi-1") & (sc.condition == "raw")]

@@ -31,6 +31,19 @@ def test_split_clitics_tokenise_as_in_the_running_text(tiny, pieman_words):
         " ".join(plain), add_special_tokens=False)["input_ids"]
 
 
+def test_batched_tokenising_equals_word_by_word(tiny, pieman_words):
+    """One batched tokenizer call gives each word the ids of its own call (with its leading
+    space), so the spans and every cached activation are unchanged."""
+    words = pieman_words.text.astype(str).tolist()
+    ids, ends = features.tokenize_words(words, tiny.tokenizer)
+    one_by_one = [tiny.tokenizer((" " if i else "") + w, add_special_tokens=False)["input_ids"]
+                  for i, w in enumerate(words)]
+    assert ids.tolist() == [t for w in one_by_one for t in w]
+    assert ends.tolist() == np.cumsum([len(w) for w in one_by_one]).tolist()
+    with pytest.raises(DataError, match="word 0"):
+        features.tokenize_words(["", "a"], tiny.tokenizer)
+
+
 @pytest.mark.parametrize("pooling", ["last", "mean"])
 def test_windowed_equals_naive(tiny, pieman_words, pooling):
     words = pieman_words.text.tolist()[:300]

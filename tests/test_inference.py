@@ -33,7 +33,7 @@ def _null_fits(spec, n_sets=3, n_subjects=1, targets=600, seed=0, tr=1.5):
     for k in range(n_sets):
         rng = np.random.default_rng(seed + k)
         X = smooth_features(rng, n, phi=0.9 ** (tr / 1.5))
-        D = ridge.prepare(X, delays=DELAYS, tr=tr)
+        D = ridge.prepare(X, None, ridge.Splitter.for_delays(DELAYS, tr))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             out.append([with_null(D, realistic_noise(rng, n, targets, tr=tr), spec)
@@ -272,7 +272,7 @@ def test_null_plan_equals_refitting_the_permuted_bold(stories, score_blocks):
     Y = realistic_noise(rng, n, t_n)
     lay = ridge.Layout.of_runs(stories, [f"s{i}" for i in range(len(stories))])
     spec = inf.NullSpec(n_perm=3, perm_stop=None)
-    D = ridge.prepare(X, lay, delays=DELAYS, score_blocks=score_blocks)
+    D = ridge.prepare(X, lay, ridge.Splitter.for_delays(DELAYS, 1.5, score_blocks=score_blocks))
     res = with_null(D, Y, spec)
     null = res.null_plan.batch(0, 3, np.arange(t_n))
     for j, order in enumerate(res.null_plan.orders):
@@ -316,7 +316,7 @@ def test_null_settings_have_one_home():
     rng = np.random.default_rng(3)
     X = smooth_features(rng, 300, p=6)
     Y = realistic_noise(rng, 300, 20)
-    D = ridge.prepare(X, delays=DELAYS)
+    D = ridge.prepare(X, None, ridge.Splitter.for_delays(DELAYS, 1.5))
     r = with_null(D, Y, inf.NullSpec(n_perm=20, perm_stop=None))
     _, p, n_done = inf.permutation_test([[r.null_plan]], r.scores)
     assert (n_done[np.isfinite(p)] == 20).all()

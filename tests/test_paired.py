@@ -5,7 +5,7 @@ import pytest
 
 from lib.synthetic import _ar1
 from lib.engine.paired import (autocorr_time, block_contributions, choose_block, fit_difference,
-                        paired_comparison, scores)
+                        paired_comparison, target_scores as scores)
 
 LENS = (291, 348, 271)    # the three LeBel test stories
 

@@ -25,8 +25,7 @@ def _data(seed, n=600, share_a=0.25, share_b=0.15, overlap=0.0):
 
 
 def _fits(A, B, Y):
-    return partition.partition(["A", "B"], partition.partition_fits([A, B], Y, ["A", "B"], gap=5,
-                                                                     n_iter=20))
+    return partition.partition(["A", "B"], partition.partition_fits([A, B], Y, ["A", "B"], None, partition.Splitter(gap=5), n_iter=20))
 
 
 def test_band_weights_are_nested():
@@ -44,8 +43,8 @@ def test_band_weights_are_nested():
 def test_reduced_fit_is_the_joint_search_restricted():
     """The reduced fit drawn from the joint designs equals a fit of that band alone."""
     A, B, Y = _data(3, n=300)
-    fits = partition.partition_fits([A, B], Y, ["A", "B"], gap=5, n_iter=5)
-    alone = partition.banded_fit([A], Y, gap=5, select="r")
+    fits = partition.partition_fits([A, B], Y, ["A", "B"], None, partition.Splitter(gap=5), n_iter=5)
+    alone = partition.banded_fit([A], Y, None, partition.Splitter(gap=5), select="r")
     np.testing.assert_allclose(fits[("A",)].r, alone.r, atol=2e-5)
     assert np.all(fits[("A", "B")].weights[:, 1] >= 0)
 
@@ -57,8 +56,7 @@ def _unique_b(kind, share, r, n_rep, n=300):
     out = []
     for rep in range(n_rep):
         A, B, Y = two_band_subjects(rep, n, kind=kind, unique_share=share, r=r)
-        fits = partition.partition_fits([A, B], Y, ["A", "B"], ridge.Layout.single(n, "sim"),
-                                        gap=30, n_iter=5)
+        fits = partition.partition_fits([A, B], Y, ["A", "B"], ridge.Layout.single(n, "sim"), partition.Splitter(gap=30), n_iter=5)
         u = partition.partition(["A", "B"], fits)["unique:B"]
         out.append(u.reshape(6, -1).mean(1))
     return np.array(out)
@@ -112,8 +110,8 @@ def test_one_band_equals_the_single_space_engine():
     for select in ("r", "r2"):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            eng = ridge.fit_score(X, Y, gap=10, select=select)
-        band = partition.banded_fit([X], Y, gap=10, select=select)
+            eng = ridge.fit_score(X, Y, None, ridge.Splitter(gap=10), select=select)
+        band = partition.banded_fit([X], Y, None, partition.Splitter(gap=10), select=select)
         assert np.abs(band.r - eng.scores).max() <= 1e-3
 
 
@@ -125,8 +123,8 @@ def test_one_band_equals_the_engine_with_stories_scored_per_block():
     lay = ridge.Layout.of_runs([150, 150], ["a", "b"])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        eng = ridge.score(ridge.prepare(X, lay, gap=10, score_blocks=5), Y)
-    band = partition.banded_score(partition.banded_prepare([X], lay, gap=10, score_blocks=5), Y,
+        eng = ridge.score(ridge.prepare(X, lay, ridge.Splitter(gap=10, score_blocks=5)), Y)
+    band = partition.banded_score(partition.banded_prepare([X], lay, partition.Splitter(gap=10, score_blocks=5)), Y,
                                   select="r", measure="rsq")
     assert np.abs(band.r - eng.scores).max() <= 1e-3
 
@@ -140,7 +138,7 @@ def test_banded_agrees_with_himalaya():
     from himalaya.scoring import r2_score
 
     A, B, Y = _data(5, n=400)
-    ours = partition.banded_fit([A, B], Y, gap=5, n_iter=20)
+    ours = partition.banded_fit([A, B], Y, None, partition.Splitter(gap=5), n_iter=20)
     lay = ridge.Layout.single(len(Y), "sim")
     r2 = []
     for train, test in ridge.blocked_folds(lay, 5, 5):
@@ -166,9 +164,8 @@ def _vs_placebo(kind, share, r, n_rep, conditional=True, n=300):
     for rep in range(n_rep):
         A, B, Y = two_band_subjects(rep, n, kind=kind, unique_share=share, r=r)
         lay = ridge.Layout.single(n, "sim")
-        designs = partition.banded_prepare([A, B], lay, gap=30, n_iter=5)
-        placebos = partition.placebo_band_designs([A, B], 1, lay, gap=30, n_iter=5,
-                                                  conditional=conditional, joint=designs)
+        designs = partition.banded_prepare([A, B], lay, partition.Splitter(gap=30), n_iter=5)
+        placebos = partition.placebo_band_designs([A, B], 1, lay, partition.Splitter(gap=30), n_iter=5, conditional=conditional, joint=designs)
         out.append([partition.aggregate_runs(partition.unique_vs_placebo(
             partition.banded_score(designs, y, **partition.SCORING),
             partition.placebo_scores(placebos, y)), lay.run_story()).mean()
@@ -207,10 +204,9 @@ def test_placebo_reuses_the_joint_designs_that_never_see_the_band():
 
     A, B, Y = two_band_subjects(0, 200, n_subjects=1, kind="redundant")
     lay = ridge.Layout.single(200, "sim")
-    joint = partition.banded_prepare([A, B], lay, gap=10, n_iter=3)
-    fast = partition.placebo_band_designs([A, B], 1, lay, gap=10, n_iter=3, n_shifts=1,
-                                          joint=joint)[0]
-    slow = partition.placebo_band_designs([A, B], 1, lay, gap=10, n_iter=3, n_shifts=1)[0]
+    joint = partition.banded_prepare([A, B], lay, partition.Splitter(gap=10), n_iter=3)
+    fast = partition.placebo_band_designs([A, B], 1, lay, partition.Splitter(gap=10), n_iter=3, n_shifts=1, joint=joint)[0]
+    slow = partition.placebo_band_designs([A, B], 1, lay, partition.Splitter(gap=10), n_iter=3, n_shifts=1)[0]
     zero = [w[1] == 0 for w in partition.band_weights(2, 3)]
     assert any(zero) and not all(zero)
     assert all((d is j) == z for d, j, z in zip(fast, joint, zero))

@@ -1,11 +1,14 @@
 """End to end: the reduced embedded profile (tiny model, 2 analysed subjects, SYNTHETIC BOLD)
 through papermill, the master report, its HTML, the stage cache and a failing stage."""
 import json
+from pathlib import Path
 
 import nbformat
 import pytest
 
 from conftest import run_pipeline as _run
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def outputs(nb):
@@ -73,23 +76,18 @@ def _tables(run_dir) -> dict:
 @pytest.mark.slow
 def test_a_forced_rerun_from_refitted_units_changes_only_run_records(quick_run, project_root):
     """Every stage re-executed and every stage-05 unit refitted: the tables are bit-for-bit
-    the same but for timings and cache hits."""
+    the session's first run's but for timings and cache hits (both at one BLAS thread)."""
     import shutil
 
     import pandas as pd
 
     out, run_dir, args, _ = quick_run
-    # one fixed thread count for both passes: `threads: auto` follows the load, and another
-    # BLAS thread count sums in another order (docs/benchmarks.md)
-    pinned = args[:-2] + ["--set", "threads=1", "--force"]
-    tables = []
-    for _ in range(2):
-        shutil.rmtree(run_dir / "brain_score" / "units")
-        p = _run(pinned, project_root)
-        assert p.returncode == 0, p.stderr[-2000:]
-        assert "reused no stage" in p.stdout
-        tables.append(_tables(run_dir))
-    before, after = tables
+    before = _tables(run_dir)
+    shutil.rmtree(run_dir / "brain_score" / "units")
+    p = _run(args[:-2] + ["--force"], project_root)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "reused no stage" in p.stdout
+    after = _tables(run_dir)
     assert sorted(after) == sorted(before) and len(before) > 15
     for name, df in before.items():
         pd.testing.assert_frame_equal(after[name], df, check_exact=True, obj=name)
@@ -161,6 +159,29 @@ def test_committed_results_come_from_the_committed_code(run):
 
     d = Path(__file__).resolve().parent.parent / "results" / run
     params = json.loads((d / "params.json").read_text())
-    stale = [stage for stage, _, _, key in stage_keys(params, d)
+    stale = [stage for stage, _, key in stage_keys(params)
              if (read_sidecar(d / "notebooks" / f"{stage}.ipynb") or {}).get("key") != key]
     assert stale == [], f"results/{run}: stages {stale} are stale; rerun its profile"
+
+
+def test_a_stage_key_holds_only_the_parameters_its_notebook_declares():
+    """A stage-05 parameter leaves the keys of stages 01-04 alone, and changes 05's and 06's."""
+    from lib.pipeline import load_profile, stage_keys
+
+    p = load_profile(ROOT / "params" / "mini.yaml")
+    before = {s: k for s, _, k in stage_keys(p)}
+    after = {s: k for s, _, k in stage_keys({**p, "n_folds": 4})}
+    assert [s for s in before if before[s] != after[s]] == ["05_brain_score", "06_compare"]
+
+
+def test_an_unknown_profile_key_fails_with_the_known_ones(tmp_path):
+    from lib.pipeline import ProfileError, check_profile, load_profile, main
+
+    for p in (ROOT / "params").glob("*.yaml"):          # every embedded profile is known
+        check_profile(load_profile(p), source=str(p))
+    with pytest.raises(ProfileError, match=r"unknown parameter n_fold \(no notebook.*known: .*"
+                                           r"n_folds"):
+        check_profile({"n_fold": 3})
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("profile: bad\nn_fold: 3\n")
+    assert main(["--profile", str(bad), "--no-kernel"]) == 1

@@ -96,3 +96,39 @@ def test_caches_live_outside_the_checkout(monkeypatch, tmp_path):
     monkeypatch.delenv("NARRATIVES_CACHE")
     monkeypatch.setenv("NARRATIVES_ROOT", str(tmp_path / "tree"))     # a moved tree: caches too
     assert Paths.from_env().derived == (tmp_path / "tree").resolve() / "cache" / "derived"
+
+
+def _resolves(ref: str) -> bool:
+    """``lib.a.b.c``: the longest importable module prefix, then attributes."""
+    import importlib
+
+    parts = ref.split(".")
+    for i in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:i]))
+        except ModuleNotFoundError:
+            continue
+        for a in parts[i:]:
+            if not hasattr(obj, a):
+                return False
+            obj = getattr(obj, a)
+        return True
+    return False
+
+
+def test_no_stale_module_reference():
+    """Every ``lib.x.y`` named in the docs, docstrings, notebooks, benchmarks and profiles
+    resolves, every ``lib/x.py`` and ``notebooks/x.py`` path exists: a renamed module or
+    function leaves no reference behind."""
+    files = [*REPO.glob("docs/*.md"), REPO / "README.md", *REPO.glob("lib/**/*.py"),
+             *REPO.glob("notebooks/*.py"), *REPO.glob("bench/*.py"), *REPO.glob("params/*.yaml")]
+    dotted = re.compile(r"(?<![\w/.])lib(?:\.[A-Za-z_]\w*)+")
+    path = re.compile(r"(?<![\w/.])((?:lib|notebooks|bench|params)/[\w/]+\.(?:py|yaml))")
+    stale = set()
+    for f in files:
+        text = f.read_text()
+        stale |= {f"{f.relative_to(REPO)}: {m}" for m in dotted.findall(text)
+                  if not m.endswith(".py") and not _resolves(m)}
+        stale |= {f"{f.relative_to(REPO)}: {m}" for m in path.findall(text)
+                  if not (REPO / m).exists()}
+    assert sorted(stale) == []

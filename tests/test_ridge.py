@@ -46,13 +46,21 @@ def test_gap_too_large_is_a_clear_error():
         ridge.blocked_folds(ridge.Layout.single(60, "sim"), 5, gap=60)
 
 
-def test_gap_must_match_the_delays():
+def test_gap_must_match_the_delays_and_the_tr():
+    """The folds come in one Splitter, whose gap is given or derived from the delays at a TR
+    that is always given (no silent 1.5 s)."""
     X = np.ones((100, 3), np.float32)
-    with pytest.raises(ValueError, match="give the FIR delays"):
-        ridge.prepare(X)
-    assert ridge.default_gap((1, 2, 3)) == 3 + ridge.AUTOCORR_MARGIN
-    assert ridge.prepare(np.random.default_rng(0).standard_normal((200, 3)), delays=(1, 2)
-                         ).gap == 2 + ridge.AUTOCORR_MARGIN
+    with pytest.raises(ridge.EngineError, match="cv must be a Splitter"):
+        ridge.prepare(X, None, {"gap": 5})
+    with pytest.raises(TypeError):
+        ridge.default_gap((1, 2, 3))                      # the TR is required
+    with pytest.raises(ridge.EngineError, match="repetition time must be a positive"):
+        ridge.default_gap((1, 2, 3), 0)
+    assert ridge.default_gap((1, 2, 3), 1.5) == 3 + 25
+    assert ridge.default_gap((1, 2, 3), 2.0) == 3 + 19
+    D = ridge.prepare(np.random.default_rng(0).standard_normal((200, 3)), None,
+                      ridge.Splitter.for_delays((1, 2), 1.5))
+    assert D.gap == 2 + 25
 
 
 # --------------------------------------------------------------------------- correctness
@@ -83,7 +91,7 @@ def test_alpha_selection_and_scores_match_brute_force(planted):
     X, Y, _ = planted
     Y = Y[:, :25]
     gap = 12
-    res = ridge.fit_score(X, Y, gap=gap, inner_folds=3)
+    res = ridge.fit_score(X, Y, None, ridge.Splitter(gap=gap, inner_folds=3))
     lay = ridge.Layout.single(len(X), "sim")
     for f, (tr, te) in enumerate(ridge.blocked_folds(lay, 5, gap)):
         inner = ridge.blocked_folds(lay, 3, gap, rows=tr)
@@ -106,8 +114,7 @@ def test_alpha_scores_equal_each_alpha_scored_afresh(planted, metric, backend):
     Y = Y.copy()
     Y[:, 3], Y[:, 4] = 7.0, np.nan
     for p in (60, 12):                                         # kernel (n_fit < p) and primal
-        D = ridge.prepare(X[:, :p], gap=5, n_folds=3, inner_folds=3, backend=backend,
-                          device="cpu")
+        D = ridge.prepare(X[:, :p], None, ridge.Splitter(gap=5, n_folds=3, inner_folds=3), backend=backend, device="cpu")
         B, al = D.B, D.alphas
         fn = ridge.pearson_cols if metric == "r" else ridge.r2_cols
         for fd in D.folds:
@@ -128,7 +135,7 @@ def test_primal_projection_without_the_basis_equals_the_basis(planted, backend):
     matrix is the same either way; the standardised fit and prediction rows equal
     zscore_on's."""
     X, Y, _ = planted
-    D = ridge.prepare(X[:, :12], gap=5, n_folds=3, inner_folds=3, backend=backend, device="cpu")
+    D = ridge.prepare(X[:, :12], None, ridge.Splitter(gap=5, n_folds=3, inner_folds=3), backend=backend, device="cpu")
     B = D.B
     dec = D.folds[0].outer
     n_fit = len(dec.fit)
@@ -156,7 +163,7 @@ def test_agrees_with_sklearn_ridgecv_with_intercept(planted):
     from sklearn.preprocessing import StandardScaler
 
     X, Y, _ = planted
-    res = ridge.fit_score(X, Y[:, :20], gap=5, alphas=[100.0])
+    res = ridge.fit_score(X, Y[:, :20], None, ridge.Splitter(gap=5), alphas=[100.0])
     for f, (tr, te) in enumerate(ridge.blocked_folds(ridge.Layout.single(len(X), "sim"), 5, 5)):
         sc = StandardScaler().fit(X[tr])
         m = RidgeCV(alphas=[100.0], fit_intercept=True).fit(sc.transform(X[tr]),
@@ -168,21 +175,21 @@ def test_agrees_with_sklearn_ridgecv_with_intercept(planted):
 
 def test_numpy_and_torch_backends_agree(planted):
     X, Y, _ = planted
-    a = ridge.fit_score(X, Y, delays=DELAYS, backend="numpy")
-    b = ridge.fit_score(X, Y, delays=DELAYS, backend="torch", device="cpu")
+    a = ridge.fit_score(X, Y, None, ridge.Splitter.for_delays(DELAYS, 1.5), backend="numpy")
+    b = ridge.fit_score(X, Y, None, ridge.Splitter.for_delays(DELAYS, 1.5), backend="torch", device="cpu")
     np.testing.assert_allclose(a.scores, b.scores, atol=1e-4)
 
 
 def test_batches_do_not_change_scores(planted):
     X, Y, _ = planted
-    a = ridge.fit_score(X, Y, delays=DELAYS, batch_targets=10_000)
-    b = ridge.fit_score(X, Y, delays=DELAYS, batch_targets=37)
+    a = ridge.fit_score(X, Y, None, ridge.Splitter.for_delays(DELAYS, 1.5), batch_targets=10_000)
+    b = ridge.fit_score(X, Y, None, ridge.Splitter.for_delays(DELAYS, 1.5), batch_targets=37)
     np.testing.assert_allclose(a.scores, b.scores, atol=1e-6)
 
 
 def test_planted_signal_scores_and_null_does_not(planted):
     X, Y, has = planted
-    res = ridge.fit_score(X, Y, delays=DELAYS)
+    res = ridge.fit_score(X, Y, None, ridge.Splitter.for_delays(DELAYS, 1.5))
     assert res.scores[has].mean() > 0.15 and abs(res.scores[~has].mean()) < 0.03
     assert np.isfinite(res.concat_r).all()
 
@@ -193,7 +200,7 @@ def test_runs_scored_separately_and_aggregated_by_story():
     X = np.vstack([make_delays(F, DELAYS)] * 2 + [make_delays(F[:100], DELAYS)])
     Y = rng.standard_normal((len(X), 30)).astype(np.float32)
     lay = ridge.Layout.of_runs([120, 120, 100], ["pieman", "pieman", "tunnel"])
-    res = ridge.fit_score(X, Y, lay, delays=DELAYS)
+    res = ridge.fit_score(X, Y, lay, ridge.Splitter.for_delays(DELAYS, 1.5))
     assert res.run_scores.shape == (3, 30)
     expect = (res.run_scores[:2].mean(0) + res.run_scores[2]) / 2   # runs in story, stories equal
     np.testing.assert_allclose(res.scores, expect, atol=1e-6)
@@ -208,8 +215,8 @@ def test_held_out_story_scored_per_block_in_the_single_story_unit():
     Y = (X[:, :4] @ rng.standard_normal((4, 20)) + 3 * _ar1(rng, 240, 20, 0.9)
          ).astype(np.float32)
     lay = ridge.Layout.of_runs([120, 120], ["a", "b"])
-    whole = ridge.score(ridge.prepare(X, lay, delays=DELAYS), Y)
-    D = ridge.prepare(X, lay, delays=DELAYS, score_blocks=5)
+    whole = ridge.score(ridge.prepare(X, lay, ridge.Splitter.for_delays(DELAYS, 1.5)), Y)
+    D = ridge.prepare(X, lay, ridge.Splitter.for_delays(DELAYS, 1.5, score_blocks=5))
     blocks = ridge.score(D, Y)
     rows, pred, _ = ridge.heldout_predictions(D, Y)
     for run in (0, 1):
@@ -221,8 +228,7 @@ def test_held_out_story_scored_per_block_in_the_single_story_unit():
         np.testing.assert_allclose(whole.run_scores[run], ridge.np_pearson(p, y), atol=1e-5)
     assert np.abs(blocks.run_scores - whole.run_scores).max() > 0.01
     assert D.scheme == "leave-one-story-out, r per 5 blocks of each held-out story"
-    assert ridge.prepare(X[:120], ridge.Layout.single(120, "a"), gap=5,
-                         score_blocks=5).score_blocks == 0
+    assert ridge.prepare(X[:120], ridge.Layout.single(120, "a"), ridge.Splitter(gap=5, score_blocks=5)).score_blocks == 0
 
 
 # --------------------------------------------------------------------------- leakage
@@ -237,8 +243,8 @@ def test_default_gap_removes_the_autocorrelation_leak():
         Y = _ar1(rng, 300, 300, 0.9)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            default.append(ridge.fit_score(X, Y, delays=DELAYS).scores.mean())
-            old.append(ridge.fit_score(X, Y, gap=5).scores.mean())
+            default.append(ridge.fit_score(X, Y, None, ridge.Splitter.for_delays(DELAYS, 1.5)).scores.mean())
+            old.append(ridge.fit_score(X, Y, None, ridge.Splitter(gap=5)).scores.mean())
     assert abs(np.mean(default)) <= 0.005, np.mean(default)
     assert np.mean(old) > 0.015, np.mean(old)
 
@@ -250,7 +256,7 @@ def test_constant_and_nan_voxels_are_excluded_and_counted(planted):
     Y[:, 3] = 5.0
     Y[7, 4] = np.nan
     with pytest.warns(UserWarning, match="2 of 10 targets are constant or contain NaN"):
-        res = ridge.fit_score(X, Y, delays=DELAYS)
+        res = ridge.fit_score(X, Y, None, ridge.Splitter.for_delays(DELAYS, 1.5))
     assert res.n_invalid == 2 and not res.valid[3] and not res.valid[4]
     assert np.isnan(res.scores[[3, 4]]).all() and np.isfinite(res.scores[[0, 1, 2, 5]]).all()
 
@@ -259,13 +265,13 @@ def test_bad_inputs(planted):
     X, Y, _ = planted
     with pytest.raises(ridge.EngineError, match=r"features have 300 TRs but BOLD has 299 TRs "
                                                 r"\(a\.nii vs b\.npz\)"):
-        ridge.fit_score(X, Y[:-1], delays=DELAYS, source="a.nii vs b.npz")
+        ridge.fit_score(X, Y[:-1], None, ridge.Splitter.for_delays(DELAYS, 1.5), source="a.nii vs b.npz")
     with pytest.raises(ridge.EngineError, match="leaves no training TRs"):
-        ridge.fit_score(X[:40], Y[:40], delays=DELAYS)
+        ridge.fit_score(X[:40], Y[:40], None, ridge.Splitter.for_delays(DELAYS, 1.5))
     with pytest.raises(ridge.EngineError, match="all features are zero"):
-        ridge.fit_score(np.zeros_like(X), Y, delays=DELAYS)
+        ridge.fit_score(np.zeros_like(X), Y, None, ridge.Splitter.for_delays(DELAYS, 1.5))
     with pytest.raises(ridge.EngineError, match="no targets"):
-        ridge.fit_score(X, Y[:, :0], delays=DELAYS)
+        ridge.fit_score(X, Y[:, :0], None, ridge.Splitter.for_delays(DELAYS, 1.5))
 
 
 def test_alpha_edge_is_reported_and_warned_for_a_single_target():
@@ -275,11 +281,11 @@ def test_alpha_edge_is_reported_and_warned_for_a_single_target():
     X = rng.standard_normal((200, 20)).astype(np.float32)
     y = (X[:, :1] + 0.5 * rng.standard_normal((200, 1))).astype(np.float32)  # wants a small one
     with pytest.warns(UserWarning, match="at the edge of the grid"):
-        res = ridge.fit_score(X, y, gap=5, alphas=[1e3, 1e4, 1e5])
+        res = ridge.fit_score(X, y, None, ridge.Splitter(gap=5), alphas=[1e3, 1e4, 1e5])
     assert res.edge_fraction > 0.5 and res.edge.shape == (5, 1)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        wide = ridge.fit_score(X, y, gap=5, alphas=np.logspace(-3, 8, 12))
+        wide = ridge.fit_score(X, y, None, ridge.Splitter(gap=5), alphas=np.logspace(-3, 8, 12))
     assert wide.edge_fraction == 0
 
 
@@ -298,5 +304,5 @@ def test_the_gap_is_story_time_and_stays_unbiased_at_other_trs(tr):
         Y = _ar1(rng, n, 300, 0.9 ** k)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            bias.append(ridge.fit_score(X, Y, delays=DELAYS, tr=tr).scores.mean())
+            bias.append(ridge.fit_score(X, Y, None, ridge.Splitter.for_delays(DELAYS, tr)).scores.mean())
     assert abs(np.mean(bias)) <= 0.005, (tr, np.mean(bias))

@@ -57,7 +57,7 @@ def test_a_planted_signal_in_one_named_roi_is_the_best_roi(tmp_path, paths):
     """SYNTHETIC volumes on the 6 mm grid: the HRF-convolved word rate planted in L_pSTG only;
     the stage's ROI targets find L_pSTG best."""
     from conftest import fake_index
-    from lib import brain_score, datasets, encoding, transcripts
+    from lib import datasets, encoding, geometry, stage05, transcripts
     from lib.engine.inference import NullSpec
     from nilearn.datasets import load_mni152_brain_mask
     from nilearn.image import resample_to_img
@@ -89,11 +89,12 @@ def test_a_planted_signal_in_one_named_roi_is_the_best_roi(tmp_path, paths):
     run = tmp_path / "run"
     transcripts.build_transcripts(m, run / "transcripts")
     mask_img = nib.Nifti1Image(mask.astype(np.uint8), ref.affine)
-    labels, names, _ = encoding.named_rois(mask_img, None, "harvard_oxford")
-    st = encoding.Settings(null=NullSpec(n_perm=20), perm_conditions=(), spaces=("word_rate",))
-    job = encoding.make_job(m, run / "transcripts", fake_index(run, ["pieman"]),
+    labels, names, _ = geometry.named_rois(mask_img, None, "harvard_oxford")
+    st = encoding.Settings(null=NullSpec(n_perm=20), perm_conditions=(), spaces=("word_rate",),
+                           tr=1.5)
+    job = encoding.volume_job(m, run / "transcripts", fake_index(run, ["pieman"]),
                             run / "brain_score", mask_img, st, labels, names)
-    sc = brain_score.run_stage(job, progress=False)["scores"]
+    sc = stage05.run_stage(job, progress=False)["scores"]
     wr = sc[(sc.condition == "word_rate") & sc.target.str.startswith("roi-")]
     best = wr.groupby("target").brain_score.mean().sort_values()
     assert best.index[-1] == "roi-L_pSTG" and best.iloc[-1] > 0.3, best.tail(3)

@@ -58,7 +58,7 @@ def _fit_delta(rng, mixed: bool, n=240, p=12, noise=0.2):
     mixing of the feature dimensions (``Z (I + noise R_k)``: fold models correlated ~0.96).
     ``mixed``: each story's sft features from another fold model, as cross-fitting by story
     did."""
-    from lib.engine import Layout, fit_score
+    from lib.engine import Layout, Splitter, fit_score
     from lib.synthetic import _ar1
 
     Z = _ar1(rng, 2 * n, p, 0.9)
@@ -68,7 +68,7 @@ def _fit_delta(rng, mixed: bool, n=240, p=12, noise=0.2):
     sft_one = model()
     sft_mixed = np.vstack([model()[:n], model()[n:]])
     layout = Layout.of_runs([n, n], ["s1", "s2"])
-    r = lambda X: fit_score(X, Y, layout, gap=0, inner_folds=2).scores.mean()
+    r = lambda X: fit_score(X, Y, layout, Splitter(gap=0, inner_folds=2)).scores.mean()
     return r(sft_mixed if mixed else sft_one) - r(raw)
 
 
@@ -153,11 +153,11 @@ def test_sft_lowers_training_loss_and_resumes(corpus, tmp_path, paths):
     assert len(hist) == 21 and np.isfinite(m2["train_loss_last"])
 
 
-def test_run_stage_trains_sft_and_controls(corpus, tmp_path):
+def test_train_models_trains_sft_and_controls(corpus, tmp_path):
     cfg = sft.SFTConfig(base_model="tiny-gpt2", steps=3, lr=1e-3, batch_size=2, block_size=32,
                         device="cpu")
     small = {k: v[:3000] for k, v in corpus.items()}
-    folds, table = sft.run_stage(small, ["pieman"], cfg, tmp_path, mode="heldout",
+    folds, table = sft.train_models(small, ["pieman"], cfg, tmp_path, mode="heldout",
                                  seeds=[0, 1], progress=False)
     assert sorted(table.condition.unique()) == ["control", "scrambled", "sft"] and len(table) == 6
     assert not table.leaky.any()
@@ -169,7 +169,7 @@ def test_leaky_models_are_labelled_and_kept_apart(corpus, tmp_path):
     cfg = sft.SFTConfig(base_model="tiny-gpt2", steps=2, lr=1e-3, batch_size=2, block_size=32,
                         device="cpu")
     small = {k: v[:2000] for k, v in corpus.items()}
-    _, table = sft.run_stage(small, ["pieman"], cfg, tmp_path, mode="leaky", progress=False)
+    _, table = sft.train_models(small, ["pieman"], cfg, tmp_path, mode="leaky", progress=False)
     assert sorted(table.condition) == ["control-leaky", "scrambled-leaky", "sft-leaky"]
     assert table.leaky.all() and table.path.nunique() == 3
 
@@ -197,8 +197,8 @@ def test_training_and_extraction_are_bit_for_bit_reproducible(corpus, tmp_path, 
     assert np.array_equal(a1, a2)
     X = np.repeat(a1[:150], 2, axis=0)
     Y = np.random.default_rng(0).standard_normal((300, 50)).astype(np.float32)
-    s1 = ridge.fit_score(X, Y, gap=10).scores
-    s2 = ridge.fit_score(X, Y, gap=10).scores
+    s1 = ridge.fit_score(X, Y, None, ridge.Splitter(gap=10)).scores
+    s2 = ridge.fit_score(X, Y, None, ridge.Splitter(gap=10)).scores
     assert np.array_equal(s1, s2)
     # the fingerprint is the content (weights, tokenizer, training key), never the run metrics
     assert lm.fingerprint == load_model(str(tmp_path / "b"), device="cpu").fingerprint
@@ -236,9 +236,9 @@ def test_external_mode_trains_on_unscored_stories_only(corpus, tmp_path):
     cfg = sft.SFTConfig(base_model="tiny-gpt2", steps=2, lr=1e-3, batch_size=2, block_size=32,
                         device="cpu")
     small = {k: v[:2000] for k, v in corpus.items()}     # a Narratives run: its own corpus
-    _, t1 = sft.run_stage(small, ["pieman"], cfg, tmp_path, controls=(), progress=False)
+    _, t1 = sft.train_models(small, ["pieman"], cfg, tmp_path, controls=(), progress=False)
     small["storyA"] = scored["storyA"]                   # another dataset: its story added
-    _, t2 = sft.run_stage(small, ["storyA"], cfg, tmp_path, mode="external", controls=(),
+    _, t2 = sft.train_models(small, ["storyA"], cfg, tmp_path, mode="external", controls=(),
                           exclude=["pieman"], progress=False)
     assert t2.path.iloc[0] == t1.path.iloc[0]                     # trained once, used twice
     assert list(t2.columns) == sft.MODEL_COLUMNS
@@ -301,7 +301,7 @@ def test_checkpoints_are_the_models_a_shorter_run_would_train(corpus, tmp_path):
     cfg = sft.SFTConfig(base_model="tiny-gpt2", steps=3, lr=1e-3, batch_size=2, block_size=32,
                         device="cpu")
     small = {k: v[:3000] for k, v in corpus.items()}
-    folds, table = sft.run_stage(small, ["pieman"], cfg, tmp_path / "m", mode="heldout",
+    folds, table = sft.train_models(small, ["pieman"], cfg, tmp_path / "m", mode="heldout",
                                  controls=["control"], seeds=[0, 1], progress=False,
                                  checkpoints=[1, 5], checkpoint_seeds=[0])
     got = sorted(zip(table.condition, table.seed, table.step))

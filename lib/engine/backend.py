@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .folds import EngineError
+
 
 def _eigh64(G: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     try:
@@ -28,7 +30,7 @@ class Backend:
             self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
             self.dtype = getattr(torch, dtype)
         else:
-            raise ValueError(f"backend must be 'numpy' or 'torch', got {name!r}")
+            raise EngineError(f"backend must be 'numpy' or 'torch', got {name!r}")
 
     def asarray(self, a, dtype=None):
         if self.name == "numpy":
@@ -84,7 +86,18 @@ def pearson_cols(B: Backend, p, y, eps: float = 1e-12):
 
 
 def np_pearson(p: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Column-wise Pearson r (numpy)."""
+    """Column-wise Pearson r.
+
+    Parameters
+    ----------
+    p, y : array (n, t)
+        Predictions and responses.
+
+    Returns
+    -------
+    array (t,)
+        r of each column pair.
+    """
     return pearson_cols(Backend("numpy", dtype="float64"), np.asarray(p, float),
                         np.asarray(y, float))
 

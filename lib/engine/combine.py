@@ -21,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import stats
 
+from .folds import EngineError
 from .paired import hac_se, mde
 
 
@@ -42,13 +43,30 @@ def _t_summary(delta: float, var_time: float, df_time: float, var_seed: float, d
 
 def seed_interval(c_seeds: np.ndarray, w: np.ndarray, seg: np.ndarray, level: float = 0.95,
                   power: float = 0.8) -> dict:
-    """Δ of one subject averaged over M seeds, from ``c_seeds`` (M, J): each seed's block
-    contributions on the same J blocks (``w``: each block's share of the weights, summing to 1;
-    ``seg``: each block's story).
+    """Δ of one subject averaged over M fine-tuning seeds, with a CI that holds both the
+    time-sampling and the between-seed variance.
 
-    Variance = hac_se(mean over seeds of c - Δ w)^2 (time, around the estimate, df J - 1) +
-    var(per-seed Δ) / M (seeds, df M - 1). With one seed the second term is absent (``se_seed`` NaN) and the interval
-    leaves the variability between fine-tuned models out: say so where it is shown.
+    Variance = hac_se(mean over seeds of c - Δ w)^2 (time, df J - 1) + var(per-seed Δ) / M
+    (seeds, df M - 1), Satterthwaite's df. With one seed the second term is absent
+    (``se_seed`` NaN): the interval then leaves the variability between fine-tuned models out,
+    and the caller says so.
+
+    Parameters
+    ----------
+    c_seeds : array (M, J)
+        Each seed's block contributions on the same J blocks.
+    w : array (J,)
+        Each block's share of the weights (sum 1).
+    seg : array (J,)
+        Each block's story.
+    level, power : float
+        Confidence level; power of the minimum detectable effect.
+
+    Returns
+    -------
+    dict
+        ``delta``, ``se``, ``df``, ``t``, ``p``, ``ci_low``, ``ci_high``, ``mde``, ``se_time``,
+        ``se_seed``, ``n_seeds``, ``seed_deltas``.
     """
     c_seeds = np.atleast_2d(np.asarray(c_seeds, float))
     M, J = c_seeds.shape
@@ -64,18 +82,29 @@ def seed_interval(c_seeds: np.ndarray, w: np.ndarray, seg: np.ndarray, level: fl
 
 
 def fixed_effect(per_subject: list[dict], level: float = 0.95, power: float = 0.8) -> dict:
-    """Subjects combined: ``per_subject`` holds, per subject, ``seed_deltas`` (the same M seeds
-    in the same order for every subject) and ``se_time`` (:func:`seed_interval`'s output).
+    """Subjects combined by inverse-variance weights; the seeds' variance added once (the models
+    are shared by the subjects).
 
-    Δ = sum_i w_i Δ_i / sum_i w_i with w_i = 1 / se_time_i^2; variance 1 / sum_i w_i (time,
-    independent across subjects) + the between-seed variance of the combined per-seed Δs / M
-    (the models are shared by the subjects). Q = sum_i w_i (Δ_i - Δ)^2 on k - 1 df and
-    I² = max(0, (Q - (k - 1)) / Q).
+    Δ = sum_i w_i Δ_i / sum_i w_i with w_i = 1 / se_time_i^2; variance 1 / sum_i w_i + the
+    between-seed variance of the combined per-seed Δs / M. Q = sum_i w_i (Δ_i - Δ)^2 on k - 1
+    df and I² = max(0, (Q - (k - 1)) / Q).
+
+    Parameters
+    ----------
+    per_subject : list of dict
+        :func:`seed_interval` of each subject (the same M seeds in the same order).
+    level, power : float
+        Confidence level; power of the minimum detectable effect.
+
+    Returns
+    -------
+    dict
+        As :func:`seed_interval`, with ``Q``, ``Q_p`` and ``I2``.
     """
     D = np.asarray([s["seed_deltas"] for s in per_subject], float)      # (S, M)
     se_t = np.asarray([s["se_time"] for s in per_subject], float)
     if D.ndim != 2 or D.shape[0] < 2:
-        raise ValueError("fixed_effect needs at least 2 subjects with the same seeds")
+        raise EngineError("fixed_effect needs at least 2 subjects with the same seeds")
     S, M = D.shape
     w = 1 / se_t ** 2
     per_seed = (w[:, None] * D).sum(0) / w.sum()
@@ -96,17 +125,34 @@ def fixed_effect(per_subject: list[dict], level: float = 0.95, power: float = 0.
 
 def trend(c_steps: np.ndarray, tokens, w: np.ndarray, seg: np.ndarray, level: float = 0.95,
           power: float = 0.8) -> dict:
-    """Slope of Δ over log2(tokens seen) across K checkpoints, from ``c_steps`` (K, J) (or
-    (K, M, J) with M seeds at every checkpoint): the least-squares slope is sum_k a_k Δ_k with
-    a_k = (x_k - mean x) / sum (x - mean x)^2, so its block contributions are sum_k a_k c_kj and
-    its variance is taken like any Δ's (:func:`seed_interval`). Units: Δr per doubling of the
-    tokens seen."""
+    """The slope of Δ over log2(tokens seen) across K fine-tuning checkpoints (Δr per doubling).
+
+    The least-squares slope is sum_k a_k Δ_k with a_k = (x_k - mean x) / sum (x - mean x)^2, so
+    its block contributions are sum_k a_k c_kj and its variance is taken like any Δ's
+    (:func:`seed_interval`).
+
+    Parameters
+    ----------
+    c_steps : array (K, J) or (K, M, J)
+        Block contributions of each checkpoint (and seed) on the same blocks.
+    tokens : sequence of int (K,)
+        Tokens seen at each checkpoint.
+    w, seg : array (J,)
+        Block weights and stories.
+    level, power : float
+        Confidence level; power of the minimum detectable effect.
+
+    Returns
+    -------
+    dict
+        As :func:`seed_interval`, ``delta`` being the slope, with ``n_checkpoints``.
+    """
     c = np.asarray(c_steps, float)
     if c.ndim == 2:
         c = c[:, None, :]
     x = np.log2(np.asarray(tokens, float))
     if len(x) != c.shape[0] or len(x) < 3:
-        raise ValueError("trend needs one checkpoint per row of c_steps, at least 3")
+        raise EngineError("trend needs one checkpoint per row of c_steps, at least 3")
     a = (x - x.mean()) / ((x - x.mean()) ** 2).sum()
     slope_c = np.tensordot(a, c, axes=1)                                # (M, J)
     out = seed_interval(slope_c, w, seg, level, power)   # centred on the slope: sum_k a_k Δ_k w

@@ -15,16 +15,17 @@ estimate it by (MS_A + MS_B) / (S M) (E[MS_A] = M s_a^2 + s_e^2, E[MS_B] = S s_b
 s_e^2 / (S M), the smallest term; subtracting MS_E, the unbiased version, made the test more
 anti-conservative). The test and interval are Student t with Satterthwaite's degrees of freedom,
 except where the models' term is the larger (MS_B > MS_A): then the error is mostly the spread of
-M models, and the df are M - 1. Satterthwaite's df are estimated from the same mean squares and
-run high exactly when MS_B is low by chance, which at 3 seeds gave an FPR of 7.8% (80 subjects,
-seed SD 0.5x the subject SD); with the bound, 4.4-5.6% over 5-80 subjects and seed SDs 0-1x
-(docs/validity.md, section 5d). Closed form: no mixed-model optimiser that can fail to converge
+M models, and the df are M - 1 (Satterthwaite's df, estimated from the same mean squares, run
+high exactly when MS_B is low by chance: the false-positive rates with and without the bound are
+in docs/validity.md, section 5d). Closed form: no mixed-model optimiser that can fail to converge
 at 3 seeds, and exact arithmetic for the balanced tables this project makes.
 """
 from __future__ import annotations
 
 import numpy as np
 from scipy import stats
+
+from .folds import EngineError
 
 
 def _mean_squares(D: np.ndarray) -> tuple[float, float, float]:
@@ -39,18 +40,30 @@ def _mean_squares(D: np.ndarray) -> tuple[float, float, float]:
 
 
 def crossed_test(D, level: float = 0.95, power: float = 0.8) -> dict:
-    """Test and CI of the grand mean of ``D`` (subjects x seeds; no missing cells).
+    """Test and CI of the grand mean of Δ over subjects x fine-tuning seeds, both random.
 
-    Returns the mean Δ, its standard error, Satterthwaite df, t, two-sided p, the CI, the
-    between-seed and between-subject SDs (from the variance components, floored at 0), the
-    per-seed means, and ``mde``: the smallest |Δ| this design detects with ``power`` at 1 - level.
+    Parameters
+    ----------
+    D : array (n_subjects, n_seeds)
+        Δ per subject and seed (no missing cells).
+    level : float
+        Confidence level.
+    power : float
+        Power of the minimum detectable effect.
+
+    Returns
+    -------
+    dict
+        The mean Δ, its standard error, Satterthwaite df, t, two-sided p, the CI, the
+        between-seed and between-subject SDs (variance components floored at 0), the per-seed
+        means, and ``mde``: the smallest |Δ| this design detects with ``power`` at 1 - level.
     """
     D = np.asarray(D, float)
     if D.ndim != 2 or np.isnan(D).any():
-        raise ValueError("D must be a complete subjects x seeds table")
+        raise EngineError("D must be a complete subjects x seeds table")
     S, M = D.shape
     if S < 2 or M < 2:
-        raise ValueError(f"need >= 2 subjects and >= 2 seeds (got {S} x {M})")
+        raise EngineError(f"need >= 2 subjects and >= 2 seeds (got {S} x {M})")
     ms_a, ms_b, ms_e = _mean_squares(D)
     num = ms_a + ms_b
     se = np.sqrt(num / (S * M))

@@ -12,14 +12,115 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .docs import fill_doc
+
 
 class EngineError(ValueError):
-    """Inputs the engine cannot fit (too few TRs for the folds, no targets, ...)."""
+    """Inputs the engine cannot fit (too few TRs for the folds, no targets, a bad layout, ...):
+    the one exception type the engine raises on bad input.
+
+    Parameters
+    ----------
+    message : str
+        What is wrong, with the source (subject, condition) where the caller named one.
+    """
+
+
+#: story time beyond the longest delay dropped between training and test blocks, in seconds:
+#: the measured value that removes the autocorrelation leak (docs/validity.md, section 1); kept
+#: in seconds and converted at each dataset's TR
+AUTOCORR_MARGIN_S = 37.5
+
+
+def default_gap(delays, tr: float) -> int:
+    """The gap between training and test blocks that covers the features' delays and the
+    autocorrelation of BOLD.
+
+    Parameters
+    ----------
+    delays : sequence of int
+        The FIR delays (TRs) the features carry.
+    tr : float
+        Repetition time in seconds (required: the margin is story time).
+
+    Returns
+    -------
+    int
+        ``max(delays)`` plus :data:`AUTOCORR_MARGIN_S` seconds of story time, in TRs.
+    """
+    tr = check_tr(tr)
+    return int(max(max(delays), 0) + int(np.ceil(AUTOCORR_MARGIN_S / tr - 1e-9)))
+
+
+def check_tr(tr) -> float:
+    """``tr`` as a positive float, else :class:`EngineError` (no silent default TR)."""
+    try:
+        value = float(tr)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if not value > 0:
+        raise EngineError(f"the repetition time must be a positive number of seconds, got {tr!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class Splitter:
+    """How a design is split into outer folds and, inside each training set, inner folds.
+
+    Parameters
+    ----------
+    gap : int
+        TRs of story time dropped from training on each side of a held-out block of one story
+        (the outer and the inner folds); :meth:`for_delays` derives it from the delays and TR.
+    n_folds : int
+        Outer folds: contiguous blocks of story time when the layout holds one story (several
+        stories: leave one story out).
+    inner_folds : int
+        Inner folds, cut the same way inside each outer training set.
+    inner_groups : int
+        > 0: the inner folds hold out this many groups of whole training stories instead.
+    folds : list of (train, test) arrays, optional
+        Explicit outer folds (a dataset's own split, :func:`split_folds`; k folds of whole
+        stories, :func:`story_group_folds`).
+    score_blocks : int
+        > 1, with leave-one-story-out folds: score each held-out story as the mean r over that
+        many contiguous blocks of it (the unit of a subject who heard one story).
+    """
+    gap: int
+    n_folds: int = 5
+    inner_folds: int = 4
+    inner_groups: int = 0
+    folds: list | None = None
+    score_blocks: int = 0
+
+    @classmethod
+    def for_delays(cls, delays, tr: float, **kw) -> "Splitter":
+        """A splitter whose gap is :func:`default_gap` of ``delays`` at ``tr``."""
+        return cls(gap=default_gap(delays, tr), **kw)
+
+    def outer(self, layout: "Layout") -> list[tuple[np.ndarray, np.ndarray]]:
+        """The outer (train, test) folds of ``layout``."""
+        return self.folds or blocked_folds(layout, self.n_folds, self.gap)
+
+    def inner(self, layout: "Layout", train: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        """The inner (fit, validation) folds inside the training rows ``train``."""
+        if self.inner_groups and len(np.unique(layout.story[train])) >= 2:
+            return story_group_folds(layout, self.inner_groups, rows=train)
+        return blocked_folds(layout, self.inner_folds, self.gap, rows=train)
 
 
 @dataclass(frozen=True)
 class Layout:
-    """Run, story and story position (kept-TR index) of every row of a design."""
+    """Run, story and story position (kept-TR index) of every row of a design.
+
+    Parameters
+    ----------
+    run, story, pos : array of int (n_rows,)
+        Each row's run index, story index and position in its story.
+    names : tuple of str
+        The story names, by story index (they seed the permutation null, so subjects who heard
+        the same story share its reorderings). Build with :meth:`of_runs` or :meth:`single`.
+    """
     run: np.ndarray
     story: np.ndarray
     pos: np.ndarray
@@ -33,7 +134,7 @@ class Layout:
         """One run of one story. The name is required: it seeds the permutation null, so
         subjects who heard the same story share reorderings and different stories differ."""
         if not str(story):
-            raise ValueError("Layout.single needs the story's name (it seeds the null)")
+            raise EngineError("Layout.single needs the story's name (it seeds the null)")
         z = np.zeros(n, np.int64)
         return cls(z, z.copy(), np.arange(n), (str(story),))
 
@@ -53,7 +154,7 @@ class Layout:
         lengths = [int(n) for n in lengths]
         stories = list(range(len(lengths))) if stories is None else list(stories)
         if len(stories) != len(lengths):
-            raise ValueError(f"{len(lengths)} runs but {len(stories)} story labels")
+            raise EngineError(f"{len(lengths)} runs but {len(stories)} story labels")
         names = {s: i for i, s in enumerate(dict.fromkeys(stories))}
         run = np.concatenate([np.full(n, i) for i, n in enumerate(lengths)])
         story = np.concatenate([np.full(n, names[s]) for n, s in zip(lengths, stories)])
@@ -72,11 +173,27 @@ class Layout:
         return out
 
 
-def blocked_folds(layout: Layout, n_folds: int = 5, gap: int = 20, rows=None
+@fill_doc
+def blocked_folds(layout: Layout, n_folds: int, gap: int, rows=None
                   ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(train, test) row indices: leave one story out, or contiguous blocks of story time with
-    ``gap`` TRs dropped from training on each side (see module docstring). ``rows`` restricts
-    the folds to a subset (inner folds inside an outer training set)."""
+    """Outer or inner folds: leave one story out, or contiguous blocks of one story's time.
+
+    Parameters
+    ----------
+    layout : Layout
+        The rows' runs, stories and story positions.
+    n_folds : int
+        Blocks of story time when the rows hold one story (several stories: one fold each).
+    gap : int
+        TRs of story time dropped from training on each side of a test block (every repeat of
+        the story at once).
+    %(rows_folds)s
+
+    Raises
+    ------
+    EngineError
+        When the story is too short for the folds or the gap leaves no training TRs.
+    """
     rows = np.arange(len(layout)) if rows is None else np.asarray(rows)
     story, pos = layout.story[rows], layout.pos[rows]
     stories = np.unique(story)
@@ -100,21 +217,52 @@ def blocked_folds(layout: Layout, n_folds: int = 5, gap: int = 20, rows=None
 
 
 def position_blocks(pos: np.ndarray, n_blocks: int) -> list[np.ndarray]:
-    """Boolean masks over ``pos`` (story positions) of ``n_blocks`` contiguous blocks of its
-    distinct positions, as equal as rounding allows (empty blocks left out): one story's outer
-    test blocks (:func:`blocked_folds`), the scoring blocks of a held-out story
-    (:func:`score_masks`) and of a noise ceiling -- one cut, so they are the same unit."""
+    """Contiguous blocks of a story's distinct positions, as equal as rounding allows.
+
+    One cut for one story's outer test blocks (:func:`blocked_folds`), the scoring blocks of a
+    held-out story (:func:`score_masks`) and a noise ceiling's blocks, so they are the same
+    unit.
+
+    Parameters
+    ----------
+    pos : array of int
+        Story positions of the rows.
+    n_blocks : int
+        Blocks wanted (empty ones are left out).
+
+    Returns
+    -------
+    list of array of bool
+        One mask over ``pos`` per block.
+    """
     u = np.unique(pos)
     e = np.linspace(0, len(u), n_blocks + 1).round().astype(int)
     return [(pos >= u[a]) & (pos <= u[b - 1]) for a, b in zip(e[:-1], e[1:]) if b > a]
 
 
+@fill_doc
 def story_group_folds(layout: Layout, n_groups: int, rows=None
                       ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(train, test) row indices holding out groups of whole stories: the stories of ``rows``
-    dealt round-robin (in story order) into ``n_groups`` groups. With many stories this is the
-    inner-fold scheme of a fit on a dataset's training split: every validation set is whole
-    stories (no gap needed), and ``n_groups`` decompositions instead of one per story."""
+    """Folds that hold out groups of whole stories.
+
+    The stories of ``rows`` are dealt round-robin (in story order) into ``n_groups`` groups:
+    every validation set is whole stories (no gap needed), and ``n_groups`` decompositions
+    instead of one per story. The outer folds of the powered design (every story held out once)
+    and the inner folds of a fit on many training stories.
+
+    Parameters
+    ----------
+    layout : Layout
+        The rows' stories.
+    n_groups : int
+        Groups of stories (at most one per story).
+    %(rows_folds)s
+
+    Raises
+    ------
+    EngineError
+        With fewer than 2 stories or groups.
+    """
     rows = np.arange(len(layout)) if rows is None else np.asarray(rows)
     stories = np.unique(layout.story[rows])
     if len(stories) < 2:
@@ -128,8 +276,25 @@ def story_group_folds(layout: Layout, n_groups: int, rows=None
 
 
 def split_folds(layout: Layout, test_stories) -> list[tuple[np.ndarray, np.ndarray]]:
-    """One outer fold: every row of the ``test_stories`` (names of ``layout.names``) is tested,
-    every other row trains (a dataset's own train/test split)."""
+    """One outer fold from a dataset's own train/test split.
+
+    Parameters
+    ----------
+    layout : Layout
+        The rows' stories.
+    test_stories : sequence of str
+        Names of ``layout.names`` whose rows are tested.
+
+    Returns
+    -------
+    list of (train, test)
+        One fold: every other row trains.
+
+    Raises
+    ------
+    EngineError
+        When no test story is in the layout, or every story is one.
+    """
     idx = [layout.names.index(s) for s in test_stories if s in layout.names]
     if not idx:
         raise EngineError(f"none of the test stories {list(test_stories)} is in the layout")
@@ -140,7 +305,20 @@ def split_folds(layout: Layout, test_stories) -> list[tuple[np.ndarray, np.ndarr
 
 
 def aggregate_runs(run_values: np.ndarray, run_story: np.ndarray) -> np.ndarray:
-    """(n_runs, ...) -> (...): mean over runs within a story, then stories with equal weight."""
+    """Run values to one value: the mean over runs within a story, then stories with equal weight.
+
+    Parameters
+    ----------
+    run_values : array (n_runs, ...)
+        A value per run (NaN ignored).
+    run_story : array of int (n_runs,)
+        Each run's story.
+
+    Returns
+    -------
+    array (...)
+        The aggregated value.
+    """
     stories = np.unique(run_story)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)

@@ -22,18 +22,34 @@ from __future__ import annotations
 import hashlib
 import itertools
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from .folds import aggregate_runs, score_masks
+from .folds import EngineError, aggregate_runs, score_masks
 from .ridge import Backend, Design, pearson_cols, r2_cols, standardised
 
 
 # --------------------------------------------------------------------------- permutations
 @dataclass(frozen=True)
 class NullSpec:
-    """How to build the permutation null of a brain score."""
+    """How to build the permutation null of a brain score.
+
+    Parameters
+    ----------
+    n_perm : int
+        Permutations (the most any target gets).
+    method : str
+        ``block`` (blocks of story time reordered) or ``shift`` (circular shifts).
+    block : int
+        TRs per block (``block``); :meth:`for_tr` converts 45 s of story time at a TR.
+    min_shift : int
+        Smallest circular shift in TRs (``shift``).
+    perm_batch : int
+        Permutations computed at once.
+    perm_stop : int or None
+        Besag-Clifford sequential stopping: a target stops after this many exceedances.
+    """
     n_perm: int = 1000
     method: str = "block"        # block | shift
     block: int = 30              # TRs per block (method = block)
@@ -54,7 +70,7 @@ class NullSpec:
 
     def __post_init__(self):
         if self.method not in ("block", "shift"):
-            raise ValueError(f"null method must be 'block' or 'shift', got {self.method!r}")
+            raise EngineError(f"null method must be 'block' or 'shift', got {self.method!r}")
 
 
 def _story_seed(seed: int, name) -> np.random.Generator:
@@ -67,7 +83,7 @@ def story_orders(n: int, spec: NullSpec, rng: np.random.Generator) -> np.ndarray
     out = np.empty((spec.n_perm, n), np.int64)
     if spec.method == "shift":
         if n <= 2 * spec.min_shift:
-            raise ValueError(f"{n} TRs are too few for circular shifts of >= {spec.min_shift}")
+            raise EngineError(f"{n} TRs are too few for circular shifts of >= {spec.min_shift}")
         shifts = rng.integers(spec.min_shift, n - spec.min_shift + 1, spec.n_perm)
         for j, s in enumerate(shifts):
             out[j] = np.roll(np.arange(n), s)
@@ -96,14 +112,32 @@ def layout_orders(layout, spec: NullSpec, seed: int = 0, story_names=None) -> np
             lookup = np.full(n, -1)
             lookup[layout.pos[rr]] = rr
             if (lookup < 0).any():
-                raise ValueError("a run does not cover every position of its story")
+                raise EngineError("a run does not cover every position of its story")
             P[:, rr] = lookup[orders[:, layout.pos[rr]]]
     return P
 
 
 @dataclass
 class NullPlan:
-    """What the permutation null of one fit needs: its design, targets and chosen alphas."""
+    """What the permutation null of one fit needs: its design, targets and chosen alphas.
+
+    Parameters
+    ----------
+    design : Design
+        The fit's design (:func:`lib.engine.ridge.prepare`).
+    Y : array (n_trs, t)
+        The targets it was scored on.
+    valid : array of bool (t,)
+        Targets that were fitted.
+    best : array of int (n_folds, t)
+        Index of each target's alpha in each fold (reused by every permutation).
+    spec : NullSpec
+        How the reorderings are drawn.
+    seed : int
+        Seeds the reorderings, with each story's name.
+    batch_targets : int
+        Targets at once (memory).
+    """
     design: Design
     Y: np.ndarray
     valid: np.ndarray        # (t,) targets that were fitted
@@ -111,11 +145,12 @@ class NullPlan:
     spec: NullSpec
     seed: int = 0
     batch_targets: int = 20000
+    orders: np.ndarray = field(init=False, repr=False)     # (n_perm, n_rows) reorderings
+    _hats: dict = field(init=False, repr=False, default_factory=dict)
 
     def __post_init__(self):
         names = dict(enumerate(self.design.layout.names))
         self.orders = layout_orders(self.design.layout, self.spec, self.seed, names)
-        self._hats: dict = {}
 
     def hat(self, f: int, g: int):
         """Fold f's hat matrix for alpha index g (computed once per plan)."""
@@ -146,8 +181,28 @@ class NullPlan:
 
 def null_plan(design: Design, Y: np.ndarray, result, spec: NullSpec, seed: int = 0,
               batch_targets: int = 20000) -> "NullPlan":
-    """The permutation null of ``result`` (:func:`lib.ridge.score` of ``design`` for ``Y``),
-    reusing each fold's chosen alphas."""
+    """The permutation null of a scored fit, reusing each fold's chosen alphas.
+
+    Parameters
+    ----------
+    design : Design
+        The fit's design.
+    Y : array (n_trs, t)
+        Its targets.
+    result : EncodingResult
+        :func:`lib.engine.ridge.score` of ``design`` for ``Y``.
+    spec : NullSpec
+        How the reorderings are drawn.
+    seed : int
+        Seeds the reorderings.
+    batch_targets : int
+        Targets at once.
+
+    Returns
+    -------
+    NullPlan
+        For :func:`permutation_test`.
+    """
     return NullPlan(design, Y, result.valid, result.best, spec, seed, batch_targets)
 
 
@@ -163,7 +218,7 @@ def fold_null(B: Backend, fd, hat, best, Yc, P, layout, metric: str = "r",
     n_test x n whatever the group's size); a group with fewer targets than test TRs gathers its
     permuted columns instead and multiplies H_g into them (c x n_train x its targets) -- banded
     ridge has dozens of small groups. ``metric``: Pearson ``r`` or ``r2`` (test-centred, as in
-    :mod:`lib.partition`); a run's score is the mean over its scoring blocks
+    :mod:`lib.engine.partition`); a run's score is the mean over its scoring blocks
     (:func:`lib.engine.folds.score_masks`), as the fit's own.
     """
     n, n_te = Yc.shape[0], len(fd.test)
@@ -226,36 +281,67 @@ def batch_schedule(n_perm: int, batch: int, h: int | None) -> list[tuple[int, in
 
 
 def subject_null(plans: list, b0: int, b1: int, cols: np.ndarray) -> np.ndarray:
-    """A subject's null scores: the mean over its plans (e.g. one per seed)."""
+    """A subject's null scores: the mean over its plans (e.g. one per seed).
+
+    Parameters
+    ----------
+    plans : list of NullPlan
+        The subject's plans.
+    b0, b1 : int
+        The permutations wanted (b0 to b1).
+    cols : array of int
+        The targets wanted.
+
+    Returns
+    -------
+    array (b1 - b0, len(cols))
+        The null scores.
+    """
     return np.mean([pl.batch(b0, b1, cols) for pl in plans], 0)
 
 
 def permutation_test(plans: list[list[NullPlan]], observed: np.ndarray,
                      spec: NullSpec | None = None, batch_fn=None,
                      valid: np.ndarray | None = None):
-    """p-values of a group score = mean over subjects of (mean over that subject's plans).
+    """p-values of a group score: the mean over subjects of the mean over each subject's plans.
 
-    ``plans[s]`` holds subject s's NullPlans (e.g. one per seed); a single fit is ``[[plan]]``.
-    Permutation j is applied to every plan. ``batch_fn(b0, b1, cols)`` may replace the plans
-    with a function returning each subject's null scores (the plans then live elsewhere, e.g. on
-    Dask workers, and ``valid`` says which targets were fitted). Returns (null (n_perm, t), NaN
-    after a target stopped; p-values; permutations run per target).
+    Permutation j is applied to every plan. The null's settings have one home, the plans (their
+    orders were drawn from them): a ``spec`` that differs from the plans' is an error.
 
-    The null's settings have one home, the plans (their orders were drawn from them): ``spec``
-    may be left out, and a ``spec`` that differs from the plans' is an error, not ignored. With
-    ``batch_fn`` and no plans, ``spec`` gives them.
+    Parameters
+    ----------
+    plans : list of list of NullPlan
+        ``plans[s]`` holds subject s's plans (e.g. one per seed); a single fit is ``[[plan]]``.
+    observed : array (t,)
+        The observed group score.
+    spec : NullSpec, optional
+        Needed only with ``batch_fn`` and no plans.
+    batch_fn : callable, optional
+        ``batch_fn(b0, b1, cols)`` returns each subject's null scores of permutations b0..b1
+        (the plans then live elsewhere, e.g. on Dask workers).
+    valid : array of bool (t,), optional
+        With ``batch_fn``: the targets that were fitted.
+
+    Returns
+    -------
+    null : array (n_perm, t)
+        The null of the group score (NaN after a target stopped).
+    p : array (t,)
+        Permutation p-values, (1 + exceedances) / (1 + permutations run).
+    n_run : array of int (t,)
+        Permutations run per target.
     """
     # one loop of sequential stopping over permutation batches; split, its state would travel
     # through five helpers
     specs = {getattr(pl, "spec", None) for sub in plans for pl in sub} - {None}
     if len(specs) > 1:
-        raise ValueError(f"the plans were built with different null settings: {specs}")
+        raise EngineError(f"the plans were built with different null settings: {specs}")
     if specs and spec is not None and spec != next(iter(specs)):
-        raise ValueError(f"spec {spec} differs from the settings the plans were built with "
+        raise EngineError(f"spec {spec} differs from the settings the plans were built with "
                          f"({next(iter(specs))}); leave spec out")
     spec = next(iter(specs)) if specs else spec
     if spec is None:
-        raise ValueError("no null settings: give plans or spec")
+        raise EngineError("no null settings: give plans or spec")
     n_perm = spec.n_perm
     t = len(observed)
     null = np.full((n_perm, t), np.nan, np.float32)
@@ -302,7 +388,20 @@ def permutation_test(plans: list[list[NullPlan]], observed: np.ndarray,
 
 
 def fdr_bh(p: np.ndarray, q: float = 0.05) -> np.ndarray:
-    """Benjamini-Hochberg: boolean mask of discoveries at level q (NaN p-values are never)."""
+    """Benjamini-Hochberg false discovery rate control.
+
+    Parameters
+    ----------
+    p : array
+        p-values (NaN is never a discovery).
+    q : float
+        The FDR level.
+
+    Returns
+    -------
+    array of bool
+        The discoveries.
+    """
     from scipy.stats import false_discovery_control
 
     p = np.asarray(p, float)
@@ -315,6 +414,18 @@ def fdr_bh(p: np.ndarray, q: float = 0.05) -> np.ndarray:
 
 # --------------------------------------------------------------------------- noise ceilings
 def zscore_time(y: np.ndarray) -> np.ndarray:
+    """Each column z-scored over time (rows); constant columns centred, not divided.
+
+    Parameters
+    ----------
+    y : array (n_trs, t)
+        Responses.
+
+    Returns
+    -------
+    array (n_trs, t), float64
+        The z-scored responses.
+    """
     y = np.asarray(y, np.float64)
     sd = y.std(0)
     return (y - y.mean(0)) / np.where(sd > 0, sd, 1.0)
@@ -326,9 +437,9 @@ def isc_loso(Ys: list[np.ndarray]) -> np.ndarray:
     from .ridge import np_pearson
 
     if len(Ys) < 2:
-        raise ValueError("the noise ceiling needs at least 2 subjects on the same story")
+        raise EngineError("the noise ceiling needs at least 2 subjects on the same story")
     if len({y.shape for y in Ys}) != 1:
-        raise ValueError(f"subjects' BOLD differ in shape: {sorted({y.shape for y in Ys})}")
+        raise EngineError(f"subjects' BOLD differ in shape: {sorted({y.shape for y in Ys})}")
     Z = np.stack([zscore_time(y) for y in Ys])
     total = Z.sum(0)
     return np.stack([np_pearson(Z[i], (total - Z[i]) / (len(Ys) - 1))
@@ -337,19 +448,35 @@ def isc_loso(Ys: list[np.ndarray]) -> np.ndarray:
 
 def isc_reliability(Zs: list[np.ndarray], n_iter: int = 1000, seed: int = 0,
                     chunk: int = 1000) -> tuple[np.ndarray, np.ndarray]:
-    """Mean pairwise ISC and its p-value per target against independent circular shifts of
-    every subject (the joint null: each permutation shifts all subjects, then the whole statistic
-    is recomputed -- shifting one subject against a fixed mean of the others ignores that
-    leave-one-out ISCs share subjects and is anti-conservative, 15% at p < 0.05 on AR(0.9) noise).
+    """Mean pairwise ISC and its p-value per target against independent circular shifts of every
+    subject (the joint null: each permutation shifts all subjects, then recomputes the whole
+    statistic; shifting one subject against the others' mean is anti-conservative).
 
-    The statistic needs only each pair's correlation at each relative lag, computed for every lag
-    at once with the FFT; a permutation is then a lookup. ``Zs``: (n, t) series of the subjects
-    (z-scored here). Returns (mean pairwise ISC (t,), p (t,)).
+    Each pair's correlation at every relative lag comes from one FFT; a permutation is then a
+    lookup.
+
+    Parameters
+    ----------
+    Zs : list of array (n_trs, t)
+        The subjects' series (z-scored here).
+    n_iter : int
+        Permutations.
+    seed : int
+        Seeds the shifts.
+    chunk : int
+        Targets at once (memory).
+
+    Returns
+    -------
+    isc : array (t,)
+        Mean pairwise ISC.
+    p : array (t,)
+        One-sided permutation p.
     """
     Zs = [zscore_time(z).astype(np.float32) for z in Zs]
     k, (n, t) = len(Zs), Zs[0].shape
     if k < 2:
-        raise ValueError("ISC reliability needs at least 2 subjects")
+        raise EngineError("ISC reliability needs at least 2 subjects")
     rng = np.random.default_rng(seed)
     shifts = rng.integers(0, n, (n_iter, k))
     pairs = [(i, j) for i in range(k) for j in range(i + 1, k)]
@@ -370,13 +497,24 @@ def isc_reliability(Zs: list[np.ndarray], n_iter: int = 1000, seed: int = 0,
 
 
 def ceiling_from_isc(r_loso: np.ndarray, n_subjects: int) -> np.ndarray:
-    """Noise ceiling (the r a perfect stimulus model can reach for one subject) from the LOSO ISC.
+    """Noise ceiling (the r a perfect stimulus model can reach for one subject) from the
+    leave-one-subject-out ISC.
 
-    With y_i = s + e_i and pairwise reliability rho = var(s) / var(y), the mean of the other
-    N - 1 subjects has reliability rho_{N-1} = (N-1) rho / (1 + (N-2) rho) (Spearman-Brown) and
-    r_loso = sqrt(rho * rho_{N-1}); solved for rho, the ceiling is corr(y_i, s) = sqrt(rho).
-    It no longer depends on N (LOSO ISC itself underestimates it, more so for few subjects).
-    Targets with r_loso <= 0 have no ceiling (NaN), never a clipped value.
+    With y_i = s + e_i and pairwise reliability rho, the mean of the other N - 1 subjects has
+    reliability (N-1) rho / (1 + (N-2) rho) (Spearman-Brown) and r_loso = sqrt(rho rho_{N-1});
+    solved for rho, the ceiling is sqrt(rho), which no longer depends on N.
+
+    Parameters
+    ----------
+    r_loso : array
+        LOSO ISC per target.
+    n_subjects : int
+        Subjects in the ISC.
+
+    Returns
+    -------
+    array
+        The ceiling; NaN where r_loso <= 0 (never a clipped value).
     """
     r = np.asarray(r_loso, np.float64)
     k = float(n_subjects)
@@ -387,8 +525,18 @@ def ceiling_from_isc(r_loso: np.ndarray, n_subjects: int) -> np.ndarray:
 
 
 def repeat_ceiling(y1: np.ndarray, y2: np.ndarray) -> np.ndarray:
-    """Ceiling of one run from two hearings of the same story by the same subject: sqrt of the
-    run-to-run correlation (NaN where it is <= 0)."""
+    """Ceiling of one run from two hearings of the same story by the same subject.
+
+    Parameters
+    ----------
+    y1, y2 : array (n_trs, t)
+        The two runs' responses on the same story positions.
+
+    Returns
+    -------
+    array (t,)
+        sqrt of the run-to-run correlation (NaN where it is <= 0).
+    """
     from .ridge import np_pearson
 
     r = np_pearson(zscore_time(y1), zscore_time(y2))
@@ -398,7 +546,20 @@ def repeat_ceiling(y1: np.ndarray, y2: np.ndarray) -> np.ndarray:
 
 def normalised(scores: np.ndarray, ceiling: np.ndarray, min_ceiling: float = 0.1) -> np.ndarray:
     """Score / ceiling where the ceiling is at least ``min_ceiling`` (NaN elsewhere, counted by
-    the callers -- never clipped)."""
+    the callers -- never clipped).
+
+    Parameters
+    ----------
+    scores, ceiling : array
+        Brain scores and noise ceilings of the same targets.
+    min_ceiling : float
+        The smallest ceiling divided by.
+
+    Returns
+    -------
+    array
+        Normalised scores.
+    """
     ceiling = np.asarray(ceiling, float)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(ceiling >= min_ceiling, np.asarray(scores, float) / ceiling, np.nan)
@@ -424,10 +585,29 @@ def sign_flip_test(d: np.ndarray, n_mc: int = 100_000, seed: int = 0) -> float:
 def sign_flip_pvalues(d: np.ndarray, one_sided: bool = True, n_mc: int = 10_000,
                       seed: int = 0, batch: int = 4096, exact_max: int = 12
                       ) -> tuple[np.ndarray, int]:
-    """Per column of ``d`` (n_subjects, t): the sign-flip p of mean = 0 across subjects (H1:
-    mean > 0 when ``one_sided``), exact over all 2^n patterns for n <= ``exact_max``, else
-    ``n_mc`` random patterns with the observed one counted, (1 + hits) / (1 + n_mc). Returns
-    (p (t,), patterns used). Columns with a NaN get NaN."""
+    """Per column, the sign-flip p of mean = 0 across subjects.
+
+    Exact over all 2^n patterns for n <= ``exact_max``, else ``n_mc`` random patterns with the
+    observed one counted, (1 + hits) / (1 + n_mc).
+
+    Parameters
+    ----------
+    d : array (n_subjects, t)
+        Differences or scores per subject.
+    one_sided : bool
+        H1: mean > 0 (else two-sided).
+    n_mc, seed, batch : int
+        Monte Carlo patterns, their seed, patterns at once.
+    exact_max : int
+        Enumerate every pattern up to this many subjects.
+
+    Returns
+    -------
+    p : array (t,)
+        NaN for columns with a NaN.
+    n_patterns : int
+        Patterns used.
+    """
     d = np.asarray(d, np.float64)
     n, t = d.shape
     exact = n <= exact_max
@@ -448,8 +628,21 @@ def sign_flip_pvalues(d: np.ndarray, one_sided: bool = True, n_mc: int = 10_000,
 
 
 def t_ci(d: np.ndarray, level: float = 0.95) -> tuple[float, float]:
-    """Student-t CI of the mean of d. With 4-10 subjects its coverage is nominal on normal
-    differences, where BCa's was 83-90% at 95% (tests/test_inference.py, docs/validity.md)."""
+    """Student-t confidence interval of the mean (nominal coverage with 4-10 subjects on normal
+    differences: docs/validity.md).
+
+    Parameters
+    ----------
+    d : array
+        The values.
+    level : float
+        Confidence level.
+
+    Returns
+    -------
+    (low, high) : tuple of float
+        NaN with fewer than 2 values.
+    """
     from scipy import stats
 
     d = np.asarray(d, float)
@@ -461,7 +654,22 @@ def t_ci(d: np.ndarray, level: float = 0.95) -> tuple[float, float]:
 
 
 def paired_stats(a: np.ndarray, b: np.ndarray, seed: int = 0) -> dict:
-    """Paired comparison of a vs b across subjects (Δ = a - b), the subject as the unit."""
+    """Paired comparison of a vs b across subjects (Δ = a - b), the subject as the unit.
+
+    Parameters
+    ----------
+    a, b : array (n_subjects,)
+        One score per subject (pairs with a NaN are left out).
+    seed : int
+        Seeds the Monte Carlo sign flips when there are too many subjects to enumerate.
+
+    Returns
+    -------
+    dict
+        ``n_subjects``, ``n_improved``, ``mean_delta``, ``median_delta``, ``p_sign_flip``
+        (exact two-sided sign flips), ``p_min_attainable``, ``ci95_low``/``ci95_high``
+        (Student t), ``cohens_dz``, ``t``/``p_t`` (paired t) and ``p_wilcoxon`` where defined.
+    """
     from scipy import stats
 
     a, b = np.asarray(a, float), np.asarray(b, float)

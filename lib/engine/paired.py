@@ -17,9 +17,9 @@ trained on them:
   exchange flips the sign of that block's c_j (to first order in the normalisation), so the null
   is the sign-flip distribution of the c_j; two-sided;
 * both use the sum of the c_j over a standard error that lets neighbouring blocks covary
-  (:func:`hac_se`); the CI is that test inverted (:func:`inverted_ci`), so the two agree. A percentile block bootstrap of r under-covered on AR(0.9) data (78-85% at
-  95%), and plain sign flips without the neighbour term gave 6.5-7.5% false positives
-  (docs/validity.md).
+  (:func:`hac_se`); the CI is that test inverted (:func:`inverted_ci`), so the two agree (a
+  percentile block bootstrap under-covered and plain sign flips were liberal: docs/validity.md,
+  5b).
 
 Calibration on data as smooth as real BOLD is tested in ``tests/test_paired.py`` and measured in
 docs/validity.md.
@@ -28,6 +28,9 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+
+from .docs import fill_doc
+from .folds import EngineError
 
 
 def _z(v: np.ndarray) -> np.ndarray:
@@ -38,7 +41,23 @@ def _z(v: np.ndarray) -> np.ndarray:
 
 def fit_difference(y: np.ndarray, pa: np.ndarray, pb: np.ndarray, segments: np.ndarray,
                    cols) -> np.ndarray:
-    """d(t) for the targets ``cols``, every series z-scored within its story (segment)."""
+    """d(t), the per-TR difference in fit whose block sums make Δ, for a set of targets; every
+    series is z-scored within its story.
+
+    Parameters
+    ----------
+    y, pa, pb : array (n_rows, n_targets)
+        Responses and the two models' predictions.
+    segments : array (n_rows,)
+        Each row's story.
+    cols : array of int
+        The targets.
+
+    Returns
+    -------
+    array (n_rows,)
+        d(t).
+    """
     d = np.zeros(len(y))
     for s in pd.unique(segments):
         m = segments == s
@@ -78,26 +97,68 @@ def choose_block(d: np.ndarray, segments: np.ndarray, factor: float = BLOCK_FACT
 STORY_UNIT_MIN = 10
 
 
+@fill_doc
 def choose_unit(d: np.ndarray, segments: np.ndarray) -> int:
-    """Block length (TRs) of the exchange: the longest story (each story one block) when there
-    are at least :data:`STORY_UNIT_MIN` stories, else :func:`choose_block`."""
+    """The block length of the exchange: each story one block when there are at least
+    :data:`STORY_UNIT_MIN` stories, else a few autocorrelation times (:func:`choose_block`).
+
+    Parameters
+    ----------
+    %(d_segments)s
+
+    Returns
+    -------
+    int
+        Block length in TRs.
+    """
     names, counts = np.unique(segments, return_counts=True)
     if len(names) >= STORY_UNIT_MIN:
         return int(counts.max())
     return choose_block(d, segments)
 
 
-def unit_name(block: int, segments: np.ndarray) -> str:
-    """'story' where ``block`` makes each story one block, else 'blocks of N TRs'."""
+def exchange_unit_of(block: int, segments: np.ndarray) -> str:
+    """The exchange unit in words.
+
+    Parameters
+    ----------
+    block : int
+        Block length in TRs.
+    segments : array
+        Each row's story.
+
+    Returns
+    -------
+    str
+        ``story`` where ``block`` makes each story one block, else ``blocks of N TRs``.
+    """
     _, counts = np.unique(segments, return_counts=True)
     return "story" if block >= counts.max() else f"blocks of {block} TRs"
 
 
+@fill_doc
 def block_contributions(d: np.ndarray, segments: np.ndarray, block: int
                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """c_j, each block's share of delta = mean over stories of the story's mean d; w_j, its
-    share of the weights (block TRs / story TRs / stories); and each block's story index. A
-    story's TRs are cut into round(n / block) nearly equal contiguous blocks."""
+    """Cut d(t) into blocks: each block's share of Δ and of the weights.
+
+    A story's TRs are cut into round(n / block) nearly equal contiguous blocks; Δ is the mean
+    over stories of each story's mean d.
+
+    Parameters
+    ----------
+    %(d_segments)s
+    block : int
+        Block length in TRs.
+
+    Returns
+    -------
+    c : array (J,)
+        Each block's contribution (sum(c) = Δ).
+    w : array (J,)
+        Each block's share of the weights (sum(w) = 1).
+    seg : array (J,)
+        Each block's story index.
+    """
     out, wts, seg = [], [], []
     stories = list(pd.unique(segments))
     for i, s in enumerate(stories):
@@ -152,17 +213,48 @@ def flip_p(e: np.ndarray, seg: np.ndarray, signs: np.ndarray) -> float:
 
 
 def sign_flip_p(c: np.ndarray, seg: np.ndarray, n_perm: int = 10000, seed: int = 0) -> float:
-    """Two-sided block-exchange p of sum(c) (:func:`flip_p` over :func:`sign_patterns`)."""
+    """Two-sided block-exchange p of sum(c): studentised sign flips of the blocks.
+
+    Parameters
+    ----------
+    c : array (J,)
+        Block contributions (:func:`block_contributions`).
+    seg : array (J,)
+        Each block's story.
+    n_perm : int
+        Sign patterns.
+    seed : int
+        Seeds the patterns (:func:`sign_patterns`).
+
+    Returns
+    -------
+    float
+        The p-value.
+    """
     return flip_p(c, seg, sign_patterns(len(c), n_perm, seed))
 
 
 def inverted_ci(c: np.ndarray, w: np.ndarray, seg: np.ndarray, level: float = 0.95,
                 n_perm: int = 10000, seed: int = 0) -> tuple[float, float]:
-    """The interval of every delta0 that the block-exchange test does not reject at 1 - level
-    when applied to c_j - delta0 w_j (the contributions if the true difference were delta0; w_j
-    is the block's share of the weights, sum(w) = 1): the test inverted, with the same sign
-    patterns as its p-value (:func:`sign_patterns`), so the CI excludes 0 exactly when
-    p < 1 - level. Bisection on each side."""
+    """The block-exchange test inverted: every Δ0 that the test does not reject at 1 - level
+    when applied to c_j - Δ0 w_j, with the same sign patterns as its p-value, so the CI excludes
+    0 exactly when p < 1 - level (bisection on each side).
+
+    Parameters
+    ----------
+    c, w, seg : array (J,)
+        Block contributions, weights and stories (:func:`block_contributions`).
+    level : float
+        Confidence level.
+    n_perm : int
+        Sign patterns.
+    seed : int
+        Seeds the patterns.
+
+    Returns
+    -------
+    (low, high) : tuple of float
+    """
     delta = float(c.sum())
     signs = sign_patterns(len(c), n_perm, seed)
     alpha = 1 - level
@@ -188,8 +280,21 @@ def inverted_ci(c: np.ndarray, w: np.ndarray, seg: np.ndarray, level: float = 0.
     return ends[0], ends[1]
 
 
-def scores(y: np.ndarray, p: np.ndarray, segments: np.ndarray) -> np.ndarray:
-    """(targets,) r of each target, per story, averaged over stories."""
+def target_scores(y: np.ndarray, p: np.ndarray, segments: np.ndarray) -> np.ndarray:
+    """The r of each target per story, averaged over stories.
+
+    Parameters
+    ----------
+    y, p : array (n_rows, n_targets)
+        Responses and predictions.
+    segments : array (n_rows,)
+        Each row's story.
+
+    Returns
+    -------
+    array (n_targets,)
+        The brain score of each target.
+    """
     return np.mean([(_z(y[segments == s]) * _z(p[segments == s])).mean(0)
                     for s in pd.unique(segments)], 0)
 
@@ -211,18 +316,40 @@ def block_terms(d: np.ndarray, segments: np.ndarray, block: int) -> tuple[np.nda
 def paired_comparison(y: np.ndarray, pa: np.ndarray, pb: np.ndarray, segments: np.ndarray,
                       target_sets: dict, block: int | None = None, n_perm: int = 10000,
                       level: float = 0.95, seed: int = 0) -> pd.DataFrame:
-    """Δ = score(pa) - score(pb) for each named set of target columns, its CI and its
-    block-exchange permutation p (module docstring), the block standard error ``se`` and the
-    minimum detectable effect ``mde`` (80% power, two-sided, from ``se``). ``y``, ``pa``,
-    ``pb``: (rows, targets) held-out responses and predictions on the same rows; ``segments``:
-    each row's story. ``block=None`` measures the block length from each set's d(t)."""
+    """Two models compared on the same held-out time of one subject: Δ = score(pa) - score(pb)
+    for each named set of targets, its CI and its block-exchange permutation p.
+
+    Parameters
+    ----------
+    y, pa, pb : array (n_rows, n_targets)
+        Held-out responses and the two models' predictions on the same rows.
+    segments : array (n_rows,)
+        Each row's story.
+    target_sets : dict
+        ``{name: target columns}``.
+    block : int, optional
+        Block length in TRs; None measures it from each set's d(t) (:func:`choose_unit`).
+    n_perm : int
+        Sign patterns of the exchange test (and of the inverted CI).
+    level : float
+        Confidence level.
+    seed : int
+        Seeds the sign patterns.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per set: ``score_a``, ``score_b``, ``delta``, ``ci_low``, ``ci_high``, ``p``,
+        the block standard error ``se``, the minimum detectable effect ``mde`` (80% power,
+        two-sided), ``block_trs``, ``exchange_unit``, ``n_blocks``, ``autocorr_trs``, ``n_trs``.
+    """
     y, pa, pb = (np.asarray(v, np.float64) for v in (y, pa, pb))
     if not (y.shape == pa.shape == pb.shape):
-        raise ValueError(f"responses {y.shape} and predictions {pa.shape}, {pb.shape} differ")
+        raise EngineError(f"responses {y.shape} and predictions {pa.shape}, {pb.shape} differ")
     segments = np.asarray(segments)
     if len(segments) != len(y):
-        raise ValueError(f"{len(segments)} story labels for {len(y)} rows")
-    ra, rb = scores(y, pa, segments), scores(y, pb, segments)
+        raise EngineError(f"{len(segments)} story labels for {len(y)} rows")
+    ra, rb = target_scores(y, pa, segments), target_scores(y, pb, segments)
     rows = []
     for name, cols in target_sets.items():
         cols = np.asarray(cols)
@@ -235,7 +362,7 @@ def paired_comparison(y: np.ndarray, pa: np.ndarray, pb: np.ndarray, segments: n
                          score_b=float(rb[cols].mean()), delta=float(c.sum()), ci_low=lo,
                          ci_high=hi, p=sign_flip_p(c, seg, n_perm, seed), se=se,
                          mde=mde(se, len(c) - 1, level), block_trs=L,
-                         exchange_unit=unit_name(L, segments),
+                         exchange_unit=exchange_unit_of(L, segments),
                          n_blocks=len(c), autocorr_trs=round(autocorr_time(d, segments), 2),
                          n_trs=len(y)))
     return pd.DataFrame(rows)

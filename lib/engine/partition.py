@@ -4,46 +4,38 @@ Several feature spaces (bands) are fitted jointly by random search over the band
 weights w (himalaya's ``MultipleKernelRidgeCV(solver="random_search")`` scheme -- the one-hot
 corners, the uniform weighting, Dirichlet draws with concentrations 0.1 and 1 in turn -- made
 nested: :func:`band_weights` holds every weighting of each reduced fit, and the reduced fits of a
-partition search exactly those of the joint fit's designs, :func:`partition_fits`): each band
-is standardised, scaled by sqrt(w_b), and the weighted design goes through the single-space
-engine's own folds, inner folds, standardisation and validation-r selection
-(:func:`lib.ridge.prepare`, :func:`lib.ridge.inner_scores`); each target keeps the (weighting,
-alpha) with the best inner validation score. Written on the engine rather than calling himalaya's
-estimator because himalaya's cross-validation works on precomputed kernels and so cannot
-re-standardise each inner fit: measured against the engine with one band, it differed by more than
-1e-3 in r on 15% of targets (up to 0.005); built on the engine, one band *is* the engine. himalaya
-still provides the product-measure split (``r2_score_split``) and is the reference in the tests.
+partition search exactly those of the joint fit's designs, :func:`partition_fits`): each band is
+standardised, scaled by sqrt(w_b), and the weighted design goes through the single-space engine's
+own folds, inner folds, standardisation and validation-r selection
+(:func:`lib.engine.ridge.prepare`, :func:`lib.engine.ridge.inner_scores`); each target keeps the
+(weighting, alpha) with the best inner validation score. Written on the engine rather than
+calling himalaya's estimator because himalaya's cross-validation works on precomputed kernels
+and cannot re-standardise each inner fit (how much that changes r: docs/validity.md, 5f); built
+on the engine, one band *is* the engine. himalaya still provides the product-measure split
+(``r2_score_split``) and is the reference in the tests.
 
-Two measures (``measure``). ``rsq``, what :func:`partition_fits` and the pipeline use: the signed
-square r|r| of each run's held-out r (the brain score's mean over folds), with r selection -- scale-free, so shrunk predictions
-(short inner fits choose large penalties) cost nothing; its split gives each band |r| times its
-share of r. ``r2``: held-out R^2, predictions and BOLD centred on the test block, with R^2
-selection (a penalty chosen by r alone leaves R^2 near 0 -- shared variance came out -0.09 where
-the truth was 0), split by himalaya's product measure; on a single story of smooth BOLD it shrinks
-heavily (r = 0.36 gave R^2 = 0.014) and biases unique shares down four times more than ``rsq``
-(docs/validity.md). Runs are then averaged like brain scores.
-Partition of a list of spaces S (R^2 standing for the measure):
+Two measures (``measure``): ``rsq``, what :func:`partition_fits` and the pipeline use, the
+signed square r|r| of each run's held-out r with r selection (scale-free: shrunk predictions
+cost nothing; its split gives each band |r| times its share of r); ``r2``, held-out R^2 with
+R^2 selection, split by himalaya's product measure, which shrinks heavily on one story of smooth
+BOLD (docs/validity.md, 5f). Runs are then averaged like brain scores. Partition of spaces S:
 
-* ``joint``: R^2 of all spaces together; ``split:<s>``: the share of each space (shares add up
-  to the joint R^2);
+* ``joint``: the measure of all spaces together; ``split:<s>``: each space's share;
 * ``unique:<s>`` = R^2(S) - R^2(S without s): what s adds that nothing else explains;
-* ``shared`` = R^2(S) - sum of the uniques; with two spaces A, B this is the classic
-  set-theoretic decomposition (unique A, unique B, shared = R^2_A + R^2_B - R^2_AB).
+* ``shared`` = R^2(S) - sum of the uniques (with two spaces, the classic set-theoretic
+  decomposition).
 
-Selection noise biases unique R^2 downwards: on smooth BOLD, inner folds of a single story barely
-tell near-equivalent weightings apart, and a joint fit that picks the worse of two (a band and a
-noisy copy of it) loses held-out R^2 that the reduced fit keeps. docs/validity.md measures it
-(per-target and ``pooled`` selection); unique R^2 is therefore tested across subjects, one-sided,
-and the test is conservative where the bias is negative.
+Selection noise biases unique shares downwards (docs/validity.md, 5f), so a space's unique
+share is tested against its conditional placebo (:func:`placebo_band_designs`) across subjects.
 """
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .folds import Layout, aggregate_runs, blocked_folds, score_masks
+from .folds import Layout, Splitter, aggregate_runs, blocked_folds, score_masks
 from .ridge import ALPHA_TIE, DEFAULT_ALPHAS, inner_scores, pearson_cols, prepare, standardised
 
 
@@ -57,7 +49,7 @@ class BandedResult:
     alphas: np.ndarray        # (n_folds, t) chosen alpha
     choice: np.ndarray        # (n_folds, t) chosen (weighting, alpha) as one index
     edge: float               # share of choices at an alpha edge of the grid
-    designs: list | None = None   # one lib.ridge.Design per weighting (for the null)
+    designs: list | None = None   # one lib.engine.ridge.Design per weighting (for the null)
     valid: np.ndarray | None = None
     run_split: np.ndarray | None = None   # (n_bands, n_runs, t)
 
@@ -126,14 +118,33 @@ def _split_r2(y, parts):
         return np.asarray(r2_score_split(y, parts), np.float64)
 
 
-def banded_prepare(Xs: list[np.ndarray], layout: Layout | None = None, *, gap: int,
-                   n_folds: int = 5, inner_folds: int = 4, alphas=DEFAULT_ALPHAS,
-                   n_iter: int = 20, seed: int = 0, backend: str = "numpy",
-                   device=None, score_blocks: int = 0, reuse: tuple | None = None) -> list:
-    """One :class:`lib.ridge.Design` per band weighting (shared by every subject with the
-    same features and TRs); ``score_blocks`` as in :func:`lib.engine.ridge.prepare`.
-    ``reuse=(designs, b)``: designs of the same weightings where only band b's features
-    differ -- a weighting with w_b = 0 never sees band b, so its design is taken as it is."""
+def banded_prepare(Xs: list[np.ndarray], layout: Layout | None, cv: Splitter, *,
+                   alphas=DEFAULT_ALPHAS, n_iter: int = 20, seed: int = 0,
+                   backend: str = "numpy", device=None, reuse: tuple | None = None) -> list:
+    """Banded ridge designs: one :class:`lib.engine.ridge.Design` per band weighting, shared by
+    every subject with the same features and TRs.
+
+    Parameters
+    ----------
+    Xs : list of array (n_trs, p_b)
+        One delayed design per space (band).
+    layout, cv
+        As in :func:`lib.engine.ridge.prepare`.
+    alphas : array
+        Ridge penalties.
+    n_iter, seed : int
+        Weightings drawn per level (:func:`band_weights`) and their seed.
+    backend, device : str
+        As in :func:`lib.engine.ridge.prepare`.
+    reuse : (designs, b), optional
+        Designs of the same weightings where only band b's features differ: a weighting with
+        w_b = 0 never sees band b, so its design is taken as it is.
+
+    Returns
+    -------
+    list of Design
+        One per weighting (``band_weights`` set).
+    """
     X = np.hstack([np.asarray(x, np.float32) for x in Xs])
     edges = np.cumsum([0] + [x.shape[1] for x in Xs])
     groups = [np.arange(a, b) for a, b in zip(edges[:-1], edges[1:])]
@@ -143,25 +154,22 @@ def banded_prepare(Xs: list[np.ndarray], layout: Layout | None = None, *, gap: i
         if reuse is not None and w[reuse[1]] == 0:
             designs.append(reuse[0][i])
             continue
-        D = prepare(X, layout, gap=gap, n_folds=n_folds, inner_folds=inner_folds, alphas=alphas,
-                    backend=backend, device=device, score_blocks=score_blocks, groups=groups,
+        D = prepare(X, layout, cv, alphas=alphas, backend=backend, device=device, groups=groups,
                     col_scale=np.concatenate([np.full(len(g), np.sqrt(w_b))
                                               for g, w_b in zip(groups, w)]))
-        D.band_weights = w
-        designs.append(D)
+        designs.append(replace(D, band_weights=w))
     return designs
 
 
-def banded_fit(Xs: list[np.ndarray], Y: np.ndarray, layout: Layout | None = None, *,
-               gap: int, n_folds: int = 5, inner_folds: int = 4, alphas=DEFAULT_ALPHAS,
-               n_iter: int = 20, seed: int = 0, backend: str = "numpy", device=None,
+def banded_fit(Xs: list[np.ndarray], Y: np.ndarray, layout: Layout | None, cv: Splitter, *,
+               alphas=DEFAULT_ALPHAS, n_iter: int = 20, seed: int = 0, backend: str = "numpy",
+               device=None,
                batch_targets: int = 20000, keep_designs: bool = False, select: str = "r2"
                ) -> BandedResult:
     """Banded ridge over ``Xs`` (one (n, p_b) delayed design per space) for targets ``Y``;
     hyperparameters chosen by inner-fold ``select`` score (``r2`` or ``r``)."""
-    designs = banded_prepare(Xs, layout, gap=gap, n_folds=n_folds, inner_folds=inner_folds,
-                             alphas=alphas, n_iter=n_iter, seed=seed, backend=backend,
-                             device=device)
+    designs = banded_prepare(Xs, layout, cv, alphas=alphas, n_iter=n_iter, seed=seed,
+                             backend=backend, device=device)
     res = banded_score(designs, Y, batch_targets, select)
     if not keep_designs:
         res.designs = None
@@ -289,8 +297,22 @@ def partition(spaces: list[str], fits: dict[tuple, BandedResult]) -> dict[str, n
 
 def partition_measures(spaces: list[str], r2: dict[tuple, np.ndarray], split: np.ndarray
                        ) -> dict[str, np.ndarray]:
-    """:func:`partition` on arrays of any shape: ``r2`` maps each subset of
-    :func:`needed_fits` to its measure, ``split`` holds the joint fit's share of each space."""
+    """The partition's measures (unique, shared, each space's share) from the fits' measures.
+
+    Parameters
+    ----------
+    spaces : list of str
+        The spaces' names.
+    r2 : dict
+        Each subset of :func:`needed_fits` to its measure (arrays of any shape).
+    split : array (n_spaces, ...)
+        The joint fit's share of each space.
+
+    Returns
+    -------
+    dict
+        ``{measure name: array}``.
+    """
     full = tuple(spaces)
     out = {"joint": r2[full]}
     uniq = 0
@@ -311,14 +333,35 @@ SCORING = dict(select="r", pooled=True, measure="rsq")
 
 
 def partition_fits(Xs: list[np.ndarray], Y: np.ndarray, spaces: list[str],
-                   layout: Layout | None = None, *, gap: int, batch_targets: int = 20000,
+                   layout: Layout | None, cv: Splitter, *, batch_targets: int = 20000,
                    scoring: dict | None = None, **prepare_kw) -> dict[tuple, BandedResult]:
-    """Every fit :func:`partition` needs, from ONE set of designs: the joint fit searches all
-    weightings, each reduced fit the nested subset with a zero for its left-out space (the
-    same decompositions, so a reduced fit is exactly the full search restricted); scored as
-    :data:`SCORING` says, with ``scoring``'s changes (``select``, ``pooled``, ``measure`` of
-    :func:`banded_score`)."""
-    return partition_scores(banded_prepare(Xs, layout, gap=gap, **prepare_kw), Y, spaces,
+    """Every fit a variance partition needs, from one set of designs: the joint fit searches all
+    weightings, each reduced fit the nested subset with a zero for its left-out space (exactly
+    the full search restricted).
+
+    Parameters
+    ----------
+    Xs : list of array (n_trs, p_b)
+        One delayed design per space.
+    Y : array (n_trs, t)
+        Responses.
+    spaces : list of str
+        The spaces' names.
+    layout, cv
+        As in :func:`lib.engine.ridge.prepare`.
+    batch_targets : int
+        Targets at once.
+    scoring : dict, optional
+        Changes to :data:`SCORING` (``select``, ``pooled``, ``measure`` of :func:`banded_score`).
+    **prepare_kw
+        Passed to :func:`banded_prepare`.
+
+    Returns
+    -------
+    dict
+        ``{subset of spaces (tuple): BandedResult}``, for :func:`partition`.
+    """
+    return partition_scores(banded_prepare(Xs, layout, cv, **prepare_kw), Y, spaces,
                             batch_targets, scoring)
 
 
@@ -326,9 +369,28 @@ def partition_scores(designs: list, Y: np.ndarray, spaces: list[str],
                      batch_targets: int = 20000, scoring: dict | None = None,
                      memo: dict | None = None) -> dict[tuple, BandedResult]:
     """:func:`partition_fits` on prepared joint designs (shared by subjects with the same
-    features): every subset :func:`needed_fits` asks for, the reduced ones :func:`nested`.
-    Each design's inner-fold scores are computed once for all the fits that search it (and
-    for the placebo fits of the same ``Y`` that share ``memo``)."""
+    features); each design's inner-fold scores are computed once for every fit that searches it.
+
+    Parameters
+    ----------
+    designs : list of Design
+        :func:`banded_prepare` of the joint fit.
+    Y : array (n_trs, t)
+        Responses.
+    spaces : list of str
+        The spaces' names.
+    batch_targets : int
+        Targets at once.
+    scoring : dict, optional
+        As in :func:`partition_fits`.
+    memo : dict, optional
+        Inner-fold scores of these designs for this ``Y``, filled and reused (by the placebo fits).
+
+    Returns
+    -------
+    dict
+        ``{subset of spaces (tuple): BandedResult}``.
+    """
     kw = {**SCORING, **(scoring or {})}
     memo = {} if memo is None else memo
     return {subset: banded_score(nested(designs, [spaces.index(x) for x in subset]), Y,
@@ -339,10 +401,27 @@ def partition_scores(designs: list, Y: np.ndarray, spaces: list[str],
 def placebo_scores(placebos: list[list], Y: np.ndarray, batch_targets: int = 20000,
                    scoring: dict | None = None, memo: dict | None = None
                    ) -> list[BandedResult]:
-    """The joint fits of :func:`placebo_band_designs` (one per shift), scored as
-    :func:`partition_scores` scores the real joint fit: :func:`unique_vs_placebo` compares
-    the two. ``memo``: the one :func:`partition_scores` filled for this ``Y``, so the joint
-    designs that a placebo reuses are not scored again."""
+    """The placebo joint fits scored as :func:`partition_scores` scores the real joint fit.
+
+    Parameters
+    ----------
+    placebos : list of list of Design
+        :func:`placebo_band_designs`.
+    Y : array (n_trs, t)
+        Responses.
+    batch_targets : int
+        Targets at once.
+    scoring : dict, optional
+        As in :func:`partition_fits`.
+    memo : dict, optional
+        The memo :func:`partition_scores` filled for this ``Y`` (reused designs are not scored
+        again).
+
+    Returns
+    -------
+    list of BandedResult
+        One per shift.
+    """
     kw = {**SCORING, **(scoring or {})}
     memo = {} if memo is None else memo
     return [banded_score(d, Y, batch_targets, memo=memo, **kw) for d in placebos]
@@ -399,34 +478,68 @@ def explained_part(X: np.ndarray, others: np.ndarray, layout: Layout, *, gap: in
     return (U * f) @ (U.T @ (X - X.mean(0)))
 
 
-def placebo_band_designs(Xs: list[np.ndarray], band: int, layout: Layout, *, gap: int,
+def placebo_band_designs(Xs: list[np.ndarray], band: int, layout: Layout, cv: Splitter, *,
                          n_shifts: int = 4, conditional: bool = True, joint: list | None = None,
                          **prepare_kw) -> list[list]:
-    """Per shift, the joint fit's designs with band ``band`` replaced by a placebo: with
-    ``conditional`` (the pipeline's test), the part of the band that the other bands explain
-    (:func:`explained_part`) plus its residual circularly shifted in time within each run
-    (:func:`shift_rows`) -- the band's relation to the other bands and its own smoothness kept,
-    only what it carries beyond them misaligned from BOLD (a conditional shift: the null of
-    "unique = 0" rather than of "the band predicts nothing"); without, the whole band shifted,
-    which credits a band that nearly copies another (docs/validity.md 5f). ``joint``: the joint
-    fit's designs (:func:`banded_prepare` of ``Xs`` with the same settings), whose weightings
-    without the band are reused rather than decomposed again."""
+    """Per shift, the joint fit's designs with one band replaced by its placebo.
+
+    With ``conditional`` (the pipeline's test) the placebo is the part of the band that the
+    other bands explain plus its residual circularly shifted in time within each run: the band's
+    relation to the others and its smoothness kept, only what it carries beyond them misaligned
+    from BOLD (the null of "unique = 0"). Without, the whole band is shifted, which credits a
+    band that nearly copies another (docs/validity.md 5f).
+
+    Parameters
+    ----------
+    Xs : list of array (n_trs, p_b)
+        One delayed design per space.
+    band : int
+        The tested space.
+    layout, cv
+        As in :func:`lib.engine.ridge.prepare`.
+    n_shifts : int
+        Placebos (shifts).
+    conditional : bool
+        Keep the part the other bands explain.
+    joint : list of Design, optional
+        :func:`banded_prepare` of ``Xs`` with the same settings; its weightings without the
+        band are reused rather than decomposed again.
+    **prepare_kw
+        Passed to :func:`banded_prepare`.
+
+    Returns
+    -------
+    list of list of Design
+        One joint design set per shift.
+    """
     X = np.asarray(Xs[band], np.float64)
     fixed = explained_part(X, np.hstack([x for i, x in enumerate(Xs) if i != band]), layout,
-                           gap=gap) if conditional else np.zeros_like(X)
+                           gap=cv.gap) if conditional else np.zeros_like(X)
     return [banded_prepare([(fixed + shift_rows(X - fixed, layout, f)).astype(np.float32)
                             if i == band else x for i, x in enumerate(Xs)],
-                           layout, gap=gap, reuse=None if joint is None else (joint, band),
+                           layout, cv, reuse=None if joint is None else (joint, band),
                            **prepare_kw)
             for f in shift_fractions(n_shifts)]
 
 
 def unique_vs_placebo(joint: BandedResult, placebos: list[BandedResult]) -> np.ndarray:
-    """A band's unique share against its placebo (:func:`placebo_band_designs`): the joint fit's
-    measure minus the mean measure of the joint fits with the placebo in the band's place, per
-    run (n_runs, t). Both sides search the same weightings over bands of the same size,
-    smoothness and relation to the other bands, so the selection noise that biases R^2(all) -
-    R^2(all but the band) down is on both sides. With the conditional placebo a near-copy of
-    another band is its own placebo up to the shifted residual, and gets no credit; with the
-    whole band shifted it does (+0.0064, 30% false positives, docs/validity.md 5f)."""
+    """A band's unique share against its placebo: the joint fit's measure minus the mean measure
+    of the joint fits with the placebo in the band's place.
+
+    Both sides search the same weightings over bands of the same size, smoothness and relation
+    to the other bands, so the selection noise that biases R^2(all) - R^2(all but the band) down
+    is on both sides (docs/validity.md 5f).
+
+    Parameters
+    ----------
+    joint : BandedResult
+        The real joint fit.
+    placebos : list of BandedResult
+        :func:`placebo_scores`.
+
+    Returns
+    -------
+    array (n_runs, t)
+        The unique share per run and target.
+    """
     return joint.run_r2 - np.mean([s.run_r2 for s in placebos], 0)

@@ -13,9 +13,9 @@ trimming) each row belongs to, and decides the folds (:func:`blocked_folds`; bot
   is tested on, and ``gap`` TRs of story time on each side of the block are dropped from training.
 
 The gap must cover the longest FIR delay (the delayed features of neighbouring TRs overlap) AND the
-autocorrelation of BOLD and features: with smooth features independent of AR(0.9) BOLD a gap of
-max(delay) = 5 TRs leaves a held-out r of +0.027 on pure noise (docs/validity.md). The default,
-:func:`default_gap`, is the measured value that removes that bias.
+autocorrelation of BOLD and features: a gap of max(delay) alone leaves a positive held-out r on
+pure noise (docs/validity.md, section 1). The default, :func:`default_gap`, is the measured value
+that removes that bias; folds come as one :class:`Splitter`.
 
 Inside each outer training set the ridge penalty is chosen per target on ``inner_folds`` inner
 folds built the same way (blocked, with the same gap), each standardised on its own fit rows;
@@ -39,27 +39,14 @@ import numpy as np
 
 from .backend import (Backend, np_pearson, pearson_cols, r2_cols, zscore_on,  # noqa: F401
                       zscore_rows)
-from .folds import (EngineError, Layout, aggregate_runs,  # noqa: F401 (re-exported)
-                    blocked_folds, position_blocks, run_masks, score_masks, split_folds,
-                    story_group_folds)
+from .docs import fill_doc
+from .folds import (AUTOCORR_MARGIN_S, EngineError, Layout, Splitter,  # noqa: F401
+                    aggregate_runs, blocked_folds, default_gap, position_blocks, run_masks,
+                    score_masks, split_folds, story_group_folds)
 
 DEFAULT_ALPHAS = np.logspace(-1, 8, 10)
 DEFAULT_DELAYS = (1, 2, 3, 4, 5)
-#: story time beyond the longest delay dropped between training and test blocks, in seconds:
-#: measured as 25 TRs at TR 1.5 s on smooth null features x AR(0.9) BOLD (docs/validity.md: the
-#: residual null bias at gap 30 is +0.005-0.006 on the hardest data, within the +-0.01 bound of
-#: the acceptance tests); autocorrelation is a property of time, so the margin is kept in seconds
-#: and converted at each dataset's TR (tests check TR 1.0, 1.5 and 2.0 s).
-AUTOCORR_MARGIN_S = 37.5
-AUTOCORR_MARGIN = 25          # = AUTOCORR_MARGIN_S at TR 1.5 s
-DEFAULT_INNER_FOLDS = 4
 ALPHA_TIE = 1e-4   # validation-r ties (float noise) go to the larger penalty
-
-
-def default_gap(delays=DEFAULT_DELAYS, tr: float = 1.5) -> int:
-    """Gap (TRs) between training and test blocks for features carrying ``delays`` (TRs) at
-    repetition time ``tr`` (s): the longest delay plus AUTOCORR_MARGIN_S of story time."""
-    return int(max(max(delays), 0) + int(np.ceil(AUTOCORR_MARGIN_S / float(tr) - 1e-9)))
 
 
 # --------------------------------------------------------------------------- decompositions
@@ -141,61 +128,75 @@ class Design:
     n_features: int
     scheme: str
     score_blocks: int = 0     # > 1: a held-out story's r is the mean over this many blocks
+    band_weights: np.ndarray | None = None    # banded ridge: the weighting this design scales by
 
     @property
     def n_runs(self) -> int:
         return int(self.layout.run.max()) + 1
 
 
-def prepare(X: np.ndarray, layout: Layout | None = None, *, delays=None, gap: int | None = None,
-            n_folds: int = 5, inner_folds: int = DEFAULT_INNER_FOLDS, alphas=DEFAULT_ALPHAS,
+def prepare(X: np.ndarray, layout: Layout | None, cv: Splitter, *, alphas=DEFAULT_ALPHAS,
             backend: str = "numpy", device: str | None = None, dtype: str = "float32",
-            folds=None, source: str = "", col_scale=None, groups=None,
-            inner_groups: int | None = None, tr: float = 1.5, score_blocks: int = 0) -> Design:
-    """Folds and decompositions for features ``X`` (n, p) that already carry their delays.
-    ``col_scale`` and ``groups``: band weights and bands, for banded ridge (lib.partition).
-    ``inner_groups``: inner folds hold out groups of whole training stories
-    (:func:`story_group_folds`) instead of one story each (or blocks of a single story).
-    ``score_blocks``: with leave-one-story-out folds, score each held-out story as the mean r
-    over that many contiguous blocks of it (the unit of a subject who heard one story, whose
-    blocked folds cannot give a whole-story r) instead of its whole-story r.
+            source: str = "", col_scale=None, groups=None) -> Design:
+    """Folds and one eigendecomposition per fit, for features that already carry their delays.
 
-    ``gap`` defaults to :func:`default_gap` of ``delays``; one of the two must be given so the
-    gap always matches the features (a direct caller cannot silently get a 5-TR gap).
+    Parameters
+    ----------
+    X : array (n_trs, n_features)
+        The delayed features.
+    layout : Layout or None
+        Which run, story and story position each row is (None: one run named by the features'
+        content).
+    cv : Splitter
+        The outer and inner folds and the gap (:class:`lib.engine.folds.Splitter`;
+        ``Splitter.for_delays(delays, tr)`` derives the gap from the delays at the TR).
+    alphas : array
+        The ridge penalties searched on the inner folds.
+    backend, device, dtype : str
+        ``numpy`` or ``torch`` (CPU or CUDA, :mod:`lib.engine.backend`), and the precision.
+    source : str
+        Named in error messages (the subject and condition).
+    col_scale, groups : array, list of arrays, optional
+        Band weights and bands, for banded ridge (:mod:`lib.engine.partition`).
+
+    Returns
+    -------
+    Design
+        Reusable for any number of target sets (:func:`score`, :func:`heldout_predictions`).
+
+    Raises
+    ------
+    EngineError
+        When the layout does not match ``X``, every feature is zero, or the folds cannot be cut.
     """
     where = f" ({source})" if source else ""
     X = np.asarray(X, np.float32)
     layout = layout or Layout.of_content(X)
     if len(layout) != len(X):
         raise EngineError(f"layout has {len(layout)} rows but features have {len(X)}{where}")
-    if gap is None:
-        if delays is None:
-            raise ValueError("give the FIR delays the features carry (delays=...) or an "
-                             "explicit gap=...: the gap must cover them")
-        gap = default_gap(delays, tr)
+    if not isinstance(cv, Splitter):
+        raise EngineError(f"cv must be a Splitter (e.g. Splitter.for_delays(delays, tr)), got "
+                          f"{type(cv).__name__}{where}")
     if not np.any(X):
         raise EngineError(f"all features are zero{where}")
     B = Backend(backend, device, dtype)
     Xb = B.asarray(X)
-    outer = folds or blocked_folds(layout, n_folds, gap)
+    outer = cv.outer(layout)
     loso = len(np.unique(layout.story)) > 1
-    score_blocks = int(score_blocks) if loso and score_blocks and score_blocks > 1 else 0
-    scheme = ("leave-one-story-out" + (f", r per {score_blocks} blocks of each held-out story"
-                                       if score_blocks else "") if loso else
-              f"{len(outer)} contiguous blocks of story time, gap {gap} TRs")
+    blocks = int(cv.score_blocks) if loso and cv.score_blocks and cv.score_blocks > 1 else 0
+    scheme = ("leave-one-story-out" + (f", r per {blocks} blocks of each held-out story"
+                                       if blocks else "") if loso else
+              f"{len(outer)} contiguous blocks of story time, gap {cv.gap} TRs")
     fds = []
     try:
         for train, test in outer:
-            grouped = inner_groups and len(np.unique(layout.story[train])) >= 2
-            inner_sets = (story_group_folds(layout, inner_groups, rows=train) if grouped else
-                          blocked_folds(layout, inner_folds, gap, rows=train))
-            inner = [decompose(B, Xb, fit, val, col_scale) for fit, val in inner_sets]
+            inner = [decompose(B, Xb, fit, val, col_scale) for fit, val in cv.inner(layout, train)]
             fds.append(FoldDesign(train, test, inner,
                                   decompose(B, Xb, train, test, col_scale, groups)))
     except EngineError as e:
         raise EngineError(f"{e}{where}") from None
-    return Design(B, layout, fds, np.sort(np.asarray(alphas, np.float64)), int(gap), X.shape[1],
-                  scheme, score_blocks)
+    return Design(B, layout, fds, np.sort(np.asarray(alphas, np.float64)), int(cv.gap),
+                  X.shape[1], scheme, blocks)
 
 
 # --------------------------------------------------------------------------- scoring
@@ -280,12 +281,24 @@ def _predict_grouped(B: Backend, dec: Decomp, alphas, best: np.ndarray, BY):
     return pred
 
 
+@fill_doc
 def score(design: Design, Y: np.ndarray, batch_targets: int = 20000, source: str = "",
           select: str = "r") -> EncodingResult:
-    """Cross-validated brain scores of ``design``'s features for targets ``Y`` (n, t).
+    """Cross-validated brain scores of a design's features for targets.
 
-    The result keeps each fold's chosen alphas (``best``): :func:`lib.inference.null_plan`
-    builds the permutation null of these scores from it.
+    Parameters
+    ----------
+    %(design_Y)s
+    select : str
+        The inner-fold score that picks each target's alpha: ``r`` or ``r2``.
+
+    Returns
+    -------
+    EncodingResult
+        Per-target brain scores (mean over folds of the per-fold r; runs within a story
+        averaged, stories equally), run and fold scores, each fold's chosen alphas and their
+        indices (``best``: :func:`lib.engine.inference.null_plan` builds the permutation null of
+        these scores from them).
     """
     # the hot loop (folds x target batches) stays in one place, where its memory bound is visible
     where = f" ({source})" if source else ""
@@ -356,12 +369,32 @@ def score(design: Design, Y: np.ndarray, batch_targets: int = 20000, source: str
     return res
 
 
+@fill_doc
 def heldout_predictions(design: Design, Y: np.ndarray, batch_targets: int = 20000,
                         source: str = "") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Held-out predictions of every outer fold: (test rows, predictions (rows, t) float32,
-    chosen alphas (n_folds, t)). Predictions are of the targets standardised over all rows
-    (a per-target affine map: correlations and their differences are unchanged); rows of
-    different folds are stacked in fold order. Targets that are constant or NaN raise."""
+    """The held-out predictions of every outer fold, stacked in fold order.
+
+    Predictions are of the targets standardised over all rows (a per-target affine map:
+    correlations and their differences are unchanged).
+
+    Parameters
+    ----------
+    %(design_Y)s
+
+    Returns
+    -------
+    rows : array of int
+        The held-out rows, fold after fold.
+    predictions : array (len(rows), n_targets), float32
+        Their predictions.
+    alphas : array (n_folds, n_targets)
+        The alpha chosen for each target in each fold.
+
+    Raises
+    ------
+    EngineError
+        When a target is constant or not finite.
+    """
     D, B = design, design.B
     Y = np.asarray(Y, np.float32)
     where = f" ({source})" if source else ""
@@ -412,18 +445,42 @@ def _concat_r(cs: dict, m: int) -> np.ndarray:
                 ).astype(np.float32)
 
 
-def fit_score(X: np.ndarray, Y: np.ndarray, layout: Layout | None = None, *, delays=None,
-              gap: int | None = None, n_folds: int = 5, inner_folds: int = DEFAULT_INNER_FOLDS,
+def fit_score(X: np.ndarray, Y: np.ndarray, layout: Layout | None, cv: Splitter, *,
               alphas=DEFAULT_ALPHAS, backend: str = "numpy", device: str | None = None,
-              dtype: str = "float32", batch_targets: int = 20000, folds=None,
-              source: str = "", select: str = "r", tr: float = 1.5) -> EncodingResult:
-    """:func:`prepare` then :func:`score`: cross-validated ridge brain scores of ``X`` for ``Y``."""
+              dtype: str = "float32", batch_targets: int = 20000, source: str = "",
+              select: str = "r") -> EncodingResult:
+    """Cross-validated ridge brain scores of features ``X`` for targets ``Y``: :func:`prepare`
+    then :func:`score`.
+
+    Parameters
+    ----------
+    X : array (n_trs, n_features)
+        The delayed features.
+    Y : array (n_trs, n_targets)
+        The responses (BOLD of voxels, ROI means, components).
+    layout, cv, alphas, backend, device, dtype, source
+        As in :func:`prepare`.
+    batch_targets : int
+        Targets scored at once (memory).
+    select : str
+        The inner-fold score that picks each target's alpha: ``r`` or ``r2``.
+
+    Returns
+    -------
+    EncodingResult
+        Per-target brain scores (mean per-fold r, runs within a story averaged, stories
+        equally), run and fold scores, chosen alphas.
+
+    Raises
+    ------
+    EngineError
+        When ``X`` and ``Y`` differ in TRs, or as :func:`prepare`.
+    """
     if len(X) != len(Y):
         raise EngineError(f"TR mismatch: features have {len(X)} TRs but BOLD has {len(Y)} TRs"
                           + (f" ({source})" if source else ""))
-    design = prepare(X, layout, delays=delays, gap=gap, n_folds=n_folds,
-                     inner_folds=inner_folds, alphas=alphas, backend=backend, device=device,
-                     dtype=dtype, folds=folds, source=source, tr=tr)
+    design = prepare(X, layout, cv, alphas=alphas, backend=backend, device=device, dtype=dtype,
+                     source=source)
     return score(design, Y, batch_targets=batch_targets, source=source,
                  select=select)
 

@@ -9,15 +9,30 @@ import numpy as np
 
 def random_effects_map(zmaps: np.ndarray, mask_img, n_perm: int = 1000, tfce: bool = True,
                        seed: int = 0, two_sided: bool = False) -> dict:
-    """Second-level one-sample test across subjects (nilearn's ``non_parametric_inference``:
-    sign flipping, max-statistic FWE correction; TFCE when asked).
+    """Second-level one-sample test across subjects (nilearn's ``non_parametric_inference``: sign
+    flipping, max-statistic FWE correction; TFCE when asked).
 
-    ``zmaps`` is (n_subjects, n_voxels) inside ``mask_img``: Fisher-z brain scores, or their
-    differences between two models (test those ``two_sided``: voxels where fine-tuning hurts must
-    be able to appear). Returns arrays over the mask: the t map and FWE-corrected ``-log10 p``
-    maps (voxel level, and TFCE when computed); two-sided maps are signed by the effect.
-    ``mask_img=None``: targets without a volume (mesh vertices), tested by nilearn's
-    ``permuted_ols`` (sign flips, max-t FWE; no TFCE).
+    Parameters
+    ----------
+    zmaps : array (n_subjects, n_targets)
+        Fisher-z brain scores inside the mask, or their differences between two models.
+    mask_img : Nifti1Image or None
+        The volume's mask; None for targets without a volume (mesh vertices), tested by
+        nilearn's ``permuted_ols`` (sign flips, max-t FWE; no TFCE).
+    n_perm : int
+        Permutations.
+    tfce : bool
+        Also the TFCE statistic (volumes).
+    seed : int
+        Seeds the permutations.
+    two_sided : bool
+        Test differences two-sided (voxels where fine-tuning hurts must be able to appear).
+
+    Returns
+    -------
+    dict
+        Arrays over the mask: the t map and FWE-corrected ``-log10 p`` maps (voxel level, and
+        TFCE when computed); two-sided maps are signed by the effect.
     """
     if mask_img is None:
         from nilearn.mass_univariate import permuted_ols
