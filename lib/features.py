@@ -298,9 +298,17 @@ def naive_activations(model: LoadedModel, words: list[str], layer=8, context: in
     return {"activations": out if layer == "all" else out[0]}
 
 
+def cache_folder(model: LoadedModel) -> str:
+    """``<model_tag>-<fingerprint>``: the folder of a model's cached features. The weights'
+    fingerprint is in the name, so two models that share a tag (a name reused for other
+    weights) never overwrite each other's files."""
+    return f"{model.tag}-{model.fingerprint[:8]}"
+
+
 def activations_path(root: Path, tag: str, story: str, layer, context: int, pooling: str,
                      env: dict | None = None) -> Path:
-    """``<root>/<model_tag>/<story>_layer-<L>_ctx-<C>_<pooling>[_<dtype>-<device>].npz``."""
+    """``<root>/<tag>/<story>_layer-<L>_ctx-<C>_<pooling>[_<dtype>-<device>].npz``, ``tag``
+    being :func:`cache_folder`."""
     num = f"_{_numerics_tag(env)}" if env else ""
     return Path(root) / tag / f"{story}_layer-{layer}_ctx-{context}_{pooling}{num}.npz"
 
@@ -342,17 +350,18 @@ def story_activations(model: LoadedModel, transcript: pd.DataFrame, story: str, 
         return key_of(FEATURES_VERSION, model.fingerprint, str(lay), context, stride, pooling,
                       words, env, *rule)
 
-    path = activations_path(cache_root, model.tag, story, layer, context, pooling, env)
+    path = activations_path(cache_root, cache_folder(model), story, layer, context, pooling, env)
     compute = lambda: windowed_activations(model, words, layer, context, stride, pooling, batch_size)
     if surprisal:
-        sur_path = surprisal_path(cache_root, model.tag, story, context, env)
+        sur_path = surprisal_path(cache_root, cache_folder(model), story, context, env)
         if not is_fresh(sur_path, key_for("surprisal")):
             both = windowed_activations(model, words, layer, context, stride, pooling,
                                         batch_size, surprisal=True)   # one pass for both
             cached_npz(sur_path, key_for("surprisal"), lambda: {"surprisal": both["surprisal"]},
-                       model=model.name, story=story, context=context, **env)
+                       model=model.name, model_tag=model.tag, fingerprint=model.fingerprint,
+                       story=story, context=context, **env)
             compute = lambda: {k: v for k, v in both.items() if k != "surprisal"}
-    all_path = activations_path(cache_root, model.tag, story, "all", context, pooling, env)
+    all_path = activations_path(cache_root, cache_folder(model), story, "all", context, pooling, env)
     if layer != "all" and is_fresh(all_path, key_for("all")):
         def compute():  # every layer is cached already: slice it instead of running the model
             with np.load(all_path) as z:
@@ -388,7 +397,7 @@ def extract_for(model: LoadedModel, stories: list[str], transcripts_dir: Path, c
             all_path = Paths.rel(story_activations(model, tr, story, cache_root,
                                                    **{**kw, "layer": "all"})[2])
         _, hit, path = story_activations(model, tr, story, cache_root, surprisal=surprisal, **kw)
-        sur = Paths.rel(surprisal_path(cache_root, model.tag, story, kw.get("context", 256),
+        sur = Paths.rel(surprisal_path(cache_root, cache_folder(model), story, kw.get("context", 256),
                                        numerics(model))) if surprisal else ""
         rows.append(dict(condition=condition, story=story, seed=seed, model=model.name,
                          model_tag=model.tag, fingerprint=model.fingerprint,

@@ -496,9 +496,11 @@ def perplexity_table(models: list[str], labels: list[str], texts: dict[str, str]
     return pd.DataFrame(rows)
 
 
-def model_dir(models_root: Path, base_tag: str, kind: str, fold: str, seed: int) -> Path:
-    """``<cache>/models/<base>_sft_model/<kind>_<fold>_seed<k>`` (the seed called it gpt2_sft_model)."""
-    return Path(models_root) / f"{base_tag}_sft_model" / f"{kind}_{fold}_seed{seed}"
+def model_dir(models_root: Path, base_tag: str, kind: str, fold: str, seed: int, key: str) -> Path:
+    """``<cache>/models/<base>_sft_model/<kind>_<fold>_seed<k>_<key>``: the training ``key`` is
+    in the name, so two runs that differ in anything but the name (another profile's number of
+    steps) never write the same folder (the seed called it gpt2_sft_model)."""
+    return Path(models_root) / f"{base_tag}_sft_model" / f"{kind}_{fold}_seed{seed}_{key[:8]}"
 
 
 # --------------------------------------------------------------------------- stage runner
@@ -561,23 +563,25 @@ def plan_models(corpus: dict[str, str], scored: list[str], cfg: SFTConfig, model
                 kinds.append(("scrambled", scrambled_texts(train_texts, seed)))
             for kind, texts in kinds:
                 ucfg = unit_config(cfg, seed, checkpoints, checkpoint_seeds)
-                d = trained_dir(models_root, base_tag, ucfg.key(key_of(sorted(texts.items())),
-                                                                kind)) or \
+                key = ucfg.key(key_of(sorted(texts.items())), kind)
+                d = trained_dir(models_root, base_tag, key) or \
                     model_dir(models_root, base_tag, condition_name(kind, fold["leaky"]),
-                              fold["fold"], seed)
+                              fold["fold"], seed, key)
                 units.append(SFTUnit(ucfg, kind, fold, str(d), texts, eval_texts))
     return folds, units
 
 
 def trained_dir(models_root: Path, base_tag: str, key: str) -> Path | None:
     """A finished model with this training key (same config, training text and kind), wherever
-    an earlier run put it: another profile whose fold trained on the same stories reuses it."""
+    an earlier run put it: another profile whose fold trained on the same stories reuses it. A
+    snapshot along the way shares its run's key and is never the finished model."""
     for cfg_file in sorted((Path(models_root) / f"{base_tag}_sft_model").glob("*/sft_config.json")):
         try:
-            if json.loads(cfg_file.read_text()).get("key") == key:
-                return cfg_file.parent
+            meta = json.loads(cfg_file.read_text())
         except ValueError:
             continue
+        if meta.get("key") == key and meta.get("step") is None:
+            return cfg_file.parent
     return None
 
 

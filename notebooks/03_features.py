@@ -20,7 +20,7 @@
 # Hidden states of one layer for every word, from overlapping windows of `context_tokens` tokens
 # (each word sees between half and all of them as left context; every window starts with the
 # model's `<|endoftext|>` token, so no word is read at the attention-sink position 0), pooled over
-# the word's sub-word tokens. Cached under `<cache>/derived/activations/<model_tag>/`
+# the word's sub-word tokens. Cached under `<cache>/derived/activations/<model_tag>-<fingerprint>/`
 # (`<cache>` = `~/.cache/narratives-sft`, or `$NARRATIVES_CACHE`) keyed by model fingerprint,
 # layer, context, pooling, the words, dtype, device and library versions. Baseline: the same
 # architecture with random weights.

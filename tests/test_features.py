@@ -109,6 +109,25 @@ def test_corrupt_cache_entry_is_recomputed(tiny, pieman_words, tmp_path):
     np.testing.assert_allclose(a["activations"], b["activations"], atol=1e-6)
 
 
+def test_two_models_of_one_name_never_share_a_cache_file(tiny, pieman_words, tmp_path,
+                                                          monkeypatch):
+    """Other weights under the same tag (a model folder reused by another run) get a file of
+    their own: computing them leaves the first model's entry fresh, so a later stage that reads
+    the first model's file never gets the other model's activations."""
+    from dataclasses import replace
+
+    tr = pieman_words.head(60)
+    other = replace(tiny, fingerprint="0" * 16)
+    a, _, pa = features.story_activations(tiny, tr, "pieman", tmp_path, layer=1, context=32)
+    _, _, pb = features.story_activations(other, tr, "pieman", tmp_path, layer=1, context=32)
+    assert pa != pb and pa.parent.name.startswith(tiny.tag)
+    monkeypatch.setattr(features, "windowed_activations",
+                        lambda *a, **k: (_ for _ in ()).throw(AssertionError("recomputed")))
+    c, hit, _ = features.story_activations(tiny, tr, "pieman", tmp_path, layer=1, context=32)
+    assert hit
+    np.testing.assert_array_equal(a["activations"], c["activations"])
+
+
 def test_cache_key_changes_with_words(tiny, pieman_words, tmp_path):
     features.story_activations(tiny, pieman_words.head(50), "pieman", tmp_path, layer=1, context=32)
     _, hit, _ = features.story_activations(tiny, pieman_words.head(51), "pieman", tmp_path,

@@ -164,6 +164,26 @@ def test_train_models_trains_sft_and_controls(corpus, tmp_path):
     assert all("pieman" not in t.split(",") for t in table.train_stories)
 
 
+def test_runs_that_differ_keep_their_own_models(corpus, tmp_path):
+    """Two profiles that train the same fold with different settings (steps, checkpoints) into
+    one models folder never overwrite each other's models, and a rerun finds its own finished
+    model, never a checkpoint of it."""
+    cfg = sft.SFTConfig(base_model="tiny-gpt2", steps=2, lr=1e-3, batch_size=2, block_size=32,
+                        device="cpu")
+    from dataclasses import replace
+
+    small = {k: v[:2000] for k, v in corpus.items()}
+    run = lambda c, **kw: sft.train_models(small, ["pieman"], c, tmp_path, controls=[],
+                                           progress=False, **kw)[1]
+    long = run(cfg, checkpoints=[1])
+    short = run(replace(cfg, steps=1))
+    assert not set(long.path) & set(short.path)
+    again = run(cfg, checkpoints=[1])
+    assert again.path.tolist() == long.path.tolist()
+    assert again.seconds.equals(long.seconds)          # reused, not retrained: the same record
+    assert not any(p.count("_step") > 1 for p in again.path)
+
+
 def test_leaky_models_are_labelled_and_kept_apart(corpus, tmp_path):
     """In leaky mode every model says so, and the control does not overwrite the SFT model."""
     cfg = sft.SFTConfig(base_model="tiny-gpt2", steps=2, lr=1e-3, batch_size=2, block_size=32,
