@@ -168,10 +168,10 @@ def test_runs_that_differ_keep_their_own_models(corpus, tmp_path):
     """Two profiles that train the same fold with different settings (steps, checkpoints) into
     one models folder never overwrite each other's models, and a rerun finds its own finished
     model, never a checkpoint of it."""
-    cfg = sft.SFTConfig(base_model="tiny-gpt2", steps=2, lr=1e-3, batch_size=2, block_size=32,
-                        device="cpu")
     from dataclasses import replace
 
+    cfg = sft.SFTConfig(base_model="tiny-gpt2", steps=2, lr=1e-3, batch_size=2, block_size=32,
+                        device="cpu")
     small = {k: v[:2000] for k, v in corpus.items()}
     run = lambda c, **kw: sft.train_models(small, ["pieman"], c, tmp_path, controls=[],
                                            progress=False, **kw)[1]
